@@ -1,0 +1,233 @@
+"""Qwen2 in Flax NNX, computing what Hugging Face's ``Qwen2ForCausalLM`` computes.
+
+Shape suffixes: b batch, t query length, s key/cache length, d model width,
+n query heads, k key/value heads, g query heads per kv head, h head dim,
+f MLP width, v vocabulary, l layers.
+
+Every parameter is an ``nnx.Param`` carrying ``logical_axes`` (one name per
+dimension); ``sharding.ShardingRules`` maps those names onto a mesh.
+
+Left-padded batches work through explicit ``positions_bt`` (RoPE) and
+``mask_bt`` (which tokens are real): a padded row gives the same logits for its
+real tokens as the unpadded row does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from marco_jax.config import Qwen2Config
+
+_NEG_INF = -1e30  # finite, so a fully masked (padding) query row stays NaN-free
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of every layer, plus which cache slots hold real tokens.
+
+    Slots are shared across the batch: a call with ``t`` tokens writes slots
+    ``[end, end + t)`` of every row. Each row's RoPE position is independent of
+    its slot, so rows of unequal length share one cache by left padding.
+    """
+
+    k_lbskh: jax.Array
+    v_lbskh: jax.Array
+    valid_bs: jax.Array  # bool: slot holds a real (non-padding) token
+    end: jax.Array  # int32 scalar: first free slot
+
+    @classmethod
+    def zeros(cls, cfg: Qwen2Config, batch: int, length: int) -> "KVCache":
+        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        dtype = cfg.jnp_compute_dtype
+        return cls(k_lbskh=jnp.zeros(shape, dtype), v_lbskh=jnp.zeros(shape, dtype),
+                   valid_bs=jnp.zeros((batch, length), bool), end=jnp.zeros((), jnp.int32))
+
+    @property
+    def length(self) -> int:
+        return self.k_lbskh.shape[2]
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...],
+           dtype, init: str = "normal") -> nnx.Param:
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (0.02 * jax.random.normal(rngs.params(), shape)).astype(dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    """Normalise in float32, cast back, then scale (HF's order of operations)."""
+
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        self.scale_d = _param(rngs, (cfg.hidden_size,), ("norm",), cfg.jnp_param_dtype, "ones")
+        self.eps = cfg.rms_norm_eps
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        x32 = x_btd.astype(jnp.float32)
+        var_bt1 = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        normed = (x32 * jax.lax.rsqrt(var_bt1 + self.eps)).astype(x_btd.dtype)
+        return self.scale_d[...].astype(x_btd.dtype) * normed
+
+
+def rope_cos_sin(positions_bt: jax.Array, head_dim: int, theta: float):
+    """cos and sin of shape (b, t, h) for HF's half-split ("rotate_half") layout."""
+    inv_freq_h2 = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs_bth2 = positions_bt.astype(jnp.float32)[..., None] * inv_freq_h2
+    emb_bth = jnp.concatenate([freqs_bth2, freqs_bth2], axis=-1)
+    return jnp.cos(emb_bth), jnp.sin(emb_bth)
+
+
+def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
+    half = x_btnh.shape[-1] // 2
+    rotated = jnp.concatenate([-x_btnh[..., half:], x_btnh[..., :half]], axis=-1)
+    cos, sin = (c[:, :, None, :].astype(x_btnh.dtype) for c in (cos_bth, sin_bth))
+    return x_btnh * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention; bias on q, k and v, none on the output projection."""
+
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        d, n, k, h, dt = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                          cfg.jnp_param_dtype)
+        self.q_weight_dnh = _param(rngs, (d, n, h), ("embed", "q_heads", "head_dim"), dt)
+        self.q_bias_nh = _param(rngs, (n, h), ("q_heads", "head_dim"), dt, "zeros")
+        self.k_weight_dkh = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), dt)
+        self.k_bias_kh = _param(rngs, (k, h), ("kv_heads", "head_dim"), dt, "zeros")
+        self.v_weight_dkh = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), dt)
+        self.v_bias_kh = _param(rngs, (k, h), ("kv_heads", "head_dim"), dt, "zeros")
+        self.o_weight_nhd = _param(rngs, (n, h, d), ("q_heads", "head_dim", "embed"), dt)
+        self.cfg = cfg
+
+    def __call__(self, x_btd, cos_bth, sin_bth, allowed_bts, layer: int,
+                 cache: KVCache | None):
+        cdt = x_btd.dtype
+        q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.q_weight_dnh[...].astype(cdt))
+        q_btnh = apply_rope(q_btnh + self.q_bias_nh[...].astype(cdt), cos_bth, sin_bth)
+        k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.k_weight_dkh[...].astype(cdt))
+        k_btkh = apply_rope(k_btkh + self.k_bias_kh[...].astype(cdt), cos_bth, sin_bth)
+        v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.v_weight_dkh[...].astype(cdt))
+        v_btkh = v_btkh + self.v_bias_kh[...].astype(cdt)
+
+        if cache is None:
+            k_bskh, v_bskh = k_btkh, v_btkh
+        else:
+            start = (0, cache.end, 0, 0)
+            k_bskh = jax.lax.dynamic_update_slice(cache.k_lbskh[layer], k_btkh, start)
+            v_bskh = jax.lax.dynamic_update_slice(cache.v_lbskh[layer], v_btkh, start)
+            cache = dataclasses.replace(cache, k_lbskh=cache.k_lbskh.at[layer].set(k_bskh),
+                                        v_lbskh=cache.v_lbskh.at[layer].set(v_bskh))
+
+        b, t, n, h = q_btnh.shape
+        kv = k_bskh.shape[2]
+        q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
+        logits_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
+                                  preferred_element_type=jnp.float32) * (h ** -0.5)
+        logits_bkgts = jnp.where(allowed_bts[:, None, None], logits_bkgts, _NEG_INF)
+        probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(cdt)
+        out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
+        out_btnh = out_btkgh.reshape(b, t, n, h)
+        return jnp.einsum("btnh,nhd->btd", out_btnh, self.o_weight_nhd[...].astype(cdt)), cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        d, f, dt = cfg.hidden_size, cfg.intermediate_size, cfg.jnp_param_dtype
+        self.gate_weight_df = _param(rngs, (d, f), ("embed", "mlp"), dt)
+        self.up_weight_df = _param(rngs, (d, f), ("embed", "mlp"), dt)
+        self.down_weight_fd = _param(rngs, (f, d), ("mlp", "embed"), dt)
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        cdt = x_btd.dtype
+        gate_btf = jnp.einsum("btd,df->btf", x_btd, self.gate_weight_df[...].astype(cdt))
+        up_btf = jnp.einsum("btd,df->btf", x_btd, self.up_weight_df[...].astype(cdt))
+        return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_btf) * up_btf,
+                          self.down_weight_fd[...].astype(cdt))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_btd, cos_bth, sin_bth, allowed_bts, layer, cache):
+        attn_btd, cache = self.attn(self.attn_norm(x_btd), cos_bth, sin_bth, allowed_bts,
+                                    layer, cache)
+        x_btd = x_btd + attn_btd
+        return x_btd + self.mlp(self.mlp_norm(x_btd)), cache
+
+
+class Qwen2(nnx.Module):
+    """Decoder-only Qwen2 language model returning float32 logits."""
+
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        dt = cfg.jnp_param_dtype
+        self.embed_vd = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), dt)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head_vd = _param(rngs, (cfg.vocab_size, cfg.hidden_size),
+                                     ("vocab", "embed"), dt)
+        self.cfg = cfg
+
+    def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array,
+                 mask_bt: jax.Array | None = None, cache: KVCache | None = None,
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """Logits (b, t, v) for ``tokens_bt``; with ``cache``, continue from it.
+
+        ``mask_bt`` marks real tokens (default: all). Without a cache, attention
+        is causal over this call's tokens; with one, over every filled slot.
+        """
+        cfg = self.cfg
+        b, t = tokens_bt.shape
+        if mask_bt is None:
+            mask_bt = jnp.ones((b, t), bool)
+        if cache is None:
+            slots_t = jnp.arange(t)
+            allowed_bts = (slots_t[None, :, None] >= slots_t[None, None, :]) & mask_bt[:, None, :]
+        else:
+            valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, cache.end))
+            cache = dataclasses.replace(cache, valid_bs=valid_bs)
+            slots_s = jnp.arange(cache.length)
+            query_slots_t = cache.end + jnp.arange(t)
+            allowed_bts = ((slots_s[None, None, :] <= query_slots_t[None, :, None])
+                           & valid_bs[:, None, :])
+
+        cos_bth, sin_bth = rope_cos_sin(positions_bt, cfg.head_dim, cfg.rope_theta)
+        x_btd = jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(cfg.jnp_compute_dtype)
+        for i, layer in enumerate(self.layers):
+            x_btd, cache = layer(x_btd, cos_bth, sin_bth, allowed_bts, i, cache)
+        x_btd = self.final_norm(x_btd)
+        head_vd = self.embed_vd if cfg.tie_word_embeddings else self.lm_head_vd
+        logits_btv = jnp.einsum("btd,vd->btv", x_btd, head_vd[...].astype(x_btd.dtype),
+                                preferred_element_type=jnp.float32)
+        if cache is not None:
+            cache = dataclasses.replace(cache, end=cache.end + t)
+        return logits_btv, cache
+
+
+def init_model(cfg: Qwen2Config, seed: int = 0) -> Qwen2:
+    """A randomly initialised model (tests, the built-in demo)."""
+    return Qwen2(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(cfg: Qwen2Config) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph and shape-only state, to fill from a checkpoint without allocating twice."""
+    return nnx.split(nnx.eval_shape(lambda: Qwen2(cfg, rngs=nnx.Rngs(params=0))))
+
+
+def positions_from_mask(mask_bt: jax.Array) -> jax.Array:
+    """RoPE positions for a left-padded batch: 0 at each row's first real token."""
+    return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)

@@ -1,0 +1,100 @@
+"""Logical axis names -> physical mesh axes (data, fsdp, tensor).
+
+Every parameter of the model carries a tuple of logical axis names (see
+``model.py``); :class:`ShardingRules` says which mesh axis, if any, each name is
+split over. A dimension that the mesh axis does not divide stays replicated, so
+one rule set serves a 2-KV-head 0.5B model and a 4-KV-head 7B model alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from marco_jax.errors import MarcoError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+MeshAxes = str | tuple[str, ...] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+    """Which mesh axes each logical axis is split over (None: replicated)."""
+
+    batch: MeshAxes = ("data", "fsdp")
+    vocab: MeshAxes = "tensor"
+    embed: MeshAxes = "fsdp"
+    q_heads: MeshAxes = "tensor"
+    kv_heads: MeshAxes = "tensor"
+    head_dim: MeshAxes = None
+    mlp: MeshAxes = "tensor"
+    norm: MeshAxes = None
+    length: MeshAxes = None
+    layers: MeshAxes = None
+
+    def mesh_axes(self, logical: str | None) -> MeshAxes:
+        if logical is None:
+            return None
+        if not hasattr(self, logical):
+            raise MarcoError(f"no sharding rule for logical axis {logical!r}")
+        return getattr(self, logical)
+
+    def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int],
+             mesh: Mesh) -> PartitionSpec:
+        """PartitionSpec for an array; mesh axes that do not divide a dim are dropped."""
+        used: set[str] = set()
+        out = []
+        for name, dim in zip(logical_axes, shape, strict=True):
+            axes = self.mesh_axes(name)
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            axes = tuple(a for a in axes if a in mesh.shape and a not in used)
+            if axes and dim % math.prod(mesh.shape[a] for a in axes):
+                axes = ()
+            used.update(axes)
+            out.append(axes[0] if len(axes) == 1 else (axes or None))
+        return PartitionSpec(*out)
+
+    def sharding(self, logical_axes: Sequence[str | None], shape: Sequence[int],
+                 mesh: Mesh) -> NamedSharding:
+        return NamedSharding(mesh, self.spec(logical_axes, shape, mesh))
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
+              devices: Sequence[Any] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise MarcoError("at most one mesh axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise MarcoError(f"{len(devices)} devices do not divide into mesh {sizes}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise MarcoError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs "
+                         f"{math.prod(sizes)} devices, have {len(devices)}")
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh,
+                    rules: ShardingRules = ShardingRules()) -> nnx.State:
+    """A NamedSharding for every parameter, from its ``logical_axes`` metadata."""
+
+    def one(var: nnx.Variable) -> nnx.Variable:
+        axes = var.get_metadata().get("logical_axes") or (None,) * var.get_value().ndim
+        return var.replace(rules.sharding(axes, var.get_value().shape, mesh))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_state(state: nnx.State, mesh: Mesh,
+                rules: ShardingRules = ShardingRules()) -> nnx.State:
+    """Place every parameter on the mesh according to ``rules``."""
+    return jax.device_put(state, state_shardings(state, mesh, rules))

@@ -1,0 +1,83 @@
+"""Logit parity of marco-jax against HF transformers on a real checkpoint.
+
+    python benchmarks/parity_vs_hf.py --hf-dir HF_DIR [--gguf FILE.gguf] \
+        --text-file ../shared/data/marco/CoT_demo.json --tokens 512 --json-out results/parity.json
+
+Loads the same text into both (fp32, CPU), reports max |delta logit|, max
+|delta log-prob| and top-1 agreement over every position; with --gguf, also for
+our GGUF import against HF (the demo HF checkpoint is that GGUF, dequantized by
+transformers). The peer, HF transformers, runs in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from marco_jax.loading import load
+
+
+def read_text(path: pathlib.Path) -> str:
+    """Plain text, or the responses of a JSON list of {instruction, response} records."""
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return "\n\n".join(r["instruction"] + "\n" + r["response"] for r in json.loads(raw))
+    return raw
+
+
+def compare(ours_btv: np.ndarray, ref_btv: np.ndarray) -> dict:
+    ours_lp = jax.nn.log_softmax(jnp.asarray(ours_btv), -1)
+    ref_lp = jax.nn.log_softmax(jnp.asarray(ref_btv), -1)
+    return {
+        "max_abs_dlogit": float(np.abs(ours_btv - ref_btv).max()),
+        "max_abs_dlogprob": float(jnp.abs(ours_lp - ref_lp).max()),
+        "top1_agreement": float((ours_btv.argmax(-1) == ref_btv.argmax(-1)).mean()),
+    }
+
+
+def our_logits(path, tokens: np.ndarray) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    model = load(path).model
+    positions = jnp.arange(tokens.shape[1])[None]
+    logits, _ = model(jnp.asarray(tokens), positions)
+    return np.asarray(logits), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hf-dir", required=True, type=pathlib.Path)
+    parser.add_argument("--gguf", type=pathlib.Path)
+    parser.add_argument("--text-file", required=True, type=pathlib.Path)
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--json-out", type=pathlib.Path)
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(args.hf_dir)
+    tokens = np.asarray([tokenizer.encode(read_text(args.text_file))[:args.tokens]], np.int32)
+    hf_model = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf_model(torch.tensor(tokens)).logits.numpy()
+    del hf_model
+
+    results = {"num_tokens": int(tokens.shape[1]), "device": jax.devices()[0].platform}
+    logits, seconds = our_logits(args.hf_dir, tokens)
+    results["hf_dir"] = compare(logits, ref) | {"seconds": seconds}
+    if args.gguf:
+        logits, seconds = our_logits(args.gguf, tokens)
+        results["gguf"] = compare(logits, ref) | {"seconds": seconds}
+    print(json.dumps(results, indent=2))
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The command-line tools end to end, including one-line errors on bad input."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], proc.stderr
+
+
+def test_score_builtin_json():
+    proc = run_script("score.py", "--model", "builtin:tiny", "--text", "héllo wörld",
+                      "--top-logprobs", "5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["num_tokens"] == len("héllo wörld".encode())
+    assert out["tokens"][0]["logprob"] is None
+    top = out["tokens"][1]["top_logprobs"]
+    assert len(top) == 5 and top[0]["logprob"] >= top[-1]["logprob"]
+    total = sum(t["logprob"] for t in out["tokens"][1:])
+    assert out["total_logprob"] == pytest.approx(total, abs=1e-3)
+
+
+def test_score_chat_from_file(hf_checkpoint, tmp_path):
+    _, path = hf_checkpoint
+    (tmp_path / "t.txt").write_text("What is 2+3?")
+    proc = run_script("score.py", "--model", str(path), "--text-file", str(tmp_path / "t.txt"),
+                      "--chat", "--json")
+    assert proc.returncode == 0, proc.stderr
+    text = "".join(t["text"] for t in json.loads(proc.stdout)["tokens"])
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+
+
+def test_convert_cli_round_trip(hf_checkpoint, tmp_path):
+    _, path = hf_checkpoint
+    proc = run_script("convert.py", "hf-to-orbax", "--src", str(path), "--dst", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_script("convert.py", "orbax-to-hf", "--src", str(tmp_path / "o"),
+                      "--dst", str(tmp_path / "h"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "h" / "model.safetensors").is_file()
+
+
+def test_missing_path(tmp_path):
+    proc = run_script("score.py", "--model", str(tmp_path / "nope"), "--text", "hi")
+    assert_one_line_error(proc, "no such file or directory")
+    proc = run_script("convert.py", "hf-to-orbax", "--src", str(tmp_path / "nope"),
+                      "--dst", str(tmp_path / "o"))
+    assert_one_line_error(proc, "no such file or directory")
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    proc = run_script("score.py", "--model", str(tmp_path), "--text", "hi")
+    assert_one_line_error(proc, "not a checkpoint directory")
+    proc = run_script("convert.py", "hf-to-orbax", "--src", str(tmp_path), "--dst", str(tmp_path / "o"))
+    assert_one_line_error(proc, "not an HF checkpoint directory")
+
+
+def test_unsupported_config_feature(hf_checkpoint, tmp_path):
+    _, path = hf_checkpoint
+    cfg = json.loads((path / "config.json").read_text())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").symlink_to(path / "model.safetensors")
+    (bad / "config.json").write_text(json.dumps(cfg | {"use_sliding_window": True}))
+    assert_one_line_error(run_script("score.py", "--model", str(bad), "--text", "hi"),
+                          "sliding-window attention")
+    (bad / "config.json").write_text(json.dumps(cfg | {"rope_scaling": {"type": "yarn", "factor": 4.0}}))
+    assert_one_line_error(run_script("score.py", "--model", str(bad), "--text", "hi"),
+                          "RoPE scaling of type 'yarn'")
+
+
+def test_truncated_safetensors(hf_checkpoint, tmp_path):
+    _, path = hf_checkpoint
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((path / "config.json").read_text())
+    data = (path / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run_script("score.py", "--model", str(bad), "--text", "hi"),
+                          "unreadable safetensors file")
+    assert_one_line_error(run_script("convert.py", "hf-to-orbax", "--src", str(bad),
+                                     "--dst", str(tmp_path / "o")), "unreadable safetensors file")
+
+
+def test_bad_text_file_and_arguments(tmp_path):
+    assert_one_line_error(run_script("score.py", "--text-file", str(tmp_path / "none.txt")),
+                          "no such file")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    assert_one_line_error(run_script("score.py", "--text-file", str(tmp_path / "bin.txt")),
+                          "not UTF-8")
+    assert_one_line_error(run_script("score.py", "--text", "hi", "--top-logprobs", "0"),
+                          "top-logprobs")
+    assert_one_line_error(run_script("score.py", "--model", "builtin:huge", "--text", "hi"),
+                          "unknown model preset")

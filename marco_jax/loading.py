@@ -9,7 +9,6 @@ import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -17,8 +16,8 @@ from jax.sharding import Mesh
 from marco_jax import config as config_lib
 from marco_jax import tokenizer as tokenizer_lib
 from marco_jax.checkpoint import gguf_io, orbax_io, safetensors_io
-from marco_jax.checkpoint.names import iter_state_paths
-from marco_jax.checkpoint.tensors import read_tensors
+from marco_jax.checkpoint.names import iter_state_paths, tensor_specs
+from marco_jax.checkpoint.tensors import iter_tensors
 from marco_jax.config import Qwen2Config
 from marco_jax.errors import MarcoError
 from marco_jax.model import Qwen2, abstract_model, init_model
@@ -66,12 +65,6 @@ def read_config(path: str | pathlib.Path) -> Qwen2Config:
     return config_lib.load_hf_config(pathlib.Path(path) / "config.json")
 
 
-def _logical_axes(cfg: Qwen2Config) -> tuple[nnx.GraphDef, Any, dict[str, tuple]]:
-    graphdef, abstract = abstract_model(cfg)
-    axes = {".".join(p): v.get_metadata()["logical_axes"] for p, v in iter_state_paths(abstract)}
-    return graphdef, abstract, axes
-
-
 def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
          compute_dtype: str | None = None, mesh: Mesh | None = None,
          rules: ShardingRules = ShardingRules(), with_tokenizer: bool = True) -> LoadedModel:
@@ -90,47 +83,31 @@ def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
         tokenizer = tokenizer_lib.builtin_tokenizer() if with_tokenizer else None
         return LoadedModel(cfg, model, tokenizer, fmt)
 
-    graphdef, abstract, axes = _logical_axes(cfg)
+    graphdef, abstract = abstract_model(cfg)
+    axes = {".".join(p): v.get_metadata()["logical_axes"] for p, v in iter_state_paths(abstract)}
     dtype = np.dtype(cfg.jnp_param_dtype)
 
-    def sharding_of(key: str, shape) -> Any:
-        return None if mesh is None else rules.sharding(axes[key], shape, mesh)
+    def sharding_of(key: str, shape) -> jax.sharding.Sharding:
+        if mesh is None:
+            return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return rules.sharding(axes[key], shape, mesh)
 
     path = pathlib.Path(path)
     if fmt == "orbax":
-        shapes = orbax_io.stored_shapes(path)
-        _check_orbax_shapes(path, shapes, abstract)
-        target = orbax_io.abstract_target(
-            {k: (s, dtype) for k, (s, _) in shapes.items()},
-            {k: sharding_of(k, s) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-             for k, (s, _) in shapes.items()})
-        params = orbax_io.flatten(orbax_io.restore(path, target))
+        stored = orbax_io.check_shapes(path, {s.key: s.shape for s in tensor_specs(cfg)})
+        target = orbax_io.nest({k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_of(k, shape))
+                                for k, (shape, _) in stored.items()})
+        params = orbax_io.restore(path, target)
         tokenizer = tokenizer_lib.load_tokenizer(path) if with_tokenizer else None
     else:
-        def place(spec, tensor):
-            sharding = sharding_of(spec.key, tensor.shape)
-            return jax.device_put(tensor, sharding) if sharding else jnp.asarray(tensor)
-
         reader_cls = gguf_io.GGUFReader if fmt == "gguf" else safetensors_io.SafetensorsReader
         with reader_cls(path) as reader:
-            params = read_tensors(reader, cfg, str(path), place, dtype, desc=f"loading {fmt}")
+            params = orbax_io.nest({
+                spec.key: jax.device_put(tensor, sharding_of(spec.key, tensor.shape))
+                for spec, tensor in iter_tensors(reader, cfg, str(path), dtype, f"loading {fmt}")})
         tokenizer = None
         if with_tokenizer:
             tokenizer = (gguf_io.load_tokenizer(path) if fmt == "gguf"
                          else tokenizer_lib.load_tokenizer(path))
-    abstract.replace_by_pure_dict(orbax_io.nest(params))
+    abstract.replace_by_pure_dict(params)
     return LoadedModel(cfg, nnx.merge(graphdef, abstract), tokenizer, fmt)
-
-
-def _check_orbax_shapes(path: pathlib.Path, shapes: dict, abstract) -> None:
-    expected = {".".join(p): tuple(v.get_value().shape) for p, v in iter_state_paths(abstract)}
-    missing = sorted(set(expected) - set(shapes))
-    extra = sorted(set(shapes) - set(expected))
-    if missing or extra:
-        raise MarcoError(f"{path}: params do not match config.json (missing: "
-                         f"{', '.join(missing[:5]) or 'none'}; unexpected: "
-                         f"{', '.join(extra[:5]) or 'none'})")
-    for key, shape in expected.items():
-        if shapes[key][0] != shape:
-            raise MarcoError(f"{path}: tensor {key} has shape {shapes[key][0]}, "
-                             f"config expects {shape}")

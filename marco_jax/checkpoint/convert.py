@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
+
 from tqdm import tqdm
 
 from marco_jax.checkpoint import gguf_io, orbax_io, safetensors_io
 from marco_jax.checkpoint.names import tensor_specs
-from marco_jax.checkpoint.tensors import read_tensors
+from marco_jax.checkpoint.tensors import iter_tensors
 from marco_jax.config import load_hf_config
 from marco_jax.errors import MarcoError
 
@@ -32,8 +34,8 @@ def hf_to_orbax(src: pathlib.Path, dst: pathlib.Path) -> None:
                          "model.safetensors[.index.json])")
     cfg = load_hf_config(src / "config.json")
     with safetensors_io.SafetensorsReader(src) as reader:
-        params = read_tensors(reader, cfg, str(src), lambda spec, t: t, desc="hf -> orbax")
-    orbax_io.save(dst, cfg, orbax_io.nest(params))
+        tensors = iter_tensors(reader, cfg, str(src), desc="hf -> orbax")
+        orbax_io.save(dst, cfg, ((spec.key, t) for spec, t in tensors))
     safetensors_io.copy_tokenizer_files(src, dst)
 
 
@@ -41,9 +43,8 @@ def gguf_to_orbax(src: pathlib.Path, dst: pathlib.Path) -> None:
     _require_empty(dst)
     with gguf_io.GGUFReader(src) as reader:
         cfg = reader.config()
-        params = read_tensors(reader, cfg, str(src), lambda spec, t: t, desc="gguf -> orbax")
-    orbax_io.save(dst, cfg, orbax_io.nest(params))
-    del params
+        tensors = iter_tensors(reader, cfg, str(src), desc="gguf -> orbax")
+        orbax_io.save(dst, cfg, ((spec.key, t) for spec, t in tensors))
     gguf_io.load_tokenizer(src).save_pretrained(str(dst))
 
 
@@ -54,26 +55,20 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path,
         raise MarcoError(f"{src}: not a marco-jax Orbax checkpoint (config.json + params/)")
     cfg = orbax_io.load_config(src)
     specs = tensor_specs(cfg)
-    stored = orbax_io.stored_shapes(src)
-    for spec in specs:
-        if spec.key not in stored:
-            raise MarcoError(f"{src}: tensor {spec.key} is missing")
-        if stored[spec.key][0] != spec.shape:
-            raise MarcoError(f"{src}: tensor {spec.key} has shape {stored[spec.key][0]}, "
-                             f"config expects {spec.shape}")
-    params = orbax_io.flatten(orbax_io.restore(src))
+    stored = orbax_io.check_shapes(src, {spec.key: spec.shape for spec in specs})
     dst.mkdir(parents=True, exist_ok=True)
     hf_config = cfg.to_hf_dict()
     hf_config["torch_dtype"] = str(stored[specs[0].key][1])
     (dst / "config.json").write_text(json.dumps(hf_config, indent=2))
     by_name = {spec.hf_name: spec for spec in specs}
 
-    def fetch(name: str):
-        spec = by_name[name]
-        return spec.to_hf(params.pop(spec.key))  # drop our copy as each tensor is written
+    def fetch(names: list[str]) -> dict:
+        """One shard's tensors, restored from Orbax and laid out as HF's."""
+        ours = orbax_io.restore_numpy(src, [by_name[n].key for n in names])
+        return {n: by_name[n].to_hf(ours.pop(by_name[n].key)) for n in names}
 
-    sizes = [(s.hf_name, params[s.key].nbytes) for s in specs]
+    sizes = [(s.hf_name, int(np.prod(s.shape)) * stored[s.key][1].itemsize) for s in specs]
     with tqdm(total=len(specs), desc="orbax -> hf", unit="tensor", leave=False) as bar:
         safetensors_io.write_safetensors(dst, sizes, fetch, max_shard_bytes,
-                                         on_tensor=lambda name: bar.update())
+                                         on_shard=lambda names: bar.update(len(names)))
     safetensors_io.copy_tokenizer_files(src, dst)

@@ -2,22 +2,26 @@
 
 The parameter tree is a nested dict keyed by our state path (layer indices as
 strings), so a checkpoint can be inspected and restored without the model code.
+Saving is incremental (Orbax partial saves of a few hundred MB each) and
+restoring can take any subset of tensors, so converting a model never holds
+two copies of it in host memory.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Iterable
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
+from orbax.checkpoint import v1 as ocp
+from orbax.checkpoint.experimental.v1 import partial
 
 from marco_jax.config import Qwen2Config, load_hf_config
 from marco_jax.errors import MarcoError
 
 PARAMS_DIR = "params"
+SAVE_GROUP_BYTES = 256 * 1024**2
 
 
 def is_orbax_checkpoint(directory: pathlib.Path) -> bool:
@@ -48,15 +52,26 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def save(directory: pathlib.Path, cfg: Qwen2Config, params: dict[str, Any]) -> None:
-    """Write config and nested ``params`` (numpy or jax arrays) as a new checkpoint."""
+def save(directory: pathlib.Path, cfg: Qwen2Config, tensors: Iterable[tuple[str, Any]],
+         group_bytes: int = SAVE_GROUP_BYTES) -> None:
+    """Write config and ``(dotted key, array)`` pairs as a new checkpoint, a group
+    of about ``group_bytes`` at a time, dropping each group once written."""
     if directory.exists() and any(directory.iterdir()):
         raise MarcoError(f"{directory}: destination exists and is not empty")
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save((directory / PARAMS_DIR).absolute(), params)
-    checkpointer.wait_until_finished()
+    path = (directory / PARAMS_DIR).absolute()
+    group: dict[str, Any] = {}
+    used = 0
+    for key, array in tensors:
+        group[key] = array
+        used += array.nbytes
+        if used >= group_bytes:
+            partial.save(path, nest(group))
+            group, used = {}, 0
+    if group:
+        partial.save(path, nest(group))
+    partial.finalize(path)
 
 
 def load_config(directory: pathlib.Path) -> Qwen2Config:
@@ -65,23 +80,44 @@ def load_config(directory: pathlib.Path) -> Qwen2Config:
 
 def stored_shapes(directory: pathlib.Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of every stored tensor, keyed by dotted path."""
-    meta = ocp.StandardCheckpointer().metadata((directory / PARAMS_DIR).absolute())
-    tree = meta.item_metadata.tree
+    try:
+        tree = ocp.pytree_metadata((directory / PARAMS_DIR).absolute()).metadata
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise MarcoError(f"{directory}: unreadable Orbax params ({e})") from None
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flatten(tree).items()}
 
 
-def restore(directory: pathlib.Path, target: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Restore the nested params; ``target`` (ShapeDtypeStructs with shardings)
-    places them on devices, without it they come back as numpy arrays."""
+def check_shapes(directory: pathlib.Path, expected: dict[str, tuple[int, ...]]) -> dict:
+    """The stored shapes and dtypes, after checking them against ``expected``."""
+    stored = stored_shapes(directory)
+    missing = sorted(set(expected) - set(stored))
+    extra = sorted(set(stored) - set(expected))
+    if missing or extra:
+        raise MarcoError(f"{directory}: params do not match config.json (missing: "
+                         f"{', '.join(missing[:5]) or 'none'}; unexpected: "
+                         f"{', '.join(extra[:5]) or 'none'})")
+    for key, shape in expected.items():
+        if stored[key][0] != shape:
+            raise MarcoError(f"{directory}: tensor {key} has shape {stored[key][0]}, "
+                             f"config expects {shape}")
+    return stored
+
+
+def restore(directory: pathlib.Path, target: dict[str, Any]) -> dict[str, Any]:
+    """Restore the tensors named in nested ``target`` (ShapeDtypeStructs with
+    shardings, or numpy arrays for host copies); others stay on disk."""
     path = (directory / PARAMS_DIR).absolute()
+    options = ocp.options.PyTreeOptions(
+        loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
     try:
-        return ocp.StandardCheckpointer().restore(path, target)
+        with ocp.Context(pytree_options=options):
+            return ocp.load_pytree(path, target)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise MarcoError(f"{directory}: cannot restore Orbax params ({e})") from None
 
 
-def abstract_target(shapes: dict[str, tuple[tuple[int, ...], Any]],
-                    shardings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A nested restore target of ShapeDtypeStructs."""
-    return nest({k: jax.ShapeDtypeStruct(s, d, sharding=(shardings or {}).get(k))
-                 for k, (s, d) in shapes.items()})
+def restore_numpy(directory: pathlib.Path, keys: Iterable[str]) -> dict[str, np.ndarray]:
+    """Host copies of the tensors ``keys`` (dotted), in their stored dtypes."""
+    shapes = stored_shapes(directory)
+    target = nest({k: np.empty(*shapes[k]) for k in keys})
+    return flatten(restore(directory, target))

@@ -31,46 +31,53 @@ def is_hf_checkpoint(directory: pathlib.Path) -> bool:
 
 
 class SafetensorsReader(contextlib.AbstractContextManager):
-    """Lazy access to every tensor of an HF checkpoint directory, by name."""
+    """Lazy access to every tensor of an HF checkpoint directory, by name.
+
+    Each ``get`` opens, reads and closes its file: a file kept open stays
+    memory-mapped, and every page read would then count towards our RSS until
+    the end, adding a second copy of the model to the peak.
+    """
 
     def __init__(self, directory: str | pathlib.Path):
         self.directory = pathlib.Path(directory)
         index = self.directory / INDEX_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         elif (self.directory / SINGLE_FILE).is_file():
-            weight_map = None
+            files = [SINGLE_FILE]
         else:
             raise MarcoError(f"{self.directory}: no {SINGLE_FILE} or {INDEX_FILE}")
-        self._stack = contextlib.ExitStack()
-        self._file_of: dict[str, object] = {}
-        files = sorted(set(weight_map.values())) if weight_map else [SINGLE_FILE]
+        self._file_of: dict[str, pathlib.Path] = {}
+        self._shape_of: dict[str, tuple[int, ...]] = {}
         for name in files:
-            path = self.directory / name
-            try:
-                handle = self._stack.enter_context(safe_open(str(path), framework="numpy"))
-            except (SafetensorError, OSError) as e:
-                self._stack.close()
-                raise MarcoError(f"{path}: unreadable safetensors file ({e})") from None
-            for key in handle.keys():
-                self._file_of[key] = (handle, path)
+            with self._open(self.directory / name) as handle:
+                for key in handle.keys():
+                    self._file_of[key] = self.directory / name
+                    self._shape_of[key] = tuple(handle.get_slice(key).get_shape())
+
+    @staticmethod
+    def _open(path: pathlib.Path):
+        try:
+            return safe_open(str(path), framework="numpy")
+        except (SafetensorError, OSError) as e:
+            raise MarcoError(f"{path}: unreadable safetensors file ({e})") from None
 
     def __exit__(self, *exc):
-        self._stack.close()
+        return None
 
     def names(self) -> set[str]:
         return set(self._file_of)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        handle, _ = self._file_of[name]
-        return tuple(handle.get_slice(name).get_shape())
+        return self._shape_of[name]
 
     def get(self, name: str) -> np.ndarray:
-        handle, path = self._file_of[name]
-        try:
-            return handle.get_tensor(name)
-        except SafetensorError as e:
-            raise MarcoError(f"{path}: cannot read tensor {name} ({e})") from None
+        path = self._file_of[name]
+        with self._open(path) as handle:
+            try:
+                return handle.get_tensor(name)
+            except SafetensorError as e:
+                raise MarcoError(f"{path}: cannot read tensor {name} ({e})") from None
 
 
 def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
@@ -88,24 +95,21 @@ def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_bytes: int) -> list[
 
 
 def write_safetensors(directory: pathlib.Path, sizes: Sequence[tuple[str, int]],
-                      fetch: Callable[[str], np.ndarray], max_shard_bytes: int,
-                      on_tensor: Callable[[str], None] = lambda name: None) -> None:
-    """Write tensors as HF safetensors shards (+ index when more than one)."""
+                      fetch: Callable[[list[str]], dict[str, np.ndarray]],
+                      max_shard_bytes: int,
+                      on_shard: Callable[[list[str]], None] = lambda names: None) -> None:
+    """Write tensors as HF safetensors shards (+ index when more than one),
+    fetching one shard's tensors at a time."""
     shards = plan_shards(sizes, max_shard_bytes)
-    weight_map, total = {}, 0
+    weight_map = {}
     for i, names in enumerate(shards, start=1):
         filename = SINGLE_FILE if len(shards) == 1 else (
             f"model-{i:05d}-of-{len(shards):05d}.safetensors")
-        tensors = {}
-        for name in names:
-            tensors[name] = fetch(name)
-            total += tensors[name].nbytes
-            weight_map[name] = filename
-            on_tensor(name)
-        save_file(tensors, str(directory / filename), metadata={"format": "pt"})
-        del tensors
+        save_file(fetch(names), str(directory / filename), metadata={"format": "pt"})
+        weight_map.update({name: filename for name in names})
+        on_shard(names)
     if len(shards) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        index = {"metadata": {"total_size": sum(n for _, n in sizes)}, "weight_map": weight_map}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
 

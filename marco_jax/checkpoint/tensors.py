@@ -7,7 +7,7 @@ caller-supplied ``place`` function (keep on host, or put on a device mesh).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -49,19 +49,13 @@ def check_names(source: TensorSource, cfg: Qwen2Config, where: str) -> list[Tens
     return specs
 
 
-def read_tensors(source: TensorSource, cfg: Qwen2Config, where: str,
-                 place: Callable[[TensorSpec, np.ndarray], Any],
-                 dtype: np.dtype | None = None, desc: str = "reading") -> dict[str, Any]:
-    """``{dotted path: place(spec, tensor)}`` for every tensor, in our layout.
+def iter_tensors(source: TensorSource, cfg: Qwen2Config, where: str,
+                 dtype: np.dtype | None = None, desc: str = "reading",
+                 ) -> Iterator[tuple[TensorSpec, np.ndarray]]:
+    """``(spec, tensor in our layout)`` for every tensor, read one at a time.
 
     ``dtype`` casts (None keeps the stored dtype, for bit-exact conversion).
     """
-    specs = check_names(source, cfg, where)
-    out = {}
-    for spec in tqdm(specs, desc=desc, unit="tensor", leave=False):
+    for spec in tqdm(check_names(source, cfg, where), desc=desc, unit="tensor", leave=False):
         tensor = spec.to_ours(source.get(spec.hf_name))
-        if dtype is not None and tensor.dtype != dtype:
-            tensor = tensor.astype(dtype)
-        out[spec.key] = place(spec, tensor)
-        del tensor
-    return out
+        yield spec, tensor if dtype is None else tensor.astype(dtype, copy=False)

@@ -11,7 +11,6 @@ checks that HF -> Orbax -> HF reproduced every tensor bit for bit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import shutil
@@ -21,6 +20,8 @@ import time
 
 import numpy as np
 from safetensors import safe_open
+
+from report import report
 
 from marco_jax.config import load_hf_config
 
@@ -82,10 +83,7 @@ def main() -> None:
     compared, differ = tensors_equal(args.hf_dir, args.work_dir / "hf")
     results["round_trip"] = {"tensors_compared": compared, "tensors_differing": differ,
                              "bit_exact": not differ}
-    print(json.dumps(results, indent=2))
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(results, indent=2))
+    report(results, args.json_out)
 
 
 if __name__ == "__main__":

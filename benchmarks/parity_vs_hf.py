@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from report import report
+
 from marco_jax.loading import load
 
 
@@ -73,10 +75,7 @@ def main() -> None:
     if args.gguf:
         logits, seconds = our_logits(args.gguf, tokens)
         results["gguf"] = compare(logits, ref) | {"seconds": seconds}
-    print(json.dumps(results, indent=2))
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(results, indent=2))
+    report(results, args.json_out)
 
 
 if __name__ == "__main__":

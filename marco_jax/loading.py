@@ -55,14 +55,10 @@ def detect_format(path: str | pathlib.Path) -> str:
                      "model.safetensors[.index.json], or config.json with params/)")
 
 
-def read_config(path: str | pathlib.Path) -> Qwen2Config:
-    fmt = detect_format(path)
-    if fmt == "builtin":
-        return config_lib.preset(str(path)[len(BUILTIN_PREFIX):])
-    if fmt == "gguf":
-        with gguf_io.GGUFReader(path) as reader:
-            return reader.config()
-    return config_lib.load_hf_config(pathlib.Path(path) / "config.json")
+def _with_dtypes(cfg: Qwen2Config, param_dtype: str | None,
+                 compute_dtype: str | None) -> Qwen2Config:
+    return cfg.replace(param_dtype=param_dtype or cfg.param_dtype,
+                       compute_dtype=compute_dtype or cfg.compute_dtype)
 
 
 def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
@@ -73,16 +69,23 @@ def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
     Tensors stream from disk one at a time straight to their devices.
     """
     fmt = detect_format(path)
-    cfg = read_config(path)
-    cfg = cfg.replace(param_dtype=param_dtype or cfg.param_dtype,
-                      compute_dtype=compute_dtype or cfg.compute_dtype)
     if fmt == "builtin":
+        cfg = _with_dtypes(config_lib.preset(str(path)[len(BUILTIN_PREFIX):]),
+                           param_dtype, compute_dtype)
         model = init_model(cfg)
         if mesh is not None:
             nnx.update(model, shard_state(nnx.state(model), mesh, rules))
         tokenizer = tokenizer_lib.builtin_tokenizer() if with_tokenizer else None
         return LoadedModel(cfg, model, tokenizer, fmt)
 
+    path = pathlib.Path(path)
+    if fmt == "gguf":
+        reader = gguf_io.GGUFReader(path)
+        cfg = reader.config()
+    else:
+        cfg = config_lib.load_hf_config(path / "config.json")
+        reader = safetensors_io.SafetensorsReader(path) if fmt == "hf" else None
+    cfg = _with_dtypes(cfg, param_dtype, compute_dtype)
     graphdef, abstract = abstract_model(cfg)
     axes = {".".join(p): v.get_metadata()["logical_axes"] for p, v in iter_state_paths(abstract)}
     dtype = np.dtype(cfg.jnp_param_dtype)
@@ -92,7 +95,6 @@ def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
             return jax.sharding.SingleDeviceSharding(jax.devices()[0])
         return rules.sharding(axes[key], shape, mesh)
 
-    path = pathlib.Path(path)
     if fmt == "orbax":
         stored = orbax_io.check_shapes(path, {s.key: s.shape for s in tensor_specs(cfg)})
         target = orbax_io.nest({k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_of(k, shape))
@@ -100,8 +102,7 @@ def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
         params = orbax_io.restore(path, target)
         tokenizer = tokenizer_lib.load_tokenizer(path) if with_tokenizer else None
     else:
-        reader_cls = gguf_io.GGUFReader if fmt == "gguf" else safetensors_io.SafetensorsReader
-        with reader_cls(path) as reader:
+        with reader:
             params = orbax_io.nest({
                 spec.key: jax.device_put(tensor, sharding_of(spec.key, tensor.shape))
                 for spec, tensor in iter_tensors(reader, cfg, str(path), dtype, f"loading {fmt}")})

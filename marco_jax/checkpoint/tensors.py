@@ -1,8 +1,8 @@
 """Read every model tensor from an HF or GGUF source, one tensor at a time.
 
 Both sources speak HF tensor names; this module checks names and shapes
-against :func:`names.tensor_specs` and hands each tensor, in our layout, to a
-caller-supplied ``place`` function (keep on host, or put on a device mesh).
+against :func:`names.tensor_specs` and yields each tensor in our layout, so
+that callers (loading onto devices, conversion to Orbax) hold one at a time.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from flax import nnx
 
 from marco_jax.errors import MarcoError
 from marco_jax.model import KVCache, Qwen2, positions_from_mask
+from marco_jax.scoring import token_and_top_logprobs
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LENGTH_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -33,10 +34,9 @@ class Generation:
     logprobs: np.ndarray
     top_ids: np.ndarray
     top_logprobs: np.ndarray
-    lengths: np.ndarray
+    lengths: np.ndarray  # generated tokens per row: also the n of the confidence mean
     finished_by_eos: np.ndarray
     confidence_sum: np.ndarray  # sum of c_i over each row's generated tokens
-    confidence_count: np.ndarray
 
 
 def bucket(n: int, buckets: tuple[int, ...], what: str) -> int:
@@ -58,12 +58,10 @@ def _generate(graphdef: nnx.GraphDef, state: nnx.State, tokens_bp: jax.Array,
 
     def step(carry, key):
         logits_bv, cache, position_b, done_b, count_b = carry
-        logprobs_bv = jax.nn.log_softmax(logits_bv, axis=-1)
         greedy_b = jnp.argmax(logits_bv, axis=-1)
         drawn_b = jax.random.categorical(key, logits_bv / jnp.maximum(temperature, 1e-6))
         token_b = jnp.where(temperature > 0, drawn_b, greedy_b)
-        token_lp_b = jnp.take_along_axis(logprobs_bv, token_b[:, None], axis=-1)[:, 0]
-        top_lp_bk, top_ids_bk = jax.lax.top_k(logprobs_bv, top_k)
+        token_lp_b, top_lp_bk, top_ids_bk = token_and_top_logprobs(logits_bv, token_b, top_k)
         confidence_b = jnp.exp(token_lp_b) / jnp.exp(top_lp_bk).sum(-1)
         live_b = ~done_b
         count_b = count_b + live_b
@@ -120,4 +118,4 @@ class Sampler:
         finished_by_eos = np.isin(gen_tokens[np.arange(rows), count - 1], np.asarray(self.eos_ids))
         return Generation(gen_tokens[:, :max_new_tokens], token_lp[:, :max_new_tokens],
                           top_ids[:, :max_new_tokens], top_lp[:, :max_new_tokens], count,
-                          finished_by_eos, conf_sum, count)
+                          finished_by_eos, conf_sum)

@@ -40,15 +40,23 @@ class TokenScores:
         return float(np.exp(-self.total / max(len(self.logprobs), 1)))
 
 
+def token_and_top_logprobs(logits_xv: jax.Array, tokens_x: jax.Array, top_k: int):
+    """Log-probabilities of ``tokens_x`` under ``logits_xv`` and the top-k
+    (log-probabilities, ids), over any leading shape ``x``."""
+    logprobs_xv = jax.nn.log_softmax(logits_xv, axis=-1)
+    token_lp_x = jnp.take_along_axis(logprobs_xv, tokens_x[..., None], axis=-1)[..., 0]
+    top_lp_xk, top_ids_xk = jax.lax.top_k(logprobs_xv, top_k)
+    return token_lp_x, top_lp_xk, top_ids_xk
+
+
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _score_padded(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt: jax.Array,
                   mask_bt: jax.Array, top_k: int):
     model = nnx.merge(graphdef, state)
     positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
     logits_btv, _ = model(tokens_bt, positions_bt, mask_bt)
-    logprobs_btv = jax.nn.log_softmax(logits_btv[:, :-1], axis=-1)
-    token_lp_bt = jnp.take_along_axis(logprobs_btv, tokens_bt[:, 1:, None], axis=-1)[..., 0]
-    top_lp_btk, top_ids_btk = jax.lax.top_k(logprobs_btv, top_k)
+    token_lp_bt, top_lp_btk, top_ids_btk = token_and_top_logprobs(
+        logits_btv[:, :-1], tokens_bt[:, 1:], top_k)
     return token_lp_bt, top_ids_btk, top_lp_btk
 
 

@@ -37,7 +37,7 @@ def test_greedy_matches_hf_with_top5(hf_checkpoint):
     np.testing.assert_allclose(gen.logprobs[0], top_lp[:, 0].numpy(), atol=1e-4)
     confidence = np.exp(gen.logprobs[0]) / np.exp(gen.top_logprobs[0]).sum(-1)
     assert gen.confidence_sum[0] == pytest.approx(confidence.sum(), rel=1e-5)
-    assert gen.confidence_count[0] == 12
+    assert gen.lengths[0] == 12
 
 
 def test_padded_batch_equals_single_rows_and_reuses_compilation(hf_checkpoint):

@@ -10,7 +10,6 @@ import json
 import pathlib
 
 import numpy as np
-
 from tqdm import tqdm
 
 from marco_jax.checkpoint import gguf_io, orbax_io, safetensors_io
@@ -64,7 +63,7 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path,
 
     def fetch(names: list[str]) -> dict:
         """One shard's tensors, restored from Orbax and laid out as HF's."""
-        ours = orbax_io.restore_numpy(src, [by_name[n].key for n in names])
+        ours = orbax_io.restore_numpy(src, {by_name[n].key: stored[by_name[n].key] for n in names})
         return {n: by_name[n].to_hf(ours.pop(by_name[n].key)) for n in names}
 
     sizes = [(s.hf_name, int(np.prod(s.shape)) * stored[s.key][1].itemsize) for s in specs]

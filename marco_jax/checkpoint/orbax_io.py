@@ -116,8 +116,9 @@ def restore(directory: pathlib.Path, target: dict[str, Any]) -> dict[str, Any]:
         raise MarcoError(f"{directory}: cannot restore Orbax params ({e})") from None
 
 
-def restore_numpy(directory: pathlib.Path, keys: Iterable[str]) -> dict[str, np.ndarray]:
-    """Host copies of the tensors ``keys`` (dotted), in their stored dtypes."""
-    shapes = stored_shapes(directory)
-    target = nest({k: np.empty(*shapes[k]) for k in keys})
+def restore_numpy(directory: pathlib.Path,
+                  shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+    """Host copies of the tensors named in ``shapes`` (dotted key -> stored shape
+    and dtype, as from :func:`stored_shapes`)."""
+    target = nest({k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()})
     return flatten(restore(directory, target))

@@ -190,6 +190,14 @@ class Qwen2(nnx.Module):
         ``mask_bt`` marks real tokens (default: all). Without a cache, attention
         is causal over this call's tokens; with one, over every filled slot.
         """
+        x_btd, cache = self.hidden_states(tokens_bt, positions_bt, mask_bt, cache)
+        return self.logits(x_btd), cache
+
+    def hidden_states(self, tokens_bt: jax.Array, positions_bt: jax.Array,
+                      mask_bt: jax.Array | None = None, cache: KVCache | None = None,
+                      ) -> tuple[jax.Array, KVCache | None]:
+        """Final-normed hidden states (b, t, d): a sampler's prefill needs the head
+        only at the last position, which saves a (b, t, vocab) product."""
         cfg = self.cfg
         b, t = tokens_bt.shape
         if mask_bt is None:
@@ -209,13 +217,15 @@ class Qwen2(nnx.Module):
         x_btd = jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(cfg.jnp_compute_dtype)
         for i, layer in enumerate(self.layers):
             x_btd, cache = layer(x_btd, cos_bth, sin_bth, allowed_bts, i, cache)
-        x_btd = self.final_norm(x_btd)
-        head_vd = self.embed_vd if cfg.tie_word_embeddings else self.lm_head_vd
-        logits_btv = jnp.einsum("btd,vd->btv", x_btd, head_vd[...].astype(x_btd.dtype),
-                                preferred_element_type=jnp.float32)
         if cache is not None:
             cache = dataclasses.replace(cache, end=cache.end + t)
-        return logits_btv, cache
+        return self.final_norm(x_btd), cache
+
+    def logits(self, x_btd: jax.Array) -> jax.Array:
+        """float32 logits (b, t, v) from final hidden states."""
+        head_vd = self.embed_vd if self.cfg.tie_word_embeddings else self.lm_head_vd
+        return jnp.einsum("btd,vd->btv", x_btd, head_vd[...].astype(x_btd.dtype),
+                          preferred_element_type=jnp.float32)
 
 
 def init_model(cfg: Qwen2Config, seed: int = 0) -> Qwen2:

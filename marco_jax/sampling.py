@@ -1,0 +1,106 @@
+"""Choosing the next token on device: greedy, temperature, top-k and top-p, per row.
+
+Every row carries its own sampling parameters and seed. A row's random number at
+decode step ``i`` comes from ``fold_in(key(seed), i)``, so a seed reproduces the
+same draw whatever else is in the batch.
+
+Sorting a 150k vocabulary is slow on CPU and on TPU, so nothing here sorts in
+the common case:
+- a draw is one uniform number per row, inverted through the CDF in two levels
+  (chunk masses, then one chunk), instead of Gumbel noise over the vocabulary;
+- top-k and top-p thresholds come from ``lax.top_k`` over ``width`` candidates;
+  only when a row's nucleus is wider than the candidates does the step fall
+  back to a full sort, so the result is always the exact nucleus.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+CHUNK = 128  # tokens per chunk of the two-level CDF
+_MASKED = -jnp.inf
+
+
+def row_uniforms(seed_b: jax.Array, step: jax.Array) -> jax.Array:
+    """One U[0, 1) number per row for decode step ``step``, from the row's seed alone."""
+    def one(seed):
+        return jax.random.uniform(jax.random.fold_in(jax.random.key(seed), step))
+    return jax.vmap(one)(seed_b)
+
+
+def _thresholds(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array, width: int):
+    """Lowest scaled logit each row keeps under top-k then top-p, and whether the
+    ``width`` largest logits were enough to decide it."""
+    top_bw, _ = jax.lax.top_k(scaled_bv, width)
+    use_k_b = top_k_b > 0
+    k_index_b = jnp.clip(top_k_b - 1, 0, width - 1)
+    k_thresh_b = jnp.where(use_k_b, jnp.take_along_axis(top_bw, k_index_b[:, None], 1)[:, 0],
+                           _MASKED)
+    max_b = top_bw[:, 0]
+    kept_mass_b = jnp.sum(jnp.where(scaled_bv >= k_thresh_b[:, None],
+                                    jnp.exp(scaled_bv - max_b[:, None]), 0.0), axis=-1)
+    in_k_bw = top_bw >= k_thresh_b[:, None]
+    prob_bw = jnp.where(in_k_bw, jnp.exp(top_bw - max_b[:, None]), 0.0) / kept_mass_b[:, None]
+    mass_before_bw = jnp.cumsum(prob_bw, axis=-1) - prob_bw
+    # Nucleus: a token stays if the tokens more probable than it hold < top_p.
+    keep_bw = in_k_bw & (mass_before_bw < top_p_b[:, None])
+    last_b = jnp.maximum(jnp.sum(keep_bw, axis=-1) - 1, 0)
+    p_thresh_b = jnp.take_along_axis(top_bw, last_b[:, None], 1)[:, 0]
+    use_p_b = top_p_b < 1.0
+    thresh_b = jnp.where(use_p_b, jnp.maximum(p_thresh_b, k_thresh_b), k_thresh_b)
+    decided_b = ~use_p_b | use_k_b | (jnp.sum(prob_bw, axis=-1) >= top_p_b)
+    return thresh_b, decided_b
+
+
+def filter_logits(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array,
+                  width: int) -> jax.Array:
+    """Mask (to -inf) the tokens outside each row's top-k, then outside its nucleus.
+
+    ``width`` must be at least every row's ``top_k``; top_k 0 and top_p 1 mean off.
+    """
+    thresh_b, decided_b = _thresholds(scaled_bv, top_k_b, top_p_b, width)
+    vocab = scaled_bv.shape[-1]
+    if width < vocab:
+        thresh_b = jax.lax.cond(
+            jnp.all(decided_b), lambda: thresh_b,
+            lambda: _thresholds(scaled_bv, top_k_b, top_p_b, vocab)[0])
+    return jnp.where(scaled_bv >= thresh_b[:, None], scaled_bv, _MASKED)
+
+
+def inverse_cdf(scaled_bv: jax.Array, uniform_b: jax.Array) -> jax.Array:
+    """Draw from softmax(scaled_bv) by inverting its CDF at ``uniform_b``.
+
+    Two levels (chunk masses, then within the chosen chunk) keep the cumulative
+    sums short; a masked (-inf) token has zero mass and is never drawn.
+    """
+    b, vocab = scaled_bv.shape
+    chunks = -(-vocab // CHUNK)
+    padded_bv = jnp.pad(scaled_bv, ((0, 0), (0, chunks * CHUNK - vocab)),
+                        constant_values=_MASKED)
+    prob_bcw = jnp.exp(padded_bv - padded_bv.max(-1, keepdims=True)).reshape(b, chunks, CHUNK)
+    cdf_bc = jnp.cumsum(prob_bcw.sum(-1), axis=-1)
+    total_b = cdf_bc[:, -1]
+    target_b = jnp.minimum(uniform_b * total_b, jnp.nextafter(total_b, 0.0))
+    chunk_b = jnp.minimum(jnp.sum(cdf_bc <= target_b[:, None], axis=-1), chunks - 1)
+    before_b = jnp.where(chunk_b > 0,
+                         jnp.take_along_axis(cdf_bc, jnp.maximum(chunk_b - 1, 0)[:, None], 1)[:, 0],
+                         0.0)
+    cdf_bw = jnp.cumsum(jnp.take_along_axis(prob_bcw, chunk_b[:, None, None], 1)[:, 0], axis=-1)
+    rest_b = jnp.clip(target_b - before_b, 0.0, jnp.nextafter(cdf_bw[:, -1], 0.0))
+    within_b = jnp.sum(cdf_bw <= rest_b[:, None], axis=-1)
+    return (chunk_b * CHUNK + within_b).astype(jnp.int32)
+
+
+def next_tokens(logits_bv: jax.Array, temperature_b: jax.Array, top_k_b: jax.Array,
+                top_p_b: jax.Array, seed_b: jax.Array, step: jax.Array, width: int) -> jax.Array:
+    """The next token of every row: argmax where temperature is 0, else a draw
+    from softmax(logits / temperature) restricted by top-k and top-p.
+
+    ``width`` 0 means no row filters (the filtering code is then not compiled).
+    """
+    scaled_bv = logits_bv / jnp.where(temperature_b > 0, temperature_b, 1.0)[:, None]
+    if width:
+        scaled_bv = filter_logits(scaled_bv, top_k_b, top_p_b, width)
+    drawn_b = inverse_cdf(scaled_bv, row_uniforms(seed_b, step))
+    return jnp.where(temperature_b > 0, drawn_b, jnp.argmax(logits_bv, axis=-1).astype(jnp.int32))

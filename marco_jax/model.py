@@ -120,11 +120,13 @@ class Attention(nnx.Module):
         if cache is None:
             k_bskh, v_bskh = k_btkh, v_btkh
         else:
-            start = (0, cache.end, 0, 0)
-            k_bskh = jax.lax.dynamic_update_slice(cache.k_lbskh[layer], k_btkh, start)
-            v_bskh = jax.lax.dynamic_update_slice(cache.v_lbskh[layer], v_btkh, start)
-            cache = dataclasses.replace(cache, k_lbskh=cache.k_lbskh.at[layer].set(k_bskh),
-                                        v_lbskh=cache.v_lbskh.at[layer].set(v_bskh))
+            # Write only the new slots of this layer, so that XLA updates the
+            # stacked cache in place instead of copying it per layer.
+            start = (layer, 0, cache.end, 0, 0)
+            cache = dataclasses.replace(
+                cache, k_lbskh=jax.lax.dynamic_update_slice(cache.k_lbskh, k_btkh[None], start),
+                v_lbskh=jax.lax.dynamic_update_slice(cache.v_lbskh, v_btkh[None], start))
+            k_bskh, v_bskh = cache.k_lbskh[layer], cache.v_lbskh[layer]
 
         b, t, n, h = q_btnh.shape
         kv = k_bskh.shape[2]

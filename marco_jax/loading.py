@@ -33,6 +33,16 @@ class LoadedModel:
     tokenizer: Any
     source_format: str  # "hf", "orbax", "gguf" or "builtin"
 
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The config's EOS ids that exist in the vocabulary, plus the tokenizer's
+        (a chat model ends its turn with <|im_end|>, which the config may omit)."""
+        ids = [i for i in self.cfg.eos_token_ids if i < self.cfg.vocab_size]
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is not None and eos not in ids:
+            ids.append(eos)
+        return tuple(ids)
+
 
 def detect_format(path: str | pathlib.Path) -> str:
     """"hf", "orbax", "gguf" or "builtin"; a clear error for anything else."""

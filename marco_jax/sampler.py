@@ -32,7 +32,8 @@ from marco_jax.scoring import token_and_top_logprobs
 from marco_jax.sharding import ShardingRules, shard_state
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-LENGTH_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Powers of two and 1.5x between them: a prompt pads by at most a third.
+LENGTH_BUCKETS = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 FILTER_WIDTH = 256  # candidates for top-k / top-p thresholds (see sampling.py)
 RUNNING, LENGTH, EOS, STOP = -1, 0, 1, 2
 FINISH_REASONS = {LENGTH: "length", EOS: "eos", STOP: "stop"}
@@ -245,10 +246,12 @@ class Sampler:
         row ``i`` the seed ``seed + i``. Temperature 0 is greedy.
         """
         rows = len(prompts)
-        if rows == 0 or any(len(p) == 0 for p in prompts):
-            raise MarcoError("every prompt needs at least one token")
+        if rows == 0:
+            raise MarcoError("no prompts to generate from")
         vocab = self.cfg.vocab_size
         for i, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise MarcoError(f"prompt {i} is empty: every prompt needs at least one token")
             if min(prompt) < 0 or max(prompt) >= vocab:
                 raise MarcoError(f"prompt {i} has token ids outside [0, {vocab})")
         if max_new_tokens < 1:

@@ -108,3 +108,37 @@ def test_bad_text_file_and_arguments(tmp_path):
                           "top-logprobs")
     assert_one_line_error(run_script("score.py", "--model", "builtin:huge", "--text", "hi"),
                           "unknown model preset")
+
+
+def test_generate_builtin_json_with_timing(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "2+3="}\n{"prompt": "héllo"}\n\n{"prompt": "x"}\n')
+    proc = run_script("generate.py", "--prompts-file", str(tmp_path / "p.jsonl"), "--chat",
+                      "--max-new-tokens", "6", "--temperature", "0.8", "--top-p", "0.9",
+                      "--batch-size", "2", "--seed", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [g["prompt"] for g in out["generations"]] == ["2+3=", "héllo", "x"]
+    for g in out["generations"]:
+        assert 1 <= g["num_tokens"] <= 6 and len(g["tokens"]) == g["num_tokens"]
+        assert g["finish_reason"] in ("eos", "length")
+        assert len(g["tokens"][0]["top_logprobs"]) == 5
+    assert set(out["timing"]) >= {"load_s", "compile_s", "prefill_s", "decode_s",
+                                  "decode_tokens_per_s"}
+    # Row 3 has seed 3 + 2 whether it runs in a batch of 2 or alone.
+    alone = run_script("generate.py", "--prompt", "x", "--chat", "--max-new-tokens", "6",
+                       "--temperature", "0.8", "--top-p", "0.9", "--seed", "5", "--json")
+    assert json.loads(alone.stdout)["generations"][0]["tokens"] == out["generations"][2]["tokens"]
+
+
+def test_generate_text_output_and_errors(tmp_path):
+    proc = run_script("generate.py", "--prompt", "abc", "--max-new-tokens", "4", "--stop", "zz")
+    assert proc.returncode == 0 and proc.stdout.startswith("=== 1:"), proc.stderr
+    assert "tokens/s" in proc.stderr
+    assert_one_line_error(run_script("generate.py", "--prompt", ""), "prompt 1 is empty")
+    assert_one_line_error(run_script("generate.py", "--prompt", "a" * 3000), "max_position")
+    assert_one_line_error(run_script("generate.py", "--prompt", "a", "--top-p", "2"), "top_p")
+    assert_one_line_error(run_script("generate.py", "--prompt", "a", "--temperature", "-1"),
+                          "temperature")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\nnot json\n')
+    assert_one_line_error(run_script("generate.py", "--prompts-file", str(tmp_path / "bad.jsonl")),
+                          "bad.jsonl:2")

@@ -74,7 +74,7 @@ def test_eos_and_max_new_tokens_end_rows(hf_checkpoint):
 def test_bad_requests_are_errors():
     tiny = load("builtin:tiny")
     sampler = Sampler(tiny.model, eos_ids=(258,))
-    with pytest.raises(MarcoError, match="at least one token"):
+    with pytest.raises(MarcoError, match="prompt 0 is empty"):
         sampler.generate([[]], max_new_tokens=4)
     with pytest.raises(MarcoError, match="outside"):
         sampler.generate([[1, 600]], max_new_tokens=4)

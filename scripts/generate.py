@@ -1,0 +1,155 @@
+"""Generate continuations with the batched sampler: text, per-token log-probabilities, timing.
+
+    python scripts/generate.py --model PATH (--prompt TEXT | --prompts-file F) [--chat | --marco] \
+        --max-new-tokens 256 --temperature 0.7 --top-p 0.95 --top-logprobs 5 \
+        --batch-size 8 --seed 0 [--stop "</Output>"] --json
+
+PATH is an HF checkpoint directory, a marco-jax Orbax checkpoint, a GGUF file, or
+``builtin:tiny`` (a random tiny model, to try the pipeline; the default). A prompts
+file holds one prompt per line, or one JSON object with a "prompt" field per line
+(.jsonl). Row i of the whole run uses seed ``--seed + i``, so any prompt's sample
+is reproducible whatever batch it lands in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+from tqdm import tqdm
+
+from marco_jax import prompts as prompt_lib
+from marco_jax import stops
+from marco_jax.cli import run
+from marco_jax.errors import MarcoError
+from marco_jax.loading import load
+from marco_jax.sampler import Generation, Sampler
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:tiny",
+                        help="HF dir, Orbax checkpoint, GGUF file or builtin:tiny (default)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompt", help="one prompt, given inline")
+    source.add_argument("--prompts-file", type=pathlib.Path,
+                        help="one prompt per line, or .jsonl with a 'prompt' field")
+    template = parser.add_mutually_exclusive_group()
+    template.add_argument("--chat", action="store_true",
+                          help="wrap each prompt as a user turn in ChatML")
+    template.add_argument("--marco", action="store_true",
+                          help="ChatML with Marco-o1's system prompt (<Thought>/<Output>)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-logprobs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="stop a row once its text contains TEXT (repeatable)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--json", action="store_true", help="print JSON with per-token log-probs")
+    return parser.parse_args()
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompts_file is None:
+        return [args.prompt if args.prompt is not None else "Marco-o1 thinks step by step:"]
+    path = args.prompts_file
+    if not path.is_file():
+        raise MarcoError(f"{path}: no such file")
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise MarcoError(f"{path}: not UTF-8 text") from None
+    if path.suffix != ".jsonl":
+        return lines
+    out = []
+    for number, line in enumerate(lines, 1):
+        try:
+            out.append(str(json.loads(line)["prompt"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise MarcoError(f"{path}:{number}: expected a JSON object with a 'prompt' field")
+    return out
+
+
+def token_record(tokenizer, token: int, logprob: float, top_ids, top_lps) -> dict:
+    return {"id": int(token), "text": tokenizer.decode([int(token)]), "logprob": float(logprob),
+            "top_logprobs": [{"id": int(t), "text": tokenizer.decode([int(t)]),
+                              "logprob": float(lp)} for t, lp in zip(top_ids, top_lps)]}
+
+
+def records(gen: Generation, texts: list[str], tokenizer, eos_ids: tuple[int, ...],
+            with_tokens: bool) -> list[dict]:
+    out = []
+    for i, text in enumerate(texts):
+        tokens = gen.row_tokens(i)
+        shown = tokens[:-1] if gen.finish_reasons[i] == "eos" and tokens[-1] in eos_ids else tokens
+        record = {"prompt": text, "completion": tokenizer.decode(shown),
+                  "finish_reason": gen.finish_reasons[i], "num_tokens": len(tokens),
+                  "confidence": float(gen.confidence[i])}
+        if with_tokens:
+            record["tokens"] = [token_record(tokenizer, t, gen.logprobs[i, j], gen.top_ids[i, j],
+                                             gen.top_logprobs[i, j]) for j, t in enumerate(tokens)]
+        out.append(record)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    if args.batch_size < 1:
+        raise MarcoError(f"--batch-size must be >= 1, got {args.batch_size}")
+    texts = read_prompts(args)
+    if not texts:
+        raise MarcoError(f"{args.prompts_file}: no prompts")
+    start = time.perf_counter()
+    loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
+    tokenizer = loaded.tokenizer
+    table = stops.build_stop_table(tokenizer, args.stop, loaded.cfg.vocab_size)
+    sampler = Sampler(loaded.model, loaded.eos_ids, top_logprobs=args.top_logprobs,
+                      stop_table=table)
+    load_s = time.perf_counter() - start
+    if args.marco:
+        wrapped = [prompt_lib.marco_prompt(t) for t in texts]
+    elif args.chat:
+        wrapped = [prompt_lib.chat_prompt(t) for t in texts]
+    else:
+        wrapped = texts
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in wrapped]
+    for i, row in enumerate(ids):
+        if not row:
+            raise MarcoError(f"prompt {i + 1} is empty")
+
+    results, timing = [], {"compile_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0,
+                           "generated_tokens": 0}
+    batches = range(0, len(ids), args.batch_size)
+    for first in tqdm(batches, desc="generating", unit="batch", disable=len(batches) < 2):
+        chunk = slice(first, first + args.batch_size)
+        gen = sampler.generate(ids[chunk], args.max_new_tokens, temperature=args.temperature,
+                               top_k=args.top_k, top_p=args.top_p, seed=args.seed + first)
+        results += records(gen, texts[chunk], tokenizer, loaded.eos_ids, args.json)
+        for key in ("compile_s", "prefill_s", "decode_s", "generated_tokens"):
+            timing[key] += getattr(gen.timing, key)
+    timing = {"load_s": load_s, **timing,
+              "decode_tokens_per_s": timing["generated_tokens"] / max(timing["decode_s"], 1e-9)}
+
+    if args.json:
+        json.dump({"model": str(args.model), "generations": results, "timing": timing},
+                  sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return
+    for i, record in enumerate(results):
+        print(f"=== {i + 1}: {record['finish_reason']}, {record['num_tokens']} tokens, "
+              f"confidence {record['confidence']:.3f}")
+        print(record["completion"])
+    print(f"load {timing['load_s']:.1f}s  compile {timing['compile_s']:.1f}s  "
+          f"prefill {timing['prefill_s']:.2f}s  decode {timing['decode_s']:.2f}s  "
+          f"({timing['decode_tokens_per_s']:.1f} tokens/s)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run(main)

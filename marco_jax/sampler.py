@@ -61,6 +61,7 @@ class Generation:
     logprobs: np.ndarray
     top_ids: np.ndarray
     top_logprobs: np.ndarray
+    confidences: np.ndarray  # c_i of each generated token, computed on device
     lengths: np.ndarray  # generated tokens per row: also the n of the confidence mean
     finish_reasons: list[str]  # "eos", "stop" (a stop string) or "length"
     confidence_sum: np.ndarray  # sum of c_i over each row's generated tokens
@@ -126,13 +127,14 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, logits_bv:
                                                                    top_logprobs)
         live_b = reason_b == RUNNING
         count_b = count_b + live_b
-        conf_b = conf_b + jnp.where(live_b, jnp.exp(token_lp_b) / jnp.exp(top_lp_bk).sum(-1), 0.0)
+        c_b = jnp.exp(token_lp_b) / jnp.exp(top_lp_bk).sum(-1)
+        conf_b = conf_b + jnp.where(live_b, c_b, 0.0)
         stop_bs, hit_b = stops.advance(stop_sjv, stop_lengths_s, stop_bs, token_b)
         ended_b = jnp.where(jnp.isin(token_b, eos_ids), EOS,
                             jnp.where(hit_b, STOP, jnp.where(count_b >= max_new_b, LENGTH,
                                                              RUNNING)))
         out = jax.tree.map(lambda buf, x: buf.at[:, step].set(x), out,
-                           (token_b, token_lp_b, top_ids_bk, top_lp_bk))
+                           (token_b, token_lp_b, top_ids_bk, top_lp_bk, c_b))
         return dict(step=step + 1, out=out, reason=jnp.where(live_b, ended_b, reason_b),
                     count=count_b, conf=conf_b, stop=stop_bs, token=token_b)
 
@@ -149,7 +151,8 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, logits_bv:
 
     k = top_logprobs
     out = (jnp.zeros((b, new_tokens), jnp.int32), jnp.zeros((b, new_tokens), jnp.float32),
-           jnp.zeros((b, new_tokens, k), jnp.int32), jnp.zeros((b, new_tokens, k), jnp.float32))
+           jnp.zeros((b, new_tokens, k), jnp.int32), jnp.zeros((b, new_tokens, k), jnp.float32),
+           jnp.zeros((b, new_tokens), jnp.float32))
     carry = dict(step=jnp.int32(0), out=out, reason=jnp.full(b, RUNNING, jnp.int32),
                  count=jnp.zeros(b, jnp.int32), conf=jnp.zeros(b, jnp.float32),
                  stop=jnp.zeros((b, stop_sjv.shape[0]), jnp.int32))
@@ -236,14 +239,15 @@ class Sampler:
         axes = ("batch",) + (None,) * (array.ndim - 1)
         return jax.device_put(array, rules.sharding(axes, array.shape, mesh))
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int], *,
                  temperature: float | Sequence[float] = 0.0, top_k: int | Sequence[int] = 0,
                  top_p: float | Sequence[float] = 1.0,
                  seed: int | Sequence[int] = 0) -> Generation:
         """Continue every prompt by up to ``max_new_tokens`` tokens.
 
-        Sampling parameters are one value or one per prompt; an int ``seed`` gives
-        row ``i`` the seed ``seed + i``. Temperature 0 is greedy.
+        ``max_new_tokens`` and the sampling parameters are one value or one per
+        prompt; an int ``seed`` gives row ``i`` the seed ``seed + i``.
+        Temperature 0 is greedy.
         """
         rows = len(prompts)
         if rows == 0:
@@ -254,13 +258,17 @@ class Sampler:
                 raise MarcoError(f"prompt {i} is empty: every prompt needs at least one token")
             if min(prompt) < 0 or max(prompt) >= vocab:
                 raise MarcoError(f"prompt {i} has token ids outside [0, {vocab})")
-        if max_new_tokens < 1:
-            raise MarcoError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        longest = max(len(p) for p in prompts)
+        max_new_r = _per_row(max_new_tokens, rows, np.int32, "max_new_tokens")
+        if max_new_r.min() < 1:
+            raise MarcoError(f"max_new_tokens must be >= 1, got {max_new_r.min()}")
         limit = self.cfg.max_position_embeddings
-        if longest + max_new_tokens > limit:
-            raise MarcoError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} "
-                             f"exceeds the model's max_position_embeddings {limit}")
+        total = np.array([len(p) for p in prompts]) + max_new_r
+        if total.max() > limit:
+            i = int(np.argmax(total))
+            raise MarcoError(f"prompt {i} of {len(prompts[i])} tokens + max_new_tokens "
+                             f"{max_new_r[i]} exceeds the model's max_position_embeddings {limit}")
+        longest = max(len(p) for p in prompts)
+        max_new = int(max_new_r.max())
         seeds = (np.arange(rows) + seed) if np.ndim(seed) == 0 else seed
         temperature_r = _per_row(temperature, rows, np.float32, "temperature")
         top_k_r = _per_row(top_k, rows, np.int32, "top_k")
@@ -270,7 +278,7 @@ class Sampler:
 
         b = bucket(rows, BATCH_BUCKETS, "batch size")
         p = bucket(longest, LENGTH_BUCKETS, "prompt length")
-        n = bucket(max_new_tokens, LENGTH_BUCKETS, "max_new_tokens")
+        n = bucket(max_new, LENGTH_BUCKETS, "max_new_tokens")
         tokens = np.zeros((b, p), np.int32)
         mask = np.zeros((b, p), bool)
         for i, prompt in enumerate(prompts):
@@ -297,8 +305,7 @@ class Sampler:
         start = time.perf_counter()
         decode_args = (self.state, cache, logits_bv, position_b, self.eos_ids, *self._stop_arrays,
                        padded(temperature_r, 0.0), padded(top_k_r, 0), padded(top_p_r, 1.0),
-                       padded(seed_r.astype(np.int32), 0), padded(np.full(rows, max_new_tokens,
-                                                                          np.int32), 1))
+                       padded(seed_r.astype(np.int32), 0), padded(max_new_r, 1))
         decode = self._program("decode", _decode, dict(new_tokens=n,
                                                        top_logprobs=self.top_logprobs,
                                                        width=width, layout=self.layout),
@@ -307,11 +314,11 @@ class Sampler:
         out, reason, count, conf = jax.device_get((out, reason, count, conf))
         decode_s = time.perf_counter() - start - (self._compile_s - compiled_s)
 
-        gen_tokens, token_lp, top_ids, top_lp = (np.asarray(x)[:rows, :max_new_tokens]
-                                                 for x in out)
+        gen_tokens, token_lp, top_ids, top_lp, confidences = (np.asarray(x)[:rows, :max_new]
+                                                              for x in out)
         lengths = np.asarray(count)[:rows]
         return Generation(
-            gen_tokens, token_lp, top_ids, top_lp, lengths,
+            gen_tokens, token_lp, top_ids, top_lp, confidences, lengths,
             [FINISH_REASONS[int(r)] for r in np.asarray(reason)[:rows]],
             np.asarray(conf)[:rows],
             Timing(self._compile_s, prefill_s, decode_s, int(sum(map(len, prompts))),

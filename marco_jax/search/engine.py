@@ -1,0 +1,201 @@
+"""Marco-o1's MCTS over many problems in lock-step, one sampler call per iteration.
+
+Each iteration selects a leaf in every tree (UCT), and for each leaf samples
+``children`` continuations in one batched call over all trees. A continuation
+is split on the host into the child's *action* (a mini-step of 32/64 tokens,
+or a whole step ending at the step delimiter) and the *rollout* that follows it
+to a terminal state (EOS, ``</Output>``) or the token budget. The child's value
+is Marco-o1's confidence ``v = mean_i c_i``, with ``c_i = exp(p(t_i)) /
+sum_{k<=5} exp(p(t_k))`` computed on device per token; ``reward_tokens``
+chooses which tokens count: the rollout's (default; the action's when the
+action itself ended the answer), the action's, or both. ``v`` is backed up
+from the child to the root.
+
+With ``reflection``, an action that closes the thought (``</Thought>``) gets a
+sibling that instead continues the thought with "Wait! Maybe I made some
+mistakes! I need to rethink from scratch." for the search to explore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from marco_jax.errors import MarcoError
+from marco_jax.sampler import BATCH_BUCKETS, Generation, Sampler
+from marco_jax.search.tree import Tree, backup, most_visited_path, select_leaf
+
+REFLECTION = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
+THOUGHT_END = "</Thought>"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    action: str = "mini_step"  # "mini_step" or "step"
+    mini_step_tokens: int = 64
+    step_delimiter: str = "\n\n"
+    step_max_tokens: int = 256  # cap on one step action
+    children: int = 4  # continuations sampled per expansion
+    iterations: int = 8
+    c_uct: float = 1.0
+    call_tokens: int = 512  # new tokens per call: action + rollout
+    max_tokens: int = 1024  # generated tokens on a path (beyond the prompt)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 0
+    reward_tokens: str = "rollout"  # "rollout", "action" or "both"
+    reflection: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = [
+            (self.action in ("mini_step", "step"), f"action must be mini_step or step, got {self.action!r}"),
+            (self.reward_tokens in ("rollout", "action", "both"),
+             f"reward_tokens must be rollout, action or both, got {self.reward_tokens!r}"),
+            (self.children >= 1, f"children must be >= 1, got {self.children}"),
+            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
+            (self.mini_step_tokens >= 1, "mini_step_tokens must be >= 1"),
+            (self.call_tokens >= 1 and self.max_tokens >= 1, "token budgets must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MarcoError(message)
+
+
+@dataclasses.dataclass
+class Candidate:
+    """A complete answer the search produced: a node's path plus its rollout."""
+
+    node: int
+    tokens: list[int]  # generated tokens (after the prompt)
+    value: float
+
+
+@dataclasses.dataclass
+class SearchResult:
+    tree: Tree
+    best_path: list[int]
+    best_tokens: list[int]  # generated tokens of the chosen answer (after the prompt)
+    candidates: list[Candidate]
+    generated_tokens: int
+
+
+def _row_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class Search:
+    """Runs many problems' trees together through one :class:`Sampler`."""
+
+    def __init__(self, sampler: Sampler, tokenizer: Any, cfg: SearchConfig):
+        self.sampler, self.tokenizer, self.cfg = sampler, tokenizer, cfg
+        self.device_calls = 0
+        self.rows_per_call: list[int] = []
+
+    def generate(self, contexts: Sequence[list[int]], budgets: Sequence[int],
+                 seeds: Sequence[int]) -> list[tuple[Generation, int]]:
+        """Sample every row, in as few calls as the largest batch bucket allows.
+
+        Returns (generation, row index within it) per input row.
+        """
+        out = []
+        largest = BATCH_BUCKETS[-1]
+        for first in range(0, len(contexts), largest):
+            rows = slice(first, first + largest)
+            gen = self.sampler.generate(
+                list(contexts[rows]), list(budgets[rows]), temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p, top_k=self.cfg.top_k, seed=list(seeds[rows]))
+            self.device_calls += 1
+            self.rows_per_call.append(len(contexts[rows]))
+            out += [(gen, i) for i in range(len(contexts[rows]))]
+        return out
+
+    def _action_length(self, tokens: list[int]) -> int:
+        """How many of a continuation's tokens form the child's action."""
+        if self.cfg.action == "mini_step":
+            return min(self.cfg.mini_step_tokens, len(tokens))
+        cap = min(self.cfg.step_max_tokens, len(tokens))
+        for end in range(1, cap + 1):  # the first token that completes the delimiter
+            if self.cfg.step_delimiter in self.tokenizer.decode(tokens[:end]):
+                return end
+        return cap
+
+    def _value(self, conf: np.ndarray, action_len: int) -> float:
+        mode = self.cfg.reward_tokens
+        if mode == "action" or (mode == "rollout" and action_len == len(conf)):
+            part = conf[:action_len]
+        elif mode == "rollout":
+            part = conf[action_len:]
+        else:
+            part = conf
+        return float(part.mean()) if len(part) else 0.0
+
+    def _reflection_tokens(self, action: list[int]) -> list[int] | None:
+        text = self.tokenizer.decode(action)
+        if not self.cfg.reflection or THOUGHT_END not in text:
+            return None
+        before = text[:text.index(THOUGHT_END)].rstrip()
+        return self.tokenizer.encode(f"{before}\n\n{REFLECTION}\n\n", add_special_tokens=False)
+
+    def run(self, prompts: Sequence[list[int]], problem_seeds: Sequence[int] | None = None,
+            on_iteration: Callable[[int], None] | None = None) -> list[SearchResult]:
+        """Search every prompt for ``cfg.iterations`` iterations, all trees per call.
+
+        A row's sampling seed derives from (cfg.seed, its problem's seed, node,
+        child), so a problem's search does not depend on which others share it.
+        """
+        cfg = self.cfg
+        problem_seeds = list(range(len(prompts))) if problem_seeds is None else problem_seeds
+        trees = [Tree.new(p, cfg.children + cfg.reflection) for p in prompts]
+        prompt_lens = [len(p) for p in prompts]
+        generated = [0] * len(trees)
+        for iteration in range(cfg.iterations):
+            contexts, budgets, seeds, owners = [], [], [], []
+            for t, tree in enumerate(trees):
+                leaf = select_leaf(tree, cfg.c_uct)
+                if tree.terminal_n[leaf]:  # nothing to expand: re-count its own value
+                    backup(tree, leaf, float(tree.rollout_value_n[leaf]))
+                    continue
+                context = tree.path_tokens(leaf)
+                room = cfg.max_tokens - (len(context) - prompt_lens[t])
+                for k in range(cfg.children):
+                    contexts.append(context)
+                    budgets.append(min(cfg.call_tokens, room))
+                    seeds.append(_row_seed(cfg.seed, problem_seeds[t], leaf, k))
+                    owners.append((t, leaf))
+            for (gen, i), (t, leaf) in zip(self.generate(contexts, budgets, seeds), owners):
+                self._add_child(trees[t], leaf, gen, i, prompt_lens[t])
+                generated[t] += int(gen.lengths[i])
+            if on_iteration:
+                on_iteration(iteration)
+        return [self._result(tree, n) for tree, n in zip(trees, generated)]
+
+    def _add_child(self, tree: Tree, leaf: int, gen: Generation, i: int,
+                   prompt_len: int) -> None:
+        tokens = gen.row_tokens(i)
+        conf = gen.confidences[i, :len(tokens)]
+        action_len = self._action_length(tokens)
+        ended = gen.finish_reasons[i] in ("eos", "stop")  # EOS or </Output>
+        used = len(tree.path_tokens(leaf)) - prompt_len + action_len
+        terminal = (action_len == len(tokens) and ended) or used >= self.cfg.max_tokens
+        value = self._value(conf, action_len)
+        child = tree.add_child(leaf, tokens[:action_len], bool(terminal))
+        tree.rollouts[child] = tokens[action_len:]
+        tree.rollout_value_n[child] = value
+        backup(tree, child, value)
+        reflection = self._reflection_tokens(tokens[:action_len])
+        if reflection is not None:
+            tree.add_child(leaf, reflection, False, kind="reflection")
+
+    def _result(self, tree: Tree, generated: int) -> SearchResult:
+        candidates = []
+        for node in range(1, tree.size):
+            if tree.kind_n[node] == 1 and not np.isnan(tree.rollout_value_n[node]):
+                path = tree.path_tokens(node)[len(tree.tokens[0]):]
+                candidates.append(Candidate(node, path + tree.rollouts[node],
+                                            float(tree.rollout_value_n[node])))
+        path = most_visited_path(tree)
+        best = tree.path_tokens(path[-1])[len(tree.tokens[0]):] + tree.rollouts[path[-1]]
+        return SearchResult(tree, path, best, candidates, generated)

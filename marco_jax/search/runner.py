@@ -1,0 +1,108 @@
+"""Running a search job: problems in lock-step groups through one Search, each
+finished problem appended to the output (and its tree written) at once."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+import zlib
+
+from tqdm import tqdm
+
+from marco_jax import prompts as prompt_lib
+from marco_jax import stops
+from marco_jax.answers import answers_match, extract_answer
+from marco_jax.loading import LoadedModel
+from marco_jax.sampler import Sampler
+from marco_jax.search import job as job_lib
+from marco_jax.search.engine import Search, SearchResult
+from marco_jax.search.tree import KINDS
+
+
+def wrap(template: str, question: str) -> str:
+    if template == "marco":
+        return prompt_lib.marco_prompt(question)
+    if template == "chat":
+        return prompt_lib.chat_prompt(question)
+    return question
+
+
+def tree_json(problem: dict, result: SearchResult, decode, chosen: str | None) -> dict:
+    tree = result.tree
+    nodes = []
+    for n in range(tree.size):
+        value = tree.mean_value(n)
+        rollout_value = float(tree.rollout_value_n[n])
+        nodes.append({"id": n, "parent": int(tree.parent_n[n]), "text": decode(tree.tokens[n]),
+                      "visits": int(tree.visits_n[n]), "value": None if value != value else value,
+                      "depth": int(tree.depth_n[n]), "terminal": bool(tree.terminal_n[n]),
+                      "kind": KINDS[tree.kind_n[n]], "rollout_text": decode(tree.rollouts[n]),
+                      "rollout_value": None if rollout_value != rollout_value else rollout_value})
+    return {"id": problem["id"], "question": problem["question"], "answer": problem["answer"],
+            "chosen_answer": chosen, "nodes": nodes, "best_path": result.best_path}
+
+
+def record(problem: dict, result: SearchResult, job: job_lib.JobConfig, decode) -> dict:
+    text, reward = job_lib.choose(result, job.final, decode)
+    chosen = extract_answer(text)
+    gold = problem["answer"]
+    answers = list(job_lib.candidate_answers(result, decode))
+    tree = result.tree
+    return {
+        "id": problem["id"], "question": problem["question"], "answer": gold,
+        "chosen_answer": chosen, "correct": None if gold is None else answers_match(chosen, gold),
+        "test_at_n": None if gold is None else any(answers_match(a, gold) for a in answers),
+        "n": len(answers), "reward": reward, "text": text, "candidate_answers": answers,
+        "generated_tokens": result.generated_tokens, "config": job.name,
+        "tree": {"nodes": tree.size, "max_depth": int(tree.depth_n[:tree.size].max()),
+                 "root_visits": int(tree.visits_n[0])},
+    }
+
+
+def run_job(loaded: LoadedModel, job: job_lib.JobConfig, todo: list[dict],
+            output: pathlib.Path, tree_dir: pathlib.Path | None = None,
+            problems_per_batch: int = 8) -> Search:
+    """Search ``todo`` and append one line per problem to ``output``."""
+    tokenizer = loaded.tokenizer
+    table = stops.build_stop_table(tokenizer, job.stop, loaded.cfg.vocab_size)
+    search = Search(Sampler(loaded.model, loaded.eos_ids, stop_table=table), tokenizer,
+                    job.search)
+    eos = set(loaded.eos_ids)
+
+    def decode(tokens: list[int]) -> str:
+        return tokenizer.decode([t for t in tokens if t not in eos])
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if tree_dir:
+        tree_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with tqdm(total=len(todo), desc=f"search {job.name}", unit="problem") as bar:
+        for first in range(0, len(todo), problems_per_batch):
+            group = todo[first:first + problems_per_batch]
+            ids = [tokenizer.encode(wrap(job.template, p["question"]), add_special_tokens=False)
+                   for p in group]
+            results = search.run(ids, problem_seeds=[zlib.crc32(p["id"].encode()) for p in group])
+            for problem, result in zip(group, results):
+                line = record(problem, result, job, decode)
+                job_lib.append_line(output, line)
+                if tree_dir:
+                    tree = tree_json(problem, result, decode, line["chosen_answer"])
+                    (tree_dir / f"{problem['id']}.json").write_text(
+                        json.dumps(tree, ensure_ascii=False), encoding="utf-8")
+            bar.update(len(group))
+    search.seconds = time.perf_counter() - start
+    return search
+
+
+def summarize(output: pathlib.Path, ids: set[str] | None = None) -> dict:
+    """pass@1 (the chosen answer) and Test@N (any of the N rollouts) over ``output``."""
+    records = [json.loads(line) for line in job_lib.lines(output.read_text(encoding="utf-8"))
+               if line.strip()]
+    lines = [r for r in records if ids is None or r["id"] in ids]
+    graded = [l for l in lines if l["correct"] is not None]
+    n = max((l["n"] for l in graded), default=0)
+    return {"problems": len(graded),
+            "pass@1": sum(l["correct"] for l in graded) / max(len(graded), 1),
+            f"test@{n}": sum(l["test_at_n"] for l in graded) / max(len(graded), 1),
+            "generated_tokens": sum(l["generated_tokens"] for l in lines)}

@@ -1,0 +1,132 @@
+"""One problem's search tree: statistics in arrays, selection and backup as small functions.
+
+Node 0 is the root (the prompt). A node is a reasoning state: the token ids its
+action appended to its parent's path. ``visits_n`` and ``value_sum_n`` hold the
+backed-up rollout values; ``children_nc`` lists child ids (-1: empty slot).
+Arrays grow by doubling, so a tree never needs a size up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+ROOT = 0
+KINDS = ("root", "action", "reflection")
+
+
+@dataclasses.dataclass
+class Tree:
+    max_children: int
+    parent_n: np.ndarray
+    children_nc: np.ndarray
+    visits_n: np.ndarray
+    value_sum_n: np.ndarray
+    depth_n: np.ndarray
+    terminal_n: np.ndarray
+    kind_n: np.ndarray  # index into KINDS
+    tokens: list[list[int]]  # per node: the ids its action appended (root: the prompt)
+    rollouts: list[list[int]]  # per node: the rollout that valued it (may be empty)
+    rollout_value_n: np.ndarray
+    size: int = 1
+
+    @classmethod
+    def new(cls, prompt: list[int], max_children: int, capacity: int = 64) -> "Tree":
+        tree = cls(max_children, np.full(capacity, -1, np.int32),
+                   np.full((capacity, max_children), -1, np.int32), np.zeros(capacity, np.int32),
+                   np.zeros(capacity, np.float64), np.zeros(capacity, np.int32),
+                   np.zeros(capacity, bool), np.zeros(capacity, np.int8), [list(prompt)], [[]],
+                   np.full(capacity, np.nan))
+        return tree
+
+    def _grow(self) -> None:
+        def grow(a: np.ndarray, fill) -> np.ndarray:
+            extra = np.full((len(a),) + a.shape[1:], fill, a.dtype)
+            return np.concatenate([a, extra])
+        self.parent_n = grow(self.parent_n, -1)
+        self.children_nc = grow(self.children_nc, -1)
+        self.visits_n = grow(self.visits_n, 0)
+        self.value_sum_n = grow(self.value_sum_n, 0.0)
+        self.depth_n = grow(self.depth_n, 0)
+        self.terminal_n = grow(self.terminal_n, False)
+        self.kind_n = grow(self.kind_n, 0)
+        self.rollout_value_n = grow(self.rollout_value_n, np.nan)
+
+    def add_child(self, parent: int, tokens: list[int], terminal: bool,
+                  kind: str = "action") -> int:
+        slots = np.flatnonzero(self.children_nc[parent] < 0)
+        if not len(slots):
+            raise ValueError(f"node {parent} already has {self.max_children} children")
+        if self.size == len(self.parent_n):
+            self._grow()
+        node = self.size
+        self.size += 1
+        self.parent_n[node] = parent
+        self.children_nc[parent, slots[0]] = node
+        self.depth_n[node] = self.depth_n[parent] + 1
+        self.terminal_n[node] = terminal
+        self.kind_n[node] = KINDS.index(kind)
+        self.tokens.append(list(tokens))
+        self.rollouts.append([])
+        return node
+
+    def children(self, node: int) -> np.ndarray:
+        row = self.children_nc[node]
+        return row[row >= 0]
+
+    def path(self, node: int) -> list[int]:
+        """Node ids from the root to ``node``."""
+        out = [node]
+        while self.parent_n[out[-1]] >= 0:
+            out.append(int(self.parent_n[out[-1]]))
+        return out[::-1]
+
+    def path_tokens(self, node: int) -> list[int]:
+        """The full context of ``node``: prompt plus every action on its path."""
+        return [t for n in self.path(node) for t in self.tokens[n]]
+
+    def mean_value(self, node: int) -> float:
+        return self.value_sum_n[node] / self.visits_n[node] if self.visits_n[node] else math.nan
+
+
+def uct_scores(parent_visits: int, visits_c: np.ndarray, value_sum_c: np.ndarray,
+               c_uct: float) -> np.ndarray:
+    """UCT = mean value + c * sqrt(ln N_parent / n_child); unvisited children score +inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        explore = c_uct * np.sqrt(np.log(max(parent_visits, 1)) / visits_c)
+        scores = value_sum_c / visits_c + explore
+    return np.where(visits_c > 0, scores, np.inf)
+
+
+def select_leaf(tree: Tree, c_uct: float) -> int:
+    """Descend from the root by UCT (ties: the first child) to a node without
+    children; terminal nodes are returned as they are (they cannot be expanded)."""
+    node = ROOT
+    while not tree.terminal_n[node]:
+        kids = tree.children(node)
+        if not len(kids):
+            return node
+        scores = uct_scores(int(tree.visits_n[node]), tree.visits_n[kids],
+                            tree.value_sum_n[kids], c_uct)
+        node = int(kids[int(np.argmax(scores))])
+    return node
+
+
+def backup(tree: Tree, node: int, value: float) -> None:
+    """Add one visit with ``value`` to ``node`` and every ancestor."""
+    for n in tree.path(node):
+        tree.visits_n[n] += 1
+        tree.value_sum_n[n] += value
+
+
+def most_visited_path(tree: Tree) -> list[int]:
+    """Follow the most-visited child (ties: higher mean value, then first) from the root."""
+    path = [ROOT]
+    while len(kids := tree.children(path[-1])):
+        visits = tree.visits_n[kids]
+        means = np.where(visits > 0, tree.value_sum_n[kids] / np.maximum(visits, 1), -np.inf)
+        order = np.lexsort((-means, -visits))  # primary: visits, secondary: mean
+        path.append(int(kids[order[0]]))
+    return path

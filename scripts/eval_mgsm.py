@@ -1,0 +1,54 @@
+"""MGSM accuracy of one method: pass@1 of the chosen answer and Test@N over its rollouts.
+
+    python scripts/eval_mgsm.py --model PATH --data ../shared/data/mgsm/mgsm_en.tsv \
+        --method cot|sc|mcts-step|mcts-mini64|mcts-mini32 --limit 40 [--out-dir results/eval]
+
+Writes the per-problem JSONL (``<out-dir>/<data>-<method>.jsonl``, resumable, one
+line per problem: chosen answer, correct, test_at_n, text, tree statistics) so two
+methods can be compared problem by problem, and prints the summary as JSON.
+Answers come from the ``<Output>`` part (else a boxed answer, "Answer:", an output
+block, or the last number), commas removed, compared numerically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from marco_jax.cli import run
+from marco_jax.loading import load
+from marco_jax.search import job as job_lib
+from marco_jax.search.runner import run_job, summarize
+
+METHODS = ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:tiny")
+    parser.add_argument("--data", required=True, type=pathlib.Path, help="MGSM TSV or JSONL")
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--limit", type=int, help="the first N problems")
+    parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("results/eval"))
+    parser.add_argument("--problems-per-batch", type=int, default=8)
+    parser.add_argument("--iterations", type=int, help="override the method's iterations")
+    args = parser.parse_args()
+
+    overrides = {} if args.iterations is None else {"iterations": args.iterations}
+    job = job_lib.load_job_config(args.method, **overrides)
+    problems = job_lib.read_problems(args.data)[:args.limit]
+    output = args.out_dir / f"{args.data.stem}-{args.method}.jsonl"
+    done = job_lib.finished_ids(output)
+    todo = [p for p in problems if p["id"] not in done]
+    seconds = 0.0
+    if todo:
+        search = run_job(load(args.model), job, todo, output, None, args.problems_per_batch)
+        seconds = search.seconds
+    summary = summarize(output, {p["id"] for p in problems})
+    print(json.dumps({"data": str(args.data), "method": args.method, **summary,
+                      "seconds_this_run": seconds, "per_problem": str(output)}, indent=1))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,71 @@
+"""Batched MCTS reasoning search over a file of problems, resumable, one JSONL line per problem.
+
+    python scripts/search.py --model PATH --config mcts-mini64 --input mgsm_en.tsv \
+        --output results/mcts-mini64-en.jsonl [--problems-per-batch 8] [--limit N] \
+        [--tree-dir trees/] [--process-index I --process-count N]
+
+Input: JSONL ({"id", "question", "answer"?}) or an MGSM TSV. Configs live in
+configs/search/ (cot, sc, mcts-step, mcts-mini64, mcts-mini32, translation) or
+are given as a path. Problems run in lock-step groups (every device call holds
+rows of all the group's trees); each finished problem is appended to --output
+at once, and a restart skips the ids already there. Each line holds the chosen
+answer and text, its reward, whether it matches the gold answer, Test@N (any
+rollout correct), and tree statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import jax
+
+from marco_jax.cli import run
+from marco_jax.errors import MarcoError
+from marco_jax.loading import load
+from marco_jax.search import job as job_lib
+from marco_jax.search.runner import run_job
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:tiny")
+    parser.add_argument("--config", required=True, help="name in configs/search/ or a path")
+    parser.add_argument("--input", required=True, type=pathlib.Path)
+    parser.add_argument("--output", required=True, type=pathlib.Path)
+    parser.add_argument("--problems-per-batch", type=int, default=8)
+    parser.add_argument("--limit", type=int, help="only the first N problems of the input")
+    parser.add_argument("--tree-dir", type=pathlib.Path, help="write each tree as JSON here")
+    parser.add_argument("--on-bad-line", choices=["skip", "error"], default="skip")
+    parser.add_argument("--process-index", type=int, default=None)
+    parser.add_argument("--process-count", type=int, default=None)
+    parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--iterations", type=int, help="override the config's iterations")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    overrides = {k: v for k, v in (("seed", args.seed), ("iterations", args.iterations))
+                 if v is not None}
+    job = job_lib.load_job_config(args.config, **overrides)
+    if args.problems_per_batch < 1:
+        raise MarcoError(f"--problems-per-batch must be >= 1, got {args.problems_per_batch}")
+    problems = job_lib.read_problems(args.input, args.on_bad_line)[:args.limit]
+    index = jax.process_index() if args.process_index is None else args.process_index
+    count = jax.process_count() if args.process_count is None else args.process_count
+    problems = job_lib.shard(problems, index, count)
+    done = job_lib.finished_ids(args.output)
+    todo = [p for p in problems if p["id"] not in done]
+    if not todo:
+        print(f"all {len(problems)} problems already in {args.output}")
+        return
+    loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
+    search = run_job(loaded, job, todo, args.output, args.tree_dir, args.problems_per_batch)
+    print(f"{len(todo)} problems in {search.seconds:.1f}s, {search.device_calls} device calls "
+          f"-> {args.output}")
+
+
+if __name__ == "__main__":
+    run(main)

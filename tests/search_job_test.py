@@ -1,0 +1,83 @@
+"""The search job end to end on the tiny model: resume after a kill, bad input lines,
+configs, tree rendering and the MGSM evaluation summary."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cli_test import ROOT, assert_one_line_error, run_script
+from marco_jax.errors import MarcoError
+from marco_jax.search import job as job_lib
+
+FAST = ["--iterations", "2", "--problems-per-batch", "1"]
+
+
+def write_problems(path, n, bad_line=False):
+    lines = [json.dumps({"id": f"p{i}", "question": f"What is {i}+1?", "answer": str(i + 1)})
+             for i in range(n)]
+    if bad_line:
+        lines.insert(1, "{not json")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_killed_job_restarts_and_writes_each_id_once(tmp_path):
+    write_problems(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, str(ROOT / "scripts" / "search.py"), "--config", "mcts-mini32",
+           "--input", str(tmp_path / "in.jsonl"), "--output", str(out), *FAST]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out.is_file() and out.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    with open(out, "a") as f:
+        f.write('{"id": "p3", "trunc')  # a line torn by the kill
+    done = run_script("search.py", "--config", "mcts-mini32", "--input", str(tmp_path / "in.jsonl"),
+                      "--output", str(out), "--tree-dir", str(tmp_path / "trees"), *FAST)
+    assert done.returncode == 0, done.stderr
+    ids = [json.loads(line)["id"] for line in job_lib.lines(out.read_text())]
+    assert sorted(ids) == ["p0", "p1", "p2", "p3"]
+    record = json.loads(job_lib.lines(out.read_text())[0])
+    assert record["tree"]["root_visits"] == 2 * 4 and record["n"] == 8
+    assert {"chosen_answer", "correct", "test_at_n", "reward", "text"} <= set(record)
+    html = run_script("show_tree.py", str(next((tmp_path / "trees").glob("*.json"))))
+    assert html.returncode == 0, html.stderr
+
+
+def test_bad_lines_are_reported_with_their_number(tmp_path):
+    write_problems(tmp_path / "in.jsonl", 2, bad_line=True)
+    problems = job_lib.read_problems(tmp_path / "in.jsonl")
+    assert [p["id"] for p in problems] == ["p0", "p1"]
+    with pytest.raises(MarcoError, match=r"in.jsonl:2: not JSON"):
+        job_lib.read_problems(tmp_path / "in.jsonl", on_bad_line="error")
+    proc = run_script("search.py", "--config", "cot", "--input", str(tmp_path / "in.jsonl"),
+                      "--output", str(tmp_path / "o.jsonl"), "--on-bad-line", "error")
+    assert_one_line_error(proc, "in.jsonl:2")
+    (tmp_path / "m.tsv").write_text("What is 2+2?\t4\nno tab here\n")
+    assert [p["id"] for p in job_lib.read_problems(tmp_path / "m.tsv")] == ["m-1"]
+
+
+def test_configs_and_shards():
+    for name in ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32", "translation"):
+        job = job_lib.load_job_config(name)
+        assert job.name == name
+    assert job_lib.load_job_config("mcts-mini32").search.mini_step_tokens == 32
+    with pytest.raises(MarcoError, match="no search config 'nope'"):
+        job_lib.load_job_config("nope")
+    assert job_lib.shard(list(range(7)), 1, 3) == [1, 4]
+    with pytest.raises(MarcoError, match="process index 3"):
+        job_lib.shard([1], 3, 3)
+
+
+def test_eval_mgsm_summary(tmp_path):
+    (tmp_path / "mgsm.tsv").write_text("What is 2+2?\t4\nWhat is 3+3?\t6\n")
+    proc = run_script("eval_mgsm.py", "--data", str(tmp_path / "mgsm.tsv"), "--method", "sc",
+                      "--out-dir", str(tmp_path), "--iterations", "1")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["problems"] == 2 and "test@8" in summary and 0 <= summary["pass@1"] <= 1
+    assert len(job_lib.lines((tmp_path / "mgsm-sc.jsonl").read_text())) == 2

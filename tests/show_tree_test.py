@@ -1,0 +1,127 @@
+"""scripts/show_tree.py: a search tree JSON rendered as one self-contained HTML page."""
+
+import html.parser
+import json
+import pathlib
+
+from cli_test import assert_one_line_error, run_script
+
+TREE = {
+    "id": "mgsm-zh-3",
+    "question": "珍妮特的鸭子每天下16个蛋。<script>alert(1)</script>",
+    "answer": "18",
+    "chosen_answer": "18.0",
+    "config": {"rollouts": 12, "temperature": 0.7},
+    "nodes": [
+        {"id": 0, "parent": -1, "text": "问题：\n" + "很长的提示。" * 100, "visits": 12,
+         "value": 0.8333, "depth": 0, "terminal": False, "kind": "root"},
+        {"id": 1, "parent": 0, "text": "第一步：16 - 3 - 4 = 9", "visits": 3, "value": 0.5,
+         "depth": 1, "terminal": False, "kind": "action"},
+        {"id": 3, "parent": 0, "text": "Step 1: eggs left", "visits": 8, "value": 0.9,
+         "depth": 1, "terminal": False, "kind": "action",
+         "rollout_text": "so the answer is 18", "rollout_value": 0.8},
+        {"id": 5, "parent": 3, "text": "Wait! Maybe I made some mistakes! <script>x()</script>",
+         "visits": 0, "value": None, "depth": 2, "terminal": False, "kind": "reflection"},
+        {"id": 7, "parent": 3, "text": "9 * 2 = 18. 答案是 18", "visits": 6, "value": 1.0,
+         "depth": 2, "terminal": True, "kind": "action"},
+    ],
+    "best_path": [0, 3, 7],
+}
+
+
+class DetailsCollector(html.parser.HTMLParser):
+    """Every node <details>: its data-id, classes and open flag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: dict[int, tuple[set[str], bool]] = {}
+        self.order: list[int] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "details" and "data-id" in a:
+            self.nodes[int(a["data-id"])] = (set(a["class"].split()), "open" in a)
+            self.order.append(int(a["data-id"]))
+
+
+def write_tree(tmp_path: pathlib.Path, tree: object, name: str = "tree.json") -> pathlib.Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(tree, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def render(tmp_path: pathlib.Path, tree: dict) -> str:
+    path = write_tree(tmp_path, tree)
+    proc = run_script("show_tree.py", str(path))
+    assert proc.returncode == 0, proc.stderr
+    return path.with_suffix(".html").read_text(encoding="utf-8")
+
+
+def test_renders_small_tree(tmp_path):
+    page = render(tmp_path, TREE)
+    assert page.startswith("<!DOCTYPE html>") and 'charset="utf-8"' in page
+    assert "<link" not in page and "src=" not in page and "http" not in page
+    # Only the page's own script tag; the texts' <script> come out escaped.
+    assert page.count("<script") == 1
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;script&gt;x()" in page
+    assert "珍妮特的鸭子每天下16个蛋" in page and "答案是 18" in page
+    assert "rollouts" in page and "temperature" in page and "0.7" in page
+    assert '<span class="match">yes</span>' in page
+    assert "value 0.833" in page and "value 1.000" in page and "value -" in page
+    assert "rollout (value 0.800)" in page and "so the answer is 18" in page
+    assert page.count('class="terminal"') == 1
+    assert "<th>nodes</th><td>5</td>" in page and "<th>max depth</th><td>2</td>" in page
+    assert "(604 chars, 2 lines)" in page  # the long root prompt is folded
+
+    collector = DetailsCollector()
+    collector.feed(page)
+    nodes = collector.nodes
+    assert {i for i, (cls, _) in nodes.items() if "best" in cls} == {0, 3, 7}
+    assert {i for i, (_, is_open) in nodes.items() if is_open} == {0, 3, 7}
+    assert "kind-reflection" in nodes[5][0] and "kind-reflection" not in nodes[7][0]
+    assert collector.order == [0, 3, 7, 5, 1]  # children by visits, most visited first
+    # Nesting: node 7 and 5 sit inside node 3, which closes before node 1 opens.
+    assert page.index('data-id="3"') < page.index('data-id="5"') < page.index('data-id="1"')
+    assert page.count("<details") == page.count("</details>")
+
+
+def test_output_option_and_mismatch(tmp_path):
+    path = write_tree(tmp_path, TREE | {"chosen_answer": "17", "best_path": []})
+    out = tmp_path / "sub.html"
+    proc = run_script("show_tree.py", str(path), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text(encoding="utf-8")
+    assert '<span class="mismatch">no</span>' in page and ' best"' not in page
+
+
+def test_deep_and_wide_tree(tmp_path):
+    chain = [{"id": i, "parent": i - 1, "text": f"步骤 {i}", "visits": 1, "value": 0.5,
+              "kind": "action"} for i in range(1, 3000)]
+    wide = [{"id": 3000 + i, "parent": 0, "text": "x", "visits": i, "value": None}
+            for i in range(2000)]
+    root = {"id": 0, "parent": -1, "text": "根", "visits": 5000, "value": 0.5, "kind": "root"}
+    page = render(tmp_path, {"id": "big", "question": "q", "nodes": [root, *chain, *wide],
+                             "best_path": list(range(3000))})
+    assert "<th>nodes</th><td>5000</td>" in page and "<th>max depth</th><td>2999</td>" in page
+    assert page.count("<details class=\"node") == 5000
+
+
+def test_file_errors(tmp_path):
+    proc = run_script("show_tree.py", str(tmp_path / "missing.json"))
+    assert_one_line_error(proc, "missing.json: no such file")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert_one_line_error(run_script("show_tree.py", str(bad)), "bad.json: invalid JSON")
+    path = write_tree(tmp_path, {"id": "x"}, "nonodes.json")
+    assert_one_line_error(run_script("show_tree.py", str(path)), 'nonodes.json: no "nodes"')
+
+
+def test_node_errors(tmp_path):
+    orphan = TREE | {"nodes": [*TREE["nodes"], {"id": 42, "parent": 99, "text": "?", "visits": 0}]}
+    path = write_tree(tmp_path, orphan)
+    assert_one_line_error(run_script("show_tree.py", str(path)), "node 42: parent 99 does not exist")
+    cycle = {"nodes": [{"id": 0, "parent": -1}, {"id": 1, "parent": 2}, {"id": 2, "parent": 1}]}
+    path = write_tree(tmp_path, cycle)
+    assert_one_line_error(run_script("show_tree.py", str(path)), "not reachable from a root")
+    path = write_tree(tmp_path, TREE | {"best_path": [0, 3, 8]})
+    assert_one_line_error(run_script("show_tree.py", str(path)), "best_path node 8 does not exist")

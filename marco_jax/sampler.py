@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -249,11 +249,29 @@ class Sampler:
         prompt; an int ``seed`` gives row ``i`` the seed ``seed + i``.
         Temperature 0 is greedy.
         """
-        rows = len(prompts)
+        def prefill(tokens: np.ndarray, mask: np.ndarray, new_tokens: int):
+            args = (self.state, self._put(tokens), self._put(mask))
+            return self._program("prefill", _prefill, dict(new_tokens=new_tokens,
+                                                           layout=self.layout), (), *args)(*args)
+
+        gen, _ = self.sample_from(prompts, [len(p) for p in prompts], prefill, max_new_tokens,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return gen
+
+    def sample_from(self, suffixes: Sequence[Sequence[int]], context_lengths: Sequence[int],
+                    prefill: Callable, max_new_tokens: int | Sequence[int], *,
+                    temperature: float | Sequence[float] = 0.0, top_k: int | Sequence[int] = 0,
+                    top_p: float | Sequence[float] = 1.0,
+                    seed: int | Sequence[int] = 0) -> tuple[Generation, KVCache]:
+        """Decode after a custom ``prefill(tokens_bp, mask_bp, new_tokens) -> (logits_bv,
+        cache, position_b)`` of the left-padded ``suffixes``, whose rows continue
+        contexts of ``context_lengths`` tokens (a paged prefix cache supplies the
+        rest). Returns the generation and the final cache."""
+        rows = len(suffixes)
         if rows == 0:
             raise MarcoError("no prompts to generate from")
         vocab = self.cfg.vocab_size
-        for i, prompt in enumerate(prompts):
+        for i, prompt in enumerate(suffixes):
             if len(prompt) == 0:
                 raise MarcoError(f"prompt {i} is empty: every prompt needs at least one token")
             if min(prompt) < 0 or max(prompt) >= vocab:
@@ -262,12 +280,12 @@ class Sampler:
         if max_new_r.min() < 1:
             raise MarcoError(f"max_new_tokens must be >= 1, got {max_new_r.min()}")
         limit = self.cfg.max_position_embeddings
-        total = np.array([len(p) for p in prompts]) + max_new_r
+        total = np.asarray(context_lengths) + max_new_r
         if total.max() > limit:
             i = int(np.argmax(total))
-            raise MarcoError(f"prompt {i} of {len(prompts[i])} tokens + max_new_tokens "
+            raise MarcoError(f"prompt {i} of {context_lengths[i]} tokens + max_new_tokens "
                              f"{max_new_r[i]} exceeds the model's max_position_embeddings {limit}")
-        longest = max(len(p) for p in prompts)
+        longest = max(len(p) for p in suffixes)
         max_new = int(max_new_r.max())
         seeds = (np.arange(rows) + seed) if np.ndim(seed) == 0 else seed
         temperature_r = _per_row(temperature, rows, np.float32, "temperature")
@@ -281,7 +299,7 @@ class Sampler:
         n = bucket(max_new, LENGTH_BUCKETS, "max_new_tokens")
         tokens = np.zeros((b, p), np.int32)
         mask = np.zeros((b, p), bool)
-        for i, prompt in enumerate(prompts):
+        for i, prompt in enumerate(suffixes):
             tokens[i, p - len(prompt):] = prompt
             mask[i, p - len(prompt):] = True
         mask[rows:, -1] = True  # filler rows: one token, so nothing is all-padding
@@ -295,11 +313,8 @@ class Sampler:
             width = min(vocab, max(FILTER_WIDTH, 1 << int(top_k_r.max() - 1).bit_length()))
         self._compile_s = 0.0
         start = time.perf_counter()
-        prefill_args = (self.state, self._put(tokens), self._put(mask))
-        prefill = self._program("prefill", _prefill, dict(new_tokens=n, layout=self.layout), (),
-                                *prefill_args)
+        logits_bv, cache, position_b = jax.block_until_ready(prefill(tokens, mask, n))
         compiled_s = self._compile_s
-        logits_bv, cache, position_b = jax.block_until_ready(prefill(*prefill_args))
         prefill_s = time.perf_counter() - start - compiled_s
 
         start = time.perf_counter()
@@ -310,7 +325,7 @@ class Sampler:
                                                        top_logprobs=self.top_logprobs,
                                                        width=width, layout=self.layout),
                                ("cache",), *decode_args)
-        out, reason, count, conf, _ = decode(*decode_args)
+        out, reason, count, conf, cache = decode(*decode_args)
         out, reason, count, conf = jax.device_get((out, reason, count, conf))
         decode_s = time.perf_counter() - start - (self._compile_s - compiled_s)
 
@@ -321,5 +336,5 @@ class Sampler:
             gen_tokens, token_lp, top_ids, top_lp, confidences, lengths,
             [FINISH_REASONS[int(r)] for r in np.asarray(reason)[:rows]],
             np.asarray(conf)[:rows],
-            Timing(self._compile_s, prefill_s, decode_s, int(sum(map(len, prompts))),
-                   int(lengths.sum())))
+            Timing(self._compile_s, prefill_s, decode_s, int(sum(map(len, suffixes))),
+                   int(lengths.sum()))), cache

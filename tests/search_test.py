@@ -81,3 +81,20 @@ def test_reflection_and_step_actions(tiny):
     assert search._reflection_tokens(ids) is None
     with pytest.raises(MarcoError, match="action must be"):
         SearchConfig(action="leap")
+
+
+def test_reusing_cached_blocks_gives_the_same_search(tiny):
+    loaded, sampler = tiny
+    long_prompts = [p * 5 for p in prompts(loaded.tokenizer, 2)]  # several 32-token blocks
+    cfg = SearchConfig(action="mini_step", mini_step_tokens=40, children=2, iterations=4,
+                       call_tokens=48, max_tokens=200, temperature=1.0, top_p=0.95)
+    paged = Search(sampler, loaded.tokenizer, cfg)
+    with_cache = paged.run(long_prompts)
+    plain = Search(sampler, loaded.tokenizer, SearchConfig(**{**cfg.__dict__, "reuse_kv": False}))
+    without = plain.run(long_prompts)
+    for a, b in zip(with_cache, without):
+        assert a.tree.tokens == b.tree.tokens
+        np.testing.assert_allclose(a.tree.value_sum_n, b.tree.value_sum_n, rtol=1e-4)
+        assert max(a.tree.depth_n) >= 2  # continued from cached actions, not only the root
+    assert paged.generated_tokens == plain.generated_tokens
+    assert paged.prefilled_tokens < plain.prefilled_tokens / 2

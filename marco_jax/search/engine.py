@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from marco_jax.errors import MarcoError
+from marco_jax.paged import BLOCK, KVPool, PagedRow, generate_paged
 from marco_jax.sampler import BATCH_BUCKETS, Generation, Sampler
 from marco_jax.search.tree import Tree, backup, most_visited_path, select_leaf
 
@@ -47,6 +48,7 @@ class SearchConfig:
     top_k: int = 0
     reward_tokens: str = "rollout"  # "rollout", "action" or "both"
     reflection: bool = False
+    reuse_kv: bool = True  # keep each node's keys/values in a paged pool (see paged.py)
     seed: int = 0
 
     def __post_init__(self):
@@ -93,24 +95,63 @@ class Search:
         self.sampler, self.tokenizer, self.cfg = sampler, tokenizer, cfg
         self.device_calls = 0
         self.rows_per_call: list[int] = []
+        self.prefilled_tokens = 0
+        self.generated_tokens = 0
+        self.pool: KVPool | None = None
 
-    def generate(self, contexts: Sequence[list[int]], budgets: Sequence[int],
+    def generate(self, contexts: Sequence[list[int] | PagedRow], budgets: Sequence[int],
                  seeds: Sequence[int]) -> list[tuple[Generation, int]]:
         """Sample every row, in as few calls as the largest batch bucket allows.
 
+        Rows are token lists, or :class:`PagedRow` s when reusing cached blocks.
         Returns (generation, row index within it) per input row.
         """
         out = []
         largest = BATCH_BUCKETS[-1]
+        settings = dict(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                        top_k=self.cfg.top_k)
         for first in range(0, len(contexts), largest):
             rows = slice(first, first + largest)
-            gen = self.sampler.generate(
-                list(contexts[rows]), list(budgets[rows]), temperature=self.cfg.temperature,
-                top_p=self.cfg.top_p, top_k=self.cfg.top_k, seed=list(seeds[rows]))
+            if self.pool is None:
+                gen = self.sampler.generate(list(contexts[rows]), list(budgets[rows]),
+                                            seed=list(seeds[rows]), **settings)
+            else:
+                gen = generate_paged(self.sampler, self.pool, contexts[rows], list(budgets[rows]),
+                                     seed=list(seeds[rows]), **settings)
             self.device_calls += 1
             self.rows_per_call.append(len(contexts[rows]))
+            self.prefilled_tokens += gen.timing.prompt_tokens
+            self.generated_tokens += gen.timing.generated_tokens
             out += [(gen, i) for i in range(len(contexts[rows]))]
         return out
+
+    def _max_action(self) -> int:
+        cfg = self.cfg
+        return min(cfg.mini_step_tokens if cfg.action == "mini_step" else cfg.step_max_tokens,
+                   cfg.call_tokens)
+
+    def _paged_rows(self, tree: Tree, leaf: int, count: int) -> list[PagedRow]:
+        """``count`` rows continuing ``leaf``: its ancestors' blocks, then the leaf.
+
+        A leaf without blocks (the root, a reflection) is prefilled whole and
+        stored by the first row; a cached leaf re-prefills only its last block
+        (whose final token no decode has fed back) and rewrites it."""
+        block = self.pool.block
+        path = tree.path(leaf)
+        cached = bool(tree.blocks[leaf])
+        if not cached:
+            tree.blocks[leaf] = self.pool.alloc(len(tree.tokens[leaf]))
+        owners = path if cached else path[:-1]
+        held = [(n, j) for n in owners for j in range(len(tree.blocks[n]))]
+        if cached:
+            held = held[:-1]
+        first = (len(tree.blocks[leaf]) - 1) * block if cached else 0
+        stored = tree.blocks[leaf][first // block:]
+        context = sum(len(tree.tokens[n]) for n in path)
+        return [PagedRow([tree.blocks[n][j] for n, j in held],
+                         [min(block, len(tree.tokens[n]) - block * j) for n, j in held],
+                         tree.tokens[leaf][first:], context, stored if k == 0 else [],
+                         self.pool.alloc(self._max_action())) for k in range(count)]
 
     def _action_length(self, tokens: list[int]) -> int:
         """How many of a continuation's tokens form the child's action."""
@@ -149,6 +190,8 @@ class Search:
         cfg = self.cfg
         problem_seeds = list(range(len(prompts))) if problem_seeds is None else problem_seeds
         trees = [Tree.new(p, cfg.children + cfg.reflection) for p in prompts]
+        if cfg.reuse_kv:
+            self.pool = KVPool(self.sampler, self._pool_blocks(prompts))
         prompt_lens = [len(p) for p in prompts]
         generated = [0] * len(trees)
         for iteration in range(cfg.iterations):
@@ -160,20 +203,26 @@ class Search:
                     continue
                 context = tree.path_tokens(leaf)
                 room = cfg.max_tokens - (len(context) - prompt_lens[t])
+                contexts += ([context] * cfg.children if self.pool is None
+                             else self._paged_rows(tree, leaf, cfg.children))
                 for k in range(cfg.children):
-                    contexts.append(context)
                     budgets.append(min(cfg.call_tokens, room))
                     seeds.append(_row_seed(cfg.seed, problem_seeds[t], leaf, k))
                     owners.append((t, leaf))
-            for (gen, i), (t, leaf) in zip(self.generate(contexts, budgets, seeds), owners):
-                self._add_child(trees[t], leaf, gen, i, prompt_lens[t])
+            for (gen, i), (t, leaf), row in zip(self.generate(contexts, budgets, seeds), owners,
+                                                contexts):
+                child = self._add_child(trees[t], leaf, gen, i, prompt_lens[t])
+                if self.pool is not None:  # keep the blocks the action fills, free the rest
+                    keep = -(-len(trees[t].tokens[child]) // self.pool.block)
+                    trees[t].blocks[child] = row.action_blocks[:keep]
+                    self.pool.free += row.action_blocks[keep:]
                 generated[t] += int(gen.lengths[i])
             if on_iteration:
                 on_iteration(iteration)
         return [self._result(tree, n) for tree, n in zip(trees, generated)]
 
     def _add_child(self, tree: Tree, leaf: int, gen: Generation, i: int,
-                   prompt_len: int) -> None:
+                   prompt_len: int) -> int:
         tokens = gen.row_tokens(i)
         conf = gen.confidences[i, :len(tokens)]
         action_len = self._action_length(tokens)
@@ -188,6 +237,15 @@ class Search:
         reflection = self._reflection_tokens(tokens[:action_len])
         if reflection is not None:
             tree.add_child(leaf, reflection, False, kind="reflection")
+        return child
+
+    def _pool_blocks(self, prompts: Sequence[list[int]]) -> int:
+        """Blocks for every node the run can create (a power of two, to reuse programs)."""
+        cfg, block = self.cfg, BLOCK
+        per_child = -(-self._max_action() // block) + cfg.reflection * -(-(self._max_action() + 64) // block)
+        need = sum(-(-len(p) // block) for p in prompts) \
+            + len(prompts) * cfg.iterations * cfg.children * per_child + 1
+        return 1 << (need - 1).bit_length()
 
     def _result(self, tree: Tree, generated: int) -> SearchResult:
         candidates = []

@@ -30,6 +30,7 @@ class Tree:
     tokens: list[list[int]]  # per node: the ids its action appended (root: the prompt)
     rollouts: list[list[int]]  # per node: the rollout that valued it (may be empty)
     rollout_value_n: np.ndarray
+    blocks: list[list[int]]  # per node: KV-pool blocks holding its tokens ([]: not cached)
     size: int = 1
 
     @classmethod
@@ -38,7 +39,7 @@ class Tree:
                    np.full((capacity, max_children), -1, np.int32), np.zeros(capacity, np.int32),
                    np.zeros(capacity, np.float64), np.zeros(capacity, np.int32),
                    np.zeros(capacity, bool), np.zeros(capacity, np.int8), [list(prompt)], [[]],
-                   np.full(capacity, np.nan))
+                   np.full(capacity, np.nan), [[]])
         return tree
 
     def _grow(self) -> None:
@@ -70,6 +71,7 @@ class Tree:
         self.kind_n[node] = KINDS.index(kind)
         self.tokens.append(list(tokens))
         self.rollouts.append([])
+        self.blocks.append([])
         return node
 
     def children(self, node: int) -> np.ndarray:

@@ -51,7 +51,7 @@ def test_device_calls_do_not_grow_with_problems(tiny):
         search.run(prompts(loaded.tokenizer, p))
         calls.append(search.device_calls)
         assert max(search.rows_per_call) <= 2 * p
-    assert calls == [CFG.iterations, CFG.iterations]
+    assert calls == [CFG.iterations + 1] * 2  # + 1: the roots' prompts, prefilled once
 
 
 def test_same_seed_same_search_and_independent_of_companions(tiny):

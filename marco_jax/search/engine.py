@@ -130,27 +130,38 @@ class Search:
         return min(cfg.mini_step_tokens if cfg.action == "mini_step" else cfg.step_max_tokens,
                    cfg.call_tokens)
 
-    def _paged_rows(self, tree: Tree, leaf: int, count: int) -> list[PagedRow]:
-        """``count`` rows continuing ``leaf``: its ancestors' blocks, then the leaf.
-
-        A leaf without blocks (the root, a reflection) is prefilled whole and
-        stored by the first row; a cached leaf re-prefills only its last block
-        (whose final token no decode has fed back) and rewrites it."""
-        block = self.pool.block
-        path = tree.path(leaf)
-        cached = bool(tree.blocks[leaf])
-        if not cached:
+    def _cache_leaves(self, trees: list[Tree], leaves: list[tuple[int, int]]) -> None:
+        """Prefill leaves that hold no blocks yet (roots, reflections) once each, in
+        one call, storing their blocks, so that their children's rows share them."""
+        rows = []
+        for t, leaf in leaves:
+            tree = trees[t]
+            path = tree.path(leaf)[:-1]
             tree.blocks[leaf] = self.pool.alloc(len(tree.tokens[leaf]))
-        owners = path if cached else path[:-1]
-        held = [(n, j) for n in owners for j in range(len(tree.blocks[n]))]
-        if cached:
-            held = held[:-1]
-        first = (len(tree.blocks[leaf]) - 1) * block if cached else 0
-        stored = tree.blocks[leaf][first // block:]
+            rows.append(PagedRow(*self._held(tree, path), tree.tokens[leaf],
+                                 sum(len(tree.tokens[n]) for n in path) + len(tree.tokens[leaf]),
+                                 tree.blocks[leaf], []))
+        self.generate(rows, [1] * len(rows), [0] * len(rows))
+        self.generated_tokens -= len(rows)  # the one token each is not kept
+
+    def _held(self, tree: Tree, nodes: list[int], skip_last: bool = False):
+        """Block ids and fill counts of ``nodes``' blocks, in path order."""
+        block = self.pool.block
+        held = [(n, j) for n in nodes for j in range(len(tree.blocks[n]))]
+        held = held[:-1] if skip_last else held
+        return ([tree.blocks[n][j] for n, j in held],
+                [min(block, len(tree.tokens[n]) - block * j) for n, j in held])
+
+    def _paged_rows(self, tree: Tree, leaf: int, count: int) -> list[PagedRow]:
+        """``count`` rows continuing a cached ``leaf`` from its path's blocks. The
+        leaf's last block is prefilled again (a decode never fed back its final
+        token) and rewritten by the first row."""
+        path = tree.path(leaf)
+        first = (len(tree.blocks[leaf]) - 1) * self.pool.block
         context = sum(len(tree.tokens[n]) for n in path)
-        return [PagedRow([tree.blocks[n][j] for n, j in held],
-                         [min(block, len(tree.tokens[n]) - block * j) for n, j in held],
-                         tree.tokens[leaf][first:], context, stored if k == 0 else [],
+        blocks, fills = self._held(tree, path, skip_last=True)
+        return [PagedRow(blocks, fills, tree.tokens[leaf][first:], context,
+                         tree.blocks[leaf][-1:] if k == 0 else [],
                          self.pool.alloc(self._max_action())) for k in range(count)]
 
     def _action_length(self, tokens: list[int]) -> int:
@@ -196,11 +207,18 @@ class Search:
         generated = [0] * len(trees)
         for iteration in range(cfg.iterations):
             contexts, budgets, seeds, owners = [], [], [], []
+            leaves = []
             for t, tree in enumerate(trees):
                 leaf = select_leaf(tree, cfg.c_uct)
                 if tree.terminal_n[leaf]:  # nothing to expand: re-count its own value
                     backup(tree, leaf, float(tree.rollout_value_n[leaf]))
-                    continue
+                else:
+                    leaves.append((t, leaf))
+            fresh = [(t, leaf) for t, leaf in leaves if not trees[t].blocks[leaf]]
+            if self.pool is not None and fresh:
+                self._cache_leaves(trees, fresh)
+            for t, leaf in leaves:
+                tree = trees[t]
                 context = tree.path_tokens(leaf)
                 room = cfg.max_tokens - (len(context) - prompt_lens[t])
                 contexts += ([context] * cfg.children if self.pool is None
@@ -209,6 +227,8 @@ class Search:
                     budgets.append(min(cfg.call_tokens, room))
                     seeds.append(_row_seed(cfg.seed, problem_seeds[t], leaf, k))
                     owners.append((t, leaf))
+            if not contexts:
+                continue
             for (gen, i), (t, leaf), row in zip(self.generate(contexts, budgets, seeds), owners,
                                                 contexts):
                 child = self._add_child(trees[t], leaf, gen, i, prompt_lens[t])

@@ -28,7 +28,7 @@ from flax import nnx
 
 from marco_jax.errors import MarcoError
 from marco_jax.model import KVCache
-from marco_jax.sampler import Generation, Sampler, bucket
+from marco_jax.sampler import BATCH_BUCKETS, Generation, Sampler, bucket
 
 BLOCK = 32
 SCRATCH = 0
@@ -114,7 +114,7 @@ def generate_paged(sampler: Sampler, pool: KVPool, rows: Sequence[PagedRow],
                    max_new_tokens: Sequence[int], **sampling) -> Generation:
     """Sample every row from its cached blocks plus suffix, then store each row's
     suffix and first generated tokens into the blocks it names."""
-    b = bucket(len(rows), (1, 2, 4, 8, 16, 32, 64), "batch size")
+    b = bucket(len(rows), BATCH_BUCKETS, "batch size")  # the sampler pads to the same
     m = bucket(max(len(r.blocks) for r in rows), (1, 2, 4, 8, 16, 32, 64, 128), "cached blocks")
     table = _table([r.blocks for r in rows], b, m)
     fills = _table([r.fills for r in rows], b, m)

@@ -27,6 +27,7 @@ from marco_jax.cli import run
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.sampler import Generation, Sampler
+from marco_jax.search import job as job_lib
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,7 +64,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if not path.is_file():
         raise MarcoError(f"{path}: no such file")
     try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in job_lib.lines(path.read_text(encoding="utf-8")) if line.strip()]
     except UnicodeDecodeError:
         raise MarcoError(f"{path}: not UTF-8 text") from None
     if path.suffix != ".jsonl":

@@ -197,9 +197,15 @@ class Qwen2(nnx.Module):
 
     def hidden_states(self, tokens_bt: jax.Array, positions_bt: jax.Array,
                       mask_bt: jax.Array | None = None, cache: KVCache | None = None,
+                      segment_ids_bt: jax.Array | None = None, remat: bool = False,
                       ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states (b, t, d): a sampler's prefill needs the head
-        only at the last position, which saves a (b, t, vocab) product."""
+        only at the last position, which saves a (b, t, vocab) product.
+
+        Training passes ``segment_ids_bt`` for packed rows (a token attends only
+        within its own segment) and ``remat=True`` to recompute each layer's
+        activations in the backward pass instead of storing them.
+        """
         cfg = self.cfg
         b, t = tokens_bt.shape
         if mask_bt is None:
@@ -207,6 +213,8 @@ class Qwen2(nnx.Module):
         if cache is None:
             slots_t = jnp.arange(t)
             allowed_bts = (slots_t[None, :, None] >= slots_t[None, None, :]) & mask_bt[:, None, :]
+            if segment_ids_bt is not None:
+                allowed_bts &= segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
         else:
             valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, cache.end))
             cache = dataclasses.replace(cache, valid_bs=valid_bs)
@@ -217,8 +225,13 @@ class Qwen2(nnx.Module):
 
         cos_bth, sin_bth = rope_cos_sin(positions_bt, cfg.head_dim, cfg.rope_theta)
         x_btd = jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(cfg.jnp_compute_dtype)
-        for i, layer in enumerate(self.layers):
-            x_btd, cache = layer(x_btd, cos_bth, sin_bth, allowed_bts, i, cache)
+        if remat and cache is None:
+            step = nnx.remat(lambda layer, x: layer(x, cos_bth, sin_bth, allowed_bts, 0, None)[0])
+            for layer in self.layers:
+                x_btd = step(layer, x_btd)
+        else:
+            for i, layer in enumerate(self.layers):
+                x_btd, cache = layer(x_btd, cos_bth, sin_bth, allowed_bts, i, cache)
         if cache is not None:
             cache = dataclasses.replace(cache, end=cache.end + t)
         return self.final_norm(x_btd), cache

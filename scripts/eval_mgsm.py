@@ -13,6 +13,7 @@ block, or the last number), commas removed, compared numerically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 
@@ -33,12 +34,22 @@ def main() -> None:
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("results/eval"))
     parser.add_argument("--problems-per-batch", type=int, default=8)
     parser.add_argument("--iterations", type=int, help="override the method's iterations")
+    parser.add_argument("--max-tokens", type=int,
+                        help="override the generated-token cap of a path (and of one call)")
+    parser.add_argument("--template", choices=("marco", "chat", "none"),
+                        help="override the method's prompt template")
+    parser.add_argument("--tag", default="", help="added to the per-problem file name (<data>-<method>-<tag>.jsonl)")
     args = parser.parse_args()
 
     overrides = {} if args.iterations is None else {"iterations": args.iterations}
+    if args.max_tokens is not None:
+        overrides.update(max_tokens=args.max_tokens, call_tokens=args.max_tokens)
     job = job_lib.load_job_config(args.method, **overrides)
+    if args.template:
+        job = dataclasses.replace(job, template=args.template)
     problems = job_lib.read_problems(args.data)[:args.limit]
-    output = args.out_dir / f"{args.data.stem}-{args.method}.jsonl"
+    name = "-".join(filter(None, (args.data.stem, args.method, args.tag)))
+    output = args.out_dir / f"{name}.jsonl"
     done = job_lib.finished_ids(output)
     todo = [p for p in problems if p["id"] not in done]
     seconds = 0.0

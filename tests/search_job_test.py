@@ -11,6 +11,7 @@ import pytest
 from cli_test import ROOT, assert_one_line_error, run_script
 from marco_jax.errors import MarcoError
 from marco_jax.search import job as job_lib
+from marco_jax.search.runner import summarize
 
 FAST = ["--iterations", "2", "--problems-per-batch", "1"]
 
@@ -76,8 +77,27 @@ def test_configs_and_shards():
 def test_eval_mgsm_summary(tmp_path):
     (tmp_path / "mgsm.tsv").write_text("What is 2+2?\t4\nWhat is 3+3?\t6\n")
     proc = run_script("eval_mgsm.py", "--data", str(tmp_path / "mgsm.tsv"), "--method", "sc",
-                      "--out-dir", str(tmp_path), "--iterations", "1")
+                      "--out-dir", str(tmp_path), "--iterations", "1", "--max-tokens", "24",
+                      "--template", "chat", "--tag", "chat")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["problems"] == 2 and "test@8" in summary and 0 <= summary["pass@1"] <= 1
-    assert len(job_lib.lines((tmp_path / "mgsm-sc.jsonl").read_text())) == 2
+    assert {"test@1", "test@8"} <= set(summary) and "test@32" not in summary
+    records = [json.loads(l) for l in job_lib.lines((tmp_path / "mgsm-sc-chat.jsonl").read_text())]
+    assert len(records) == 2 and all(r["generated_tokens"] <= 8 * 24 for r in records)
+
+
+def test_summary_counts_test_at_k_over_the_first_k_rollouts(tmp_path):
+    def line(i, answers, correct):
+        return json.dumps({"id": f"p{i}", "answer": "7", "correct": correct, "n": len(answers),
+                           "test_at_n": "7" in answers, "candidate_answers": answers,
+                           "generated_tokens": 10})
+    out = tmp_path / "out.jsonl"
+    out.write_text("\n".join([line(0, ["7", "1", "2", "3"], True),
+                              line(1, ["1", "7", "2", "3"], False),
+                              line(2, ["1", "2", "3", None], False),
+                              line(3, ["7", "7", "7", "7"], True)]) + "\n")
+    summary = summarize(out, test_at=(1, 2))
+    assert summary == {"problems": 4, "pass@1": 0.5, "test@4": 0.75, "test@1": 0.5,
+                       "test@2": 0.75, "generated_tokens": 40}
+    assert summarize(out, {"p2", "p3"})["problems"] == 2

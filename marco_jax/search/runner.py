@@ -95,14 +95,22 @@ def run_job(loaded: LoadedModel, job: job_lib.JobConfig, todo: list[dict],
     return search
 
 
-def summarize(output: pathlib.Path, ids: set[str] | None = None) -> dict:
-    """pass@1 (the chosen answer) and Test@N (any of the N rollouts) over ``output``."""
+def summarize(output: pathlib.Path, ids: set[str] | None = None,
+              test_at: tuple[int, ...] = (1, 8, 32)) -> dict:
+    """pass@1 (the chosen answer), Test@N over all N rollouts, and Test@k over the
+    first k rollouts in generation order for each k <= N."""
     records = [json.loads(line) for line in job_lib.lines(output.read_text(encoding="utf-8"))
                if line.strip()]
     lines = [r for r in records if ids is None or r["id"] in ids]
     graded = [l for l in lines if l["correct"] is not None]
+    count = max(len(graded), 1)
     n = max((l["n"] for l in graded), default=0)
-    return {"problems": len(graded),
-            "pass@1": sum(l["correct"] for l in graded) / max(len(graded), 1),
-            f"test@{n}": sum(l["test_at_n"] for l in graded) / max(len(graded), 1),
-            "generated_tokens": sum(l["generated_tokens"] for l in lines)}
+    summary = {"problems": len(graded),
+               "pass@1": sum(l["correct"] for l in graded) / count,
+               f"test@{n}": sum(l["test_at_n"] for l in graded) / count}
+    for k in (k for k in test_at if k < n):
+        summary[f"test@{k}"] = sum(
+            any(answers_match(a, l["answer"]) for a in l["candidate_answers"][:k])
+            for l in graded) / count
+    summary["generated_tokens"] = sum(l["generated_tokens"] for l in lines)
+    return summary

@@ -1,0 +1,177 @@
+"""Training run configuration: named JSON files in ``configs/train/`` plus
+``--set section.key=value`` overrides.
+
+Every field is typed and every key is checked: a misspelt key in a file or an
+override is an error naming it, because a silently ignored setting in a
+multi-day run is the most expensive kind of bug.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import typing
+from typing import Any
+
+from marco_jax.errors import MarcoError
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs" / "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    preset: str = "tiny"  # marco_jax.config preset (architecture), used without init_from
+    init_from: str | None = None  # a checkpoint (HF, Orbax or GGUF) to fine-tune
+    param_dtype: str = "float32"  # master weights and Adam state
+    compute_dtype: str = "bfloat16"
+    remat: bool = True  # recompute each layer in the backward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    path: str = ""
+    tokenizer: str = "builtin"  # "builtin" (tests) or a directory with tokenizer files
+    system: str = "marco"  # system prompt for records without one: marco, default, none
+    seq_len: int = 512
+    pack: bool = True
+    overlong: str = "truncate"  # or "drop"
+    on_bad_record: str = "error"  # or "skip"
+    shuffle_seed: int = 0
+    num_epochs: int | None = None  # None: repeat until train.steps
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    steps: int = 100
+    global_batch: int = 8  # sequences per optimizer step, over all hosts
+    micro_batches: int = 1  # gradient accumulation: global_batch is split into this many
+    learning_rate: float = 1e-5
+    warmup_steps: int = 10
+    min_learning_rate: float = 0.0  # end of the cosine decay
+    weight_decay: float = 0.0  # AdamW; never applied to norms and biases
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    seed: int = 0
+    log_every: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection:
+    data: int = 1
+    fsdp: int = -1  # -1: every remaining device
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    every: int = 100  # steps between saves (and always the last step)
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    output_dir: str = "results/train"
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    mesh: MeshSection = MeshSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.data.overlong in ("truncate", "drop"), "data.overlong must be truncate or drop"),
+            (self.data.on_bad_record in ("error", "skip"),
+             "data.on_bad_record must be error or skip"),
+            (self.data.system in ("marco", "default", "none"),
+             "data.system must be marco, default or none"),
+            (self.data.seq_len >= 2, "data.seq_len must be >= 2"),
+            (self.train.micro_batches >= 1 and self.train.global_batch % self.train.micro_batches
+             == 0, "train.global_batch must be a multiple of train.micro_batches"),
+            (self.train.steps >= 1, "train.steps must be >= 1"),
+            (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1,
+             "checkpoint.every and checkpoint.keep must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MarcoError(f"config {self.name}: {message}")
+        return self
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)
+            if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _build(section: type, values: dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(section)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise MarcoError(f"{where}: unknown key(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+    hints = typing.get_type_hints(section)
+    checked = {}
+    for key, value in values.items():
+        allowed = typing.get_args(hints[key]) or (hints[key],)
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok = any(value is None if a is type(None) else isinstance(value, a) for a in allowed)
+        if not ok or (isinstance(value, bool) and bool not in allowed):
+            names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+            raise MarcoError(f"{where}: {key} must be {names}, got {value!r}")
+        checked[key] = value
+    return section(**checked)
+
+
+def _parse_value(text: str) -> Any:
+    """JSON where it parses (numbers, true, null, lists), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def load_train_config(name_or_path: str, overrides: list[str] = ()) -> TrainConfig:
+    """A config by name (``configs/train/NAME.json``) or path, then ``section.key=value``
+    overrides applied in order."""
+    path = pathlib.Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise MarcoError(f"no training config {name_or_path!r} (known: {', '.join(known)})")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MarcoError(f"{path}: not valid JSON ({e})") from None
+    raw.pop("description", None)
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise MarcoError(f"--set {item!r}: expected section.key=value")
+        *sections, leaf = key.split(".")
+        node = raw
+        for s in sections:
+            node = node.setdefault(s, {})
+            if not isinstance(node, dict):
+                raise MarcoError(f"--set {item!r}: {s} is not a section")
+        node[leaf] = _parse_value(value)
+    sections = _section_types()
+    top = {f.name for f in dataclasses.fields(TrainConfig)} - {"name"}
+    unknown = sorted(set(raw) - top)
+    if unknown:
+        raise MarcoError(f"{path}: unknown key(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(top))})")
+    values = {k: (_build(sections[k], v, f"{path} [{k}]") if k in sections else v)
+              for k, v in raw.items()}
+    return TrainConfig(name=path.stem, **values).validate()
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The resolved config, written beside the run's outputs for reproducibility."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,233 @@
+"""SFT data: chat records -> token ids with an assistant-only loss mask -> packed batches.
+
+Every batch is a dict of numpy arrays of shape (batch_size, seq_len):
+
+- ``inputs``      int32    token t of an example
+- ``targets``     int32    token t+1 of the same example (the next-token label)
+- ``loss_mask``   float32  1.0 where ``targets`` is an assistant token (a reply's
+  content or its closing ``<|im_end|>``); 0.0 on system/user turns, on the
+  ``<|im_start|>assistant\\n`` header and on padding
+- ``segment_ids`` int32    1, 2, 3... numbering the examples packed into a row; 0 is padding
+- ``positions``   int32    index of ``inputs`` within its own example, restarting at 0
+
+An example of n tokens becomes n-1 (input, target) pairs *before* packing, so a
+target never belongs to another example and no boundary mask is needed. The model
+must restrict attention to equal ``segment_ids`` and feed ``positions`` to RoPE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import pathlib
+import sys
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from marco_jax.errors import MarcoError
+from marco_jax.prompts import chatml
+
+ROLES = ("system", "user", "assistant")
+ON_BAD_RECORD = ("error", "skip")
+OVERLONG = ("truncate", "drop")
+# The per-token features the packer lays out; it adds "<name>_segment_ids" and
+# "<name>_positions" for each, identical across the three.
+_PACKED = ("inputs", "targets", "loss_mask")
+
+
+def read_records(path: pathlib.Path, on_bad_record: str = "error") -> tuple[list[dict], int]:
+    """The usable records of a JSON array or JSONL file, and how many were skipped.
+
+    A record is Marco-o1's CoT format (``instruction`` + ``response``) or chat
+    ``messages``. A bad record stops the run (``"error"``) or is reported on stderr
+    and skipped (``"skip"``), so one broken line in a large crawl need not cost the
+    whole run; a file with no usable record is always an error.
+    """
+    if on_bad_record not in ON_BAD_RECORD:
+        raise MarcoError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise MarcoError(f"{path}: cannot read ({error})") from None
+    records, skipped = [], 0
+    for location, record, problem in _located_records(path, text):
+        if problem is None:
+            records.append(record)
+            continue
+        if on_bad_record == "error":
+            raise MarcoError(f"{location}: {problem}")
+        print(f"warning: skipping {location}: {problem}", file=sys.stderr)
+        skipped += 1
+    if not records:
+        raise MarcoError(f"{path}: no usable records" + (f" ({skipped} bad)" if skipped else ""))
+    return records, skipped
+
+
+def _located_records(path: pathlib.Path, text: str) -> Iterator[tuple[str, Any, str | None]]:
+    """(where, record, problem) per record; problem is None when the record is usable.
+
+    Where is ``file:line`` for JSONL and ``file: record i`` (0-based) for a JSON array.
+    """
+    if text.lstrip().startswith("["):
+        try:
+            array = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise MarcoError(f"{path}: not JSON ({error})") from None
+        for index, record in enumerate(array):
+            yield f"{path}: record {index}", record, _problem(record)
+        return
+    # Split on "\n" only: str.splitlines would also break at U+2028 inside strings.
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield f"{path}:{number}", None, f"not JSON ({error.msg})"
+            continue
+        yield f"{path}:{number}", record, _problem(record)
+
+
+def _problem(record: Any) -> str | None:
+    """Why the record cannot be trained on, or None if it can."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if "messages" in record:
+        messages = record["messages"]
+        well_formed = isinstance(messages, list) and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+            for m in messages
+        )
+        if not well_formed:
+            return '"messages" must be a list of {"role": system|user|assistant, "content": string}'
+        if not any(m["role"] == "assistant" for m in messages):
+            return '"messages" has no assistant turn to train on'
+        return None
+    if isinstance(record.get("instruction"), str) and isinstance(record.get("response"), str):
+        return None
+    return 'needs "instruction" and "response" (strings) or "messages"'
+
+
+def chat_messages(record: dict, system: str | None) -> list[dict[str, str]]:
+    """The record as chat turns, with ``system`` first unless it brings its own."""
+    if "messages" in record:
+        messages = record["messages"]
+    else:
+        messages = [{"role": "user", "content": record["instruction"]},
+                    {"role": "assistant", "content": record["response"]}]
+    if system is not None and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+def tokenize_record(
+    record: dict, tokenizer: PreTrainedTokenizerBase, system: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """int32 ids of the ChatML-rendered record and a bool mask of the tokens to learn.
+
+    The mask covers each assistant reply plus its ``<|im_end|>`` (so the model
+    learns to stop) and nothing else. Each span is tokenized on its own so the
+    mask falls exactly on token boundaries; the ids still decode to the full text.
+    """
+    spans: list[tuple[str, bool]] = []  # (text, learned)
+    for message in chat_messages(record, system):
+        turn = chatml([message], add_generation_prompt=False)
+        if message["role"] != "assistant":
+            spans.append((turn, False))
+            continue
+        start = turn.index("\n") + 1  # after "<|im_start|>assistant\n"
+        end = turn.rindex("\n")  # before the newline that follows <|im_end|>
+        spans += [(turn[:start], False), (turn[start:end], True), (turn[end:], False)]
+    ids: list[int] = []
+    learned: list[bool] = []
+    for is_learned, group in itertools.groupby(spans, key=lambda span: span[1]):
+        span_ids = tokenizer.encode("".join(text for text, _ in group), add_special_tokens=False)
+        ids += span_ids
+        learned += [is_learned] * len(span_ids)
+    return np.asarray(ids, dtype=np.int32), np.asarray(learned, dtype=bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """What became of the examples, for the training log."""
+
+    examples: int  # in the dataset, truncated ones included
+    truncated: int
+    dropped: int
+
+
+def make_dataset(
+    examples: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    num_epochs: int | None,
+    process_index: int = 0,
+    process_count: int = 1,
+    overlong: str = "truncate",
+    pack: bool = True,
+) -> tuple[grain.IterDataset, Counts]:
+    """This process's batches (layout in the module docstring) and what was cut.
+
+    ``examples`` are ``tokenize_record`` outputs. An example longer than
+    ``seq_len + 1`` tokens (``seq_len`` pairs) is truncated or dropped
+    (``overlong``). Each epoch is shuffled anew from ``seed``; process p takes every
+    ``process_count``-th example of that global order from p, so processes never
+    share an example. With ``pack`` several examples share a row (first fit over
+    ``batch_size`` rows at a time), else each row holds one. The final partial
+    batch of a finite stream is dropped so that every batch has a fixed shape.
+
+    Batch counts can differ between processes (packing density varies), so
+    multi-host training should use ``num_epochs=None`` and stop by step count.
+    The iterator's ``get_state``/``set_state`` resume exactly, also through
+    ``grain.checkpoint.CheckpointSave``/``CheckpointRestore``.
+    """
+    if overlong not in OVERLONG:
+        raise MarcoError(f"overlong must be one of {OVERLONG}, got {overlong!r}")
+    if seq_len < 1 or batch_size < 1:
+        raise MarcoError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
+    if not 0 <= process_index < process_count:
+        raise MarcoError(f"process index {process_index} is not in [0, {process_count})")
+    pairs, truncated, dropped = [], 0, 0
+    for index, (ids, learned) in enumerate(examples):
+        if len(ids) < 2:
+            raise MarcoError(f"example {index} has {len(ids)} token(s): nothing to predict")
+        if len(ids) > seq_len + 1:
+            if overlong == "drop":
+                dropped += 1
+                continue
+            ids, learned = ids[: seq_len + 1], learned[: seq_len + 1]
+            truncated += 1
+        pairs.append({"inputs": np.asarray(ids[:-1], np.int32),
+                      "targets": np.asarray(ids[1:], np.int32),
+                      "loss_mask": np.asarray(learned[1:], bool)})
+    if not pairs:
+        raise MarcoError(f"no examples to train on ({dropped} dropped as longer than "
+                         f"seq_len + 1 = {seq_len + 1} tokens)")
+    shard = grain.MapDataset.source(pairs).shuffle(seed).repeat(num_epochs)
+    shard = shard[process_index::process_count]
+    rows = grain.experimental.FirstFitPackIterDataset(
+        shard.to_iter_dataset(grain.ReadOptions(num_threads=0)),  # in memory: threads only contend
+        length_struct={name: seq_len for name in _PACKED},
+        num_packing_bins=batch_size,
+        shuffle_bins=False,  # the bins of one packing round form one batch anyway
+        max_sequences_per_bin=None if pack else 1,
+    )
+    batches = rows.batch(batch_size, drop_remainder=True).map(_batch_layout)
+    return batches, Counts(len(pairs), truncated, dropped)
+
+
+def _batch_layout(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The documented layout: one copy of the packer's (shared) segment ids and positions."""
+    return {
+        "inputs": packed["inputs"],
+        "targets": packed["targets"],
+        "loss_mask": packed["loss_mask"].astype(np.float32),
+        "segment_ids": packed["inputs_segment_ids"],
+        "positions": packed["inputs_positions"],
+    }

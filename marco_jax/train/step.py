@@ -1,0 +1,146 @@
+"""One optimizer step of full-parameter SFT, as a pure function jitted over a mesh.
+
+The train state is a pytree of plain arrays (parameters as a nested dict, optax
+state, step counter), so Orbax saves it and ``jax.jit`` shards it with explicit
+in/out shardings derived from the model's logical axis names.
+
+The loss is the mean cross-entropy over every loss-masked target token of the
+whole global batch. Gradient accumulation scans over micro-batches summing
+token losses and counts and divides once at the end, so M micro-batches of B
+rows give the same update as one batch of M*B rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from marco_jax import sharding as sharding_lib
+from marco_jax.model import Qwen2
+from marco_jax.train.config import TrainSection
+
+Params = dict[str, Any]
+BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+_NO_DECAY = re.compile(r"bias|scale")  # biases and RMSNorm scales
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Params
+    opt_state: optax.OptState
+
+
+def decay_mask(params: Params) -> Any:
+    """True where AdamW's weight decay applies: matrices and embeddings only."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not _NO_DECAY.search(jax.tree_util.keystr(path)), params)
+
+
+def learning_rate_schedule(cfg: TrainSection) -> optax.Schedule:
+    """Linear warmup from 0, then cosine decay to ``min_learning_rate`` at the last step."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1),
+        cfg.min_learning_rate)
+
+
+def make_optimizer(cfg: TrainSection) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.adamw(learning_rate_schedule(cfg), cfg.b1, cfg.b2, cfg.eps,
+                    weight_decay=cfg.weight_decay, mask=decay_mask))
+
+
+def loss_sums(graphdef: nnx.GraphDef, params: Params, batch: dict[str, jax.Array],
+              remat: bool) -> tuple[jax.Array, jax.Array]:
+    """(sum of masked token cross-entropies, number of masked tokens) of a batch."""
+    model: Qwen2 = nnx.merge(graphdef, params)
+    x_btd, _ = model.hidden_states(batch["inputs"], batch["positions"],
+                                   batch["segment_ids"] > 0, segment_ids_bt=batch["segment_ids"],
+                                   remat=remat)
+    logits_btv = model.logits(x_btd)
+    token_loss_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
+    mask_bt = batch["loss_mask"].astype(jnp.float32)
+    return jnp.sum(token_loss_bt * mask_bt), jnp.sum(mask_bt)
+
+
+def train_step(state: TrainState, batch_mbt: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               remat: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Accumulate gradients over the leading micro-batch axis, then one AdamW update."""
+    grad_fn = jax.value_and_grad(lambda p, b: loss_sums(graphdef, p, b, remat), has_aux=True)
+
+    def micro(carry, batch_bt):
+        grads, loss_sum, count = carry
+        (l, n), g = grad_fn(state.params, batch_bt)
+        return (jax.tree.map(jnp.add, grads, g), loss_sum + l, count + n), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    (grads, loss_sum, count), _ = jax.lax.scan(
+        micro, (zeros, jnp.zeros(()), jnp.zeros(())), batch_mbt)
+    count = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss_sum / count, "grad_norm": optax.global_norm(grads),
+               "learning_rate": schedule(state.step), "tokens": count}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class StepProgram:
+    """The jitted init and step functions of one run, with their shardings."""
+
+    init: Callable[[Params], TrainState]
+    step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    state_shardings: TrainState
+    batch_sharding: NamedSharding
+    abstract_state: TrainState
+
+
+def param_shardings(model_state: nnx.State, mesh: Mesh,
+                    rules: sharding_lib.ShardingRules = sharding_lib.ShardingRules()) -> Params:
+    return nnx.to_pure_dict(sharding_lib.state_shardings(model_state, mesh, rules))
+
+
+def build_step(graphdef: nnx.GraphDef, abstract_params: Params, params_sharding: Params,
+               cfg: TrainSection, mesh: Mesh, remat: bool,
+               rules: sharding_lib.ShardingRules = sharding_lib.ShardingRules()) -> StepProgram:
+    """Jit init (params -> state) and the step with explicit shardings on ``mesh``.
+
+    Adam moments are sharded like the parameters they track; the step counters
+    are replicated. Batches are (micro_batches, rows, seq) with rows split over
+    the batch mesh axes.
+    """
+    optimizer = make_optimizer(cfg)
+    schedule = learning_rate_schedule(cfg)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def init(params: Params) -> TrainState:
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+    abstract_state = jax.eval_shape(init, abstract_params)
+    opt_shardings = optax.tree_map_params(
+        optimizer, lambda _, s: s, abstract_state.opt_state, params_sharding,
+        transform_non_params=lambda _: replicated)
+    state_shardings = TrainState(replicated, params_sharding, opt_shardings)
+    batch_axes = rules.mesh_axes("batch")
+    batch_sharding = NamedSharding(mesh, PartitionSpec(None, batch_axes, None))
+    step = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
+                             schedule=schedule, remat=remat)
+    metric_shardings = {k: replicated for k in ("loss", "grad_norm", "learning_rate", "tokens")}
+    return StepProgram(
+        init=jax.jit(init, in_shardings=(params_sharding,), out_shardings=state_shardings),
+        step=jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                     out_shardings=(state_shardings, metric_shardings), donate_argnums=(0,)),
+        state_shardings=state_shardings, batch_sharding=batch_sharding,
+        abstract_state=abstract_state)

@@ -1,0 +1,93 @@
+"""The SFT step on the tiny model: it learns, shards exactly, and accumulates exactly."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from marco_jax.config import preset
+from marco_jax.model import init_model
+from marco_jax.sharding import make_mesh
+from marco_jax.train.config import TrainSection
+from marco_jax.train.step import build_step, decay_mask, param_shardings
+
+CFG = TrainSection(steps=10, learning_rate=1e-2, warmup_steps=1, weight_decay=0.1)
+
+
+def packed_batch(rows: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Rows of two packed samples each, the last few slots padding."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, 512, size=(rows, seq + 1)).astype(np.int32)
+    cut, pad = seq // 2, seq - 3
+    segment = np.where(np.arange(seq) < cut, 1, 2) * (np.arange(seq) < pad)
+    positions = np.where(np.arange(seq) < cut, np.arange(seq), np.arange(seq) - cut)
+    loss_mask = (segment > 0) & (np.arange(seq) != cut - 1) & (rng.random((rows, seq)) < 0.8)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+            "loss_mask": loss_mask.astype(np.float32),
+            "segment_ids": np.broadcast_to(segment, (rows, seq)).astype(np.int32),
+            "positions": np.broadcast_to(positions, (rows, seq)).astype(np.int32)}
+
+
+def micro(batch, micro_batches):
+    return {k: v.reshape(micro_batches, -1, *v.shape[1:]) for k, v in batch.items()}
+
+
+def setup(mesh, cfg=CFG):
+    model = init_model(preset("tiny"), seed=1)
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    program = build_step(graphdef, jax.eval_shape(lambda: params),
+                         param_shardings(state, mesh), cfg, mesh, remat=True)
+    return program, program.init(params)
+
+
+def run(program, state, batches):
+    losses = []
+    for batch in batches:
+        state, metrics = program.step(state, jax.device_put(batch, program.batch_sharding))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_loss_on_a_fixed_batch_decreases():
+    program, state = setup(make_mesh(fsdp=1, devices=jax.devices()[:1]))
+    _, losses = run(program, state, [micro(packed_batch(4, 32), 1)] * 6)
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    params = nnx.to_pure_dict(nnx.split(init_model(preset("tiny")))[1])
+    mask = decay_mask(params)
+    assert mask["embed_vd"] and mask["layers"][0]["mlp"]["up_weight_df"]
+    assert not mask["final_norm"]["scale_d"] and not mask["layers"][1]["attn"]["q_bias_nh"]
+
+
+def test_sharded_step_equals_one_device():
+    batches = [micro(packed_batch(8, 32, seed), 2) for seed in range(2)]
+    results = []
+    for mesh in (make_mesh(fsdp=1, devices=jax.devices()[:1]), make_mesh(fsdp=4, tensor=2)):
+        program, state = setup(mesh)
+        state, losses = run(program, state, batches)
+        results.append((losses, jax.device_get(state.params)))
+        assert mesh.size == 1 or any(
+            not s.is_fully_replicated for s in jax.tree.leaves(
+                jax.tree.map(lambda a: a.sharding, state.params)))
+    (losses_1, params_1), (losses_8, params_8) = results
+    np.testing.assert_allclose(losses_8, losses_1, atol=1e-5, rtol=0)
+    for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_8)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_accumulating_four_micro_batches_equals_one_big_batch():
+    batch = packed_batch(8, 32, seed=5)
+    mesh = make_mesh(fsdp=1, devices=jax.devices()[:1])
+    outs = []
+    for m in (1, 4):
+        program, state = setup(mesh, dataclasses.replace(CFG, micro_batches=m))
+        state, losses = run(program, state, [micro(batch, m)])
+        outs.append((losses, jax.device_get(state.params)))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-5, rtol=0)
+    for a, b in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1])):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -197,14 +197,20 @@ class Qwen2(nnx.Module):
 
     def hidden_states(self, tokens_bt: jax.Array, positions_bt: jax.Array,
                       mask_bt: jax.Array | None = None, cache: KVCache | None = None,
-                      segment_ids_bt: jax.Array | None = None, remat: bool = False,
+                      segment_ids_bt: jax.Array | None = None,
+                      scanned_layers: tuple[nnx.GraphDef, dict] | None = None,
+                      remat: bool = False, act_sharding: jax.sharding.Sharding | None = None,
                       ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states (b, t, d): a sampler's prefill needs the head
         only at the last position, which saves a (b, t, vocab) product.
 
         Training passes ``segment_ids_bt`` for packed rows (a token attends only
-        within its own segment) and ``remat=True`` to recompute each layer's
-        activations in the backward pass instead of storing them.
+        within its own segment) and ``scanned_layers``: one layer's graph and
+        every layer's parameters stacked on a leading axis, run by ``lax.scan``
+        instead of ``self.layers``, so XLA gathers one layer's fsdp shards at a
+        time and compiles one layer body (``remat=True`` recomputes its
+        activations in the backward pass). ``act_sharding`` pins the (b, t, d)
+        activations between layers to the batch mesh axes.
         """
         cfg = self.cfg
         b, t = tokens_bt.shape
@@ -224,14 +230,22 @@ class Qwen2(nnx.Module):
                            & valid_bs[:, None, :])
 
         cos_bth, sin_bth = rope_cos_sin(positions_bt, cfg.head_dim, cfg.rope_theta)
-        x_btd = jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(cfg.jnp_compute_dtype)
-        if remat and cache is None:
-            step = nnx.remat(lambda layer, x: layer(x, cos_bth, sin_bth, allowed_bts, 0, None)[0])
-            for layer in self.layers:
-                x_btd = step(layer, x_btd)
+        pin = (lambda x: x) if act_sharding is None else (
+            lambda x: jax.lax.with_sharding_constraint(x, act_sharding))
+        x_btd = pin(jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(cfg.jnp_compute_dtype))
+        if scanned_layers is not None:
+            layer_def, stacked = scanned_layers
+
+            def one_layer(x_btd, layer_params):
+                layer = nnx.merge(layer_def, layer_params)
+                return pin(layer(x_btd, cos_bth, sin_bth, allowed_bts, 0, None)[0]), None
+
+            x_btd, _ = jax.lax.scan(jax.checkpoint(one_layer) if remat else one_layer,
+                                    x_btd, stacked)
         else:
             for i, layer in enumerate(self.layers):
                 x_btd, cache = layer(x_btd, cos_bth, sin_bth, allowed_bts, i, cache)
+                x_btd = pin(x_btd)
         if cache is not None:
             cache = dataclasses.replace(cache, end=cache.end + t)
         return self.final_norm(x_btd), cache

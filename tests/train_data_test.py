@@ -262,3 +262,17 @@ def test_iterator_resumes_through_orbax(tmp_path):
         manager.restore(3, args=ocp.args.Composite(
             data=grain.checkpoint.CheckpointRestore(resumed)))
     assert same_batches(take(resumed, 2), expected)
+
+
+def test_hugging_face_dataset_files(tmp_path):
+    import datasets
+
+    rows = [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(3)]
+    table = datasets.Dataset.from_list(rows)
+    table.save_to_disk(str(tmp_path / "saved"))
+    table.to_parquet(str(tmp_path / "data.parquet"))
+    for path in (tmp_path / "saved", tmp_path / "data.parquet"):
+        assert read_records(path) == (rows, 0)
+    datasets.Dataset.from_list([{"instruction": "q"}]).to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(MarcoError, match="bad.parquet: row 0"):
+        read_records(tmp_path / "bad.parquet")

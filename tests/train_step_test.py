@@ -11,7 +11,9 @@ from marco_jax.config import preset
 from marco_jax.model import init_model
 from marco_jax.sharding import make_mesh
 from marco_jax.train.config import TrainSection
-from marco_jax.train.step import build_step, decay_mask, param_shardings
+from marco_jax.train.layout import (init_params, layout_of, stack_layers,
+                                    unstack_layers)
+from marco_jax.train.step import build_step, decay_mask
 
 CFG = TrainSection(steps=10, learning_rate=1e-2, warmup_steps=1, weight_decay=0.1)
 
@@ -35,12 +37,10 @@ def micro(batch, micro_batches):
 
 
 def setup(mesh, cfg=CFG):
-    model = init_model(preset("tiny"), seed=1)
-    graphdef, state = nnx.split(model)
-    params = nnx.to_pure_dict(state)
-    program = build_step(graphdef, jax.eval_shape(lambda: params),
-                         param_shardings(state, mesh), cfg, mesh, remat=True)
-    return program, program.init(params)
+    layout = layout_of(preset("tiny"))
+    program = build_step(layout, cfg, mesh, remat=True)
+    return program, program.init(jax.device_put(init_params(layout, 1),
+                                                program.state_shardings.params))
 
 
 def run(program, state, batches):
@@ -58,8 +58,7 @@ def test_loss_on_a_fixed_batch_decreases():
 
 
 def test_no_weight_decay_on_norms_and_biases():
-    params = nnx.to_pure_dict(nnx.split(init_model(preset("tiny")))[1])
-    mask = decay_mask(params)
+    mask = decay_mask(unstack_layers(init_params(layout_of(preset("tiny")), 0)))
     assert mask["embed_vd"] and mask["layers"][0]["mlp"]["up_weight_df"]
     assert not mask["final_norm"]["scale_d"] and not mask["layers"][1]["attn"]["q_bias_nh"]
 
@@ -91,3 +90,19 @@ def test_accumulating_four_micro_batches_equals_one_big_batch():
     np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-5, rtol=0)
     for a, b in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1])):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_stacked_layout_round_trips_and_runs_like_the_model():
+    model = init_model(preset("tiny"), seed=2)
+    params = nnx.to_pure_dict(nnx.state(model))
+    stacked = stack_layers(params)
+    assert stacked["layers"]["attn"]["q_weight_dnh"].shape[0] == 2
+    for a, b in zip(jax.tree.leaves(unstack_layers(stacked)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    outer, layers = layout_of(preset("tiny")).model(stacked)
+    tokens = jnp.asarray(packed_batch(2, 16)["inputs"])
+    positions = jnp.broadcast_to(jnp.arange(16), (2, 16))
+    expected, _ = model.hidden_states(tokens, positions)
+    for remat in (False, True):
+        got, _ = outer.hidden_states(tokens, positions, scanned_layers=layers, remat=remat)
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

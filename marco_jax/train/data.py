@@ -34,13 +34,15 @@ from marco_jax.prompts import chatml
 ROLES = ("system", "user", "assistant")
 ON_BAD_RECORD = ("error", "skip")
 OVERLONG = ("truncate", "drop")
+HF_DATASET_SUFFIXES = (".parquet", ".arrow")
 # The per-token features the packer lays out; it adds "<name>_segment_ids" and
 # "<name>_positions" for each, identical across the three.
 _PACKED = ("inputs", "targets", "loss_mask")
 
 
 def read_records(path: pathlib.Path, on_bad_record: str = "error") -> tuple[list[dict], int]:
-    """The usable records of a JSON array or JSONL file, and how many were skipped.
+    """The usable records of a JSON array or JSONL file (or a Hugging Face dataset:
+    a ``save_to_disk`` directory, Parquet or Arrow file), and how many were skipped.
 
     A record is Marco-o1's CoT format (``instruction`` + ``response``) or chat
     ``messages``. A bad record stops the run (``"error"``) or is reported on stderr
@@ -49,12 +51,16 @@ def read_records(path: pathlib.Path, on_bad_record: str = "error") -> tuple[list
     """
     if on_bad_record not in ON_BAD_RECORD:
         raise MarcoError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise MarcoError(f"{path}: cannot read ({error})") from None
+    if path.is_dir() or path.suffix in HF_DATASET_SUFFIXES:
+        located = _hf_dataset_records(path)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise MarcoError(f"{path}: cannot read ({error})") from None
+        located = _located_records(path, text)
     records, skipped = [], 0
-    for location, record, problem in _located_records(path, text):
+    for location, record, problem in located:
         if problem is None:
             records.append(record)
             continue
@@ -65,6 +71,24 @@ def read_records(path: pathlib.Path, on_bad_record: str = "error") -> tuple[list
     if not records:
         raise MarcoError(f"{path}: no usable records" + (f" ({skipped} bad)" if skipped else ""))
     return records, skipped
+
+
+def _hf_dataset_records(path: pathlib.Path) -> Iterator[tuple[str, Any, str | None]]:
+    """Records of a ``datasets.save_to_disk`` directory or a Parquet/Arrow file."""
+    import datasets
+
+    try:
+        if path.is_dir():
+            table = datasets.load_from_disk(str(path))
+            if isinstance(table, datasets.DatasetDict):
+                table = table["train"] if "train" in table else next(iter(table.values()))
+        else:
+            table = datasets.Dataset.from_parquet(str(path)) if path.suffix == ".parquet" \
+                else datasets.Dataset.from_file(str(path))
+    except (OSError, ValueError, FileNotFoundError) as error:
+        raise MarcoError(f"{path}: cannot read as a Hugging Face dataset ({error})") from None
+    for index, record in enumerate(table):
+        yield f"{path}: row {index}", record, _problem(record)
 
 
 def _located_records(path: pathlib.Path, text: str) -> Iterator[tuple[str, Any, str | None]]:

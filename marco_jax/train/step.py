@@ -20,16 +20,16 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from marco_jax import sharding as sharding_lib
-from marco_jax.model import Qwen2
+from marco_jax.sharding import ShardingRules
 from marco_jax.train.config import TrainSection
+from marco_jax.train.layout import TrainLayout
 
 Params = dict[str, Any]
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 _NO_DECAY = re.compile(r"bias|scale")  # biases and RMSNorm scales
+LOSS_CHUNK = 1024  # sequence positions per head + loss chunk
 
 
 @jax.tree_util.register_dataclass
@@ -60,31 +60,57 @@ def make_optimizer(cfg: TrainSection) -> optax.GradientTransformation:
                     weight_decay=cfg.weight_decay, mask=decay_mask))
 
 
-def loss_sums(graphdef: nnx.GraphDef, params: Params, batch: dict[str, jax.Array],
-              remat: bool) -> tuple[jax.Array, jax.Array]:
-    """(sum of masked token cross-entropies, number of masked tokens) of a batch."""
-    model: Qwen2 = nnx.merge(graphdef, params)
+def loss_sums(layout: TrainLayout, params: Params, batch: dict[str, jax.Array],
+              remat: bool, act_sharding: NamedSharding | None = None,
+              ) -> tuple[jax.Array, jax.Array]:
+    """(sum of masked token cross-entropies, number of masked tokens) of a batch.
+
+    The (b, t, vocab) logits are never materialised whole: the head and the loss
+    run over LOSS_CHUNK positions at a time under remat, so only one chunk's
+    float32 logits (0.6 GB for Qwen2's 152k vocabulary at 1024 positions) are
+    alive at once, forward or backward.
+    """
+    model, layers = layout.model(params)
     x_btd, _ = model.hidden_states(batch["inputs"], batch["positions"],
                                    batch["segment_ids"] > 0, segment_ids_bt=batch["segment_ids"],
-                                   remat=remat)
-    logits_btv = model.logits(x_btd)
-    token_loss_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
+                                   scanned_layers=layers, remat=remat, act_sharding=act_sharding)
+    b, t, d = x_btd.shape
+    chunk = LOSS_CHUNK if t % LOSS_CHUNK == 0 else t
+    split = lambda a: jnp.swapaxes(a.reshape(b, t // chunk, chunk, *a.shape[2:]), 0, 1)  # noqa: E731
     mask_bt = batch["loss_mask"].astype(jnp.float32)
-    return jnp.sum(token_loss_bt * mask_bt), jnp.sum(mask_bt)
+
+    @jax.checkpoint
+    def chunk_loss(total, chunk_inputs):
+        x_bcd, targets_bc, mask_bc = chunk_inputs
+        logits_bcv = model.logits(x_bcd)
+        token_loss_bc = optax.softmax_cross_entropy_with_integer_labels(logits_bcv, targets_bc)
+        return total + jnp.sum(token_loss_bc * mask_bc), None
+
+    total, _ = jax.lax.scan(chunk_loss, jnp.zeros((), jnp.float32),
+                            (split(x_btd), split(batch["targets"]), split(mask_bt)))
+    return total, jnp.sum(mask_bt)
 
 
-def train_step(state: TrainState, batch_mbt: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
+def train_step(state: TrainState, batch_mbt: dict[str, jax.Array], *, layout: TrainLayout,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               remat: bool) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Accumulate gradients over the leading micro-batch axis, then one AdamW update."""
-    grad_fn = jax.value_and_grad(lambda p, b: loss_sums(graphdef, p, b, remat), has_aux=True)
+               remat: bool, act_sharding: NamedSharding | None = None,
+               grad_shardings: Params | None = None,
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Accumulate gradients over the leading micro-batch axis, then one AdamW update.
+
+    ``grad_shardings`` keeps the float32 accumulator sharded like the parameters.
+    """
+    pin = (lambda g: g) if grad_shardings is None else (
+        lambda g: jax.lax.with_sharding_constraint(g, grad_shardings))
+    grad_fn = jax.value_and_grad(
+        lambda p, b: loss_sums(layout, p, b, remat, act_sharding), has_aux=True)
 
     def micro(carry, batch_bt):
         grads, loss_sum, count = carry
         (l, n), g = grad_fn(state.params, batch_bt)
-        return (jax.tree.map(jnp.add, grads, g), loss_sum + l, count + n), None
+        return (pin(jax.tree.map(jnp.add, grads, g)), loss_sum + l, count + n), None
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    zeros = pin(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
     (grads, loss_sum, count), _ = jax.lax.scan(
         micro, (zeros, jnp.zeros(()), jnp.zeros(())), batch_mbt)
     count = jnp.maximum(count, 1.0)
@@ -107,20 +133,15 @@ class StepProgram:
     abstract_state: TrainState
 
 
-def param_shardings(model_state: nnx.State, mesh: Mesh,
-                    rules: sharding_lib.ShardingRules = sharding_lib.ShardingRules()) -> Params:
-    return nnx.to_pure_dict(sharding_lib.state_shardings(model_state, mesh, rules))
-
-
-def build_step(graphdef: nnx.GraphDef, abstract_params: Params, params_sharding: Params,
-               cfg: TrainSection, mesh: Mesh, remat: bool,
-               rules: sharding_lib.ShardingRules = sharding_lib.ShardingRules()) -> StepProgram:
+def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: bool,
+               rules: ShardingRules = ShardingRules()) -> StepProgram:
     """Jit init (params -> state) and the step with explicit shardings on ``mesh``.
 
     Adam moments are sharded like the parameters they track; the step counters
     are replicated. Batches are (micro_batches, rows, seq) with rows split over
     the batch mesh axes.
     """
+    params_sharding = layout.shardings(mesh, rules)
     optimizer = make_optimizer(cfg)
     schedule = learning_rate_schedule(cfg)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -128,15 +149,17 @@ def build_step(graphdef: nnx.GraphDef, abstract_params: Params, params_sharding:
     def init(params: Params) -> TrainState:
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
-    abstract_state = jax.eval_shape(init, abstract_params)
+    abstract_state = jax.eval_shape(init, layout.abstract_params())
     opt_shardings = optax.tree_map_params(
         optimizer, lambda _, s: s, abstract_state.opt_state, params_sharding,
         transform_non_params=lambda _: replicated)
     state_shardings = TrainState(replicated, params_sharding, opt_shardings)
     batch_axes = rules.mesh_axes("batch")
     batch_sharding = NamedSharding(mesh, PartitionSpec(None, batch_axes, None))
-    step = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
-                             schedule=schedule, remat=remat)
+    act_sharding = NamedSharding(mesh, PartitionSpec(batch_axes, None, None))
+    step = functools.partial(train_step, layout=layout, optimizer=optimizer,
+                             schedule=schedule, remat=remat, act_sharding=act_sharding,
+                             grad_shardings=params_sharding)
     metric_shardings = {k: replicated for k in ("loss", "grad_norm", "learning_rate", "tokens")}
     return StepProgram(
         init=jax.jit(init, in_shardings=(params_sharding,), out_shardings=state_shardings),

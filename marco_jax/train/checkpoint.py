@@ -1,0 +1,59 @@
+"""Training checkpoints: train state + data-iterator position, saved together by Orbax.
+
+Orbax's CheckpointManager writes each step into a temporary directory and
+renames it only once every host has finished, so a crash mid-save leaves a
+temporary directory that ``latest_step`` never reports (and that the next run
+cleans up): a checkpoint either restores completely or does not exist. Saving
+the grain iterator state in the same step is what makes a resumed run see
+exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from marco_jax.train.step import TrainState
+
+
+class RunCheckpoints:
+    """Periodic, keep-last-K, optionally asynchronous checkpoints of one run."""
+
+    def __init__(self, directory: pathlib.Path, every: int, keep: int, async_save: bool = True):
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True, create=True)
+        self.manager = ocp.CheckpointManager(directory.absolute(), options=options,
+                                             item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, data: grain.DatasetIterator,
+             force: bool = False) -> bool:
+        """Save if ``step`` is on the interval (or ``force``); returns whether it did."""
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data)),
+            force=force)
+
+    def restore(self, step: int, target: TrainState, data: grain.DatasetIterator) -> TrainState:
+        """The state saved at ``step``, laid out as ``target`` says (its shapes and
+        shardings: a run may resume on another mesh); ``data`` is moved in place to
+        where it stood."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data)))
+        return restored.state
+
+    def close(self) -> None:
+        """Wait for pending async saves, then release the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_target(abstract_state: TrainState, shardings: TrainState) -> TrainState:
+    """Shape/dtype/sharding leaves to restore into, without allocating anything."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_state, shardings)

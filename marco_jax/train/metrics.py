@@ -1,0 +1,63 @@
+"""Training metrics: loss, learning rate, grad norm, tokens/s and MFU per log step,
+to a JSONL file, to TensorBoard, and to the console's progress bar.
+
+MFU counts the model FLOPs of the tokens processed (6 per parameter per token
+for the forward and backward matmuls, plus attention), not the recomputation
+that remat adds, as MaxText and PaLM do, over the devices' peak.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+from tensorboardX import SummaryWriter
+
+from marco_jax.config import Qwen2Config
+
+# bf16 dense peak per chip, from the vendors' published figures.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+
+
+def flops_per_token(cfg: Qwen2Config, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x matmul parameters + causal attention scores."""
+    matmul_params = cfg.num_params() - cfg.vocab_size * cfg.hidden_size * (
+        not cfg.tie_word_embeddings)  # the input embedding is a gather, not a matmul
+    attention = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len  # QK^T and PV, fwd+bwd, causal half
+    return 6 * matmul_params + attention
+
+
+def peak_flops(override_tflops: float | None = None) -> float | None:
+    """Peak FLOP/s of all devices: the override (per device), else the chip's table
+    entry, else None (MFU is not reported on unknown hardware such as a CPU)."""
+    per_device = override_tflops * 1e12 if override_tflops else PEAK_FLOPS.get(
+        jax.devices()[0].device_kind)
+    return None if per_device is None else per_device * jax.device_count()
+
+
+class MetricsLog:
+    """Appends one JSON line and one TensorBoard point per log step (process 0 only)."""
+
+    def __init__(self, directory: pathlib.Path, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(directory / "metrics.jsonl", "a", encoding="utf-8")
+            self.tensorboard = SummaryWriter(str(directory / "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and value is not None:
+                self.tensorboard.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tensorboard.close()

@@ -1,0 +1,234 @@
+"""The SFT run: model and data set-up on a mesh, the step loop with checkpoints and
+metrics, the final export, and the compile-only memory plan (``--dry-run``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import shutil
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from marco_jax import config as model_config
+from marco_jax import prompts
+from marco_jax import tokenizer as tokenizer_lib
+from marco_jax.checkpoint import gguf_io, orbax_io
+from marco_jax.errors import MarcoError
+from marco_jax.loading import load
+from marco_jax.sharding import make_mesh
+from marco_jax.train import data as data_lib
+from marco_jax.train import metrics as metrics_lib
+from marco_jax.train.checkpoint import RunCheckpoints, abstract_target
+from marco_jax.train.config import TrainConfig, to_dict
+from marco_jax.train.layout import TrainLayout, init_params, layout_of, stack_layers, unstack_layers
+from marco_jax.train.step import BATCH_KEYS, StepProgram, build_step
+
+SYSTEM_PROMPTS = {"marco": prompts.MARCO_SYSTEM_PROMPT, "default": prompts.DEFAULT_SYSTEM,
+                  "none": None}
+
+
+@dataclasses.dataclass
+class Setup:
+    """What both a real run and a dry run need: the model's graph, the mesh, the step."""
+
+    layout: TrainLayout
+    mesh: Mesh
+    program: StepProgram
+
+
+def model_config_of(cfg: TrainConfig) -> model_config.Qwen2Config:
+    if cfg.model.init_from and cfg.model.init_from.endswith(".gguf"):
+        with gguf_io.GGUFReader(cfg.model.init_from) as reader:
+            model_cfg = reader.config()
+    elif cfg.model.init_from:
+        model_cfg = model_config.load_hf_config(pathlib.Path(cfg.model.init_from) / "config.json")
+    else:
+        model_cfg = model_config.preset(cfg.model.preset)
+    return model_cfg.replace(param_dtype=cfg.model.param_dtype,
+                             compute_dtype=cfg.model.compute_dtype)
+
+
+def set_up(cfg: TrainConfig, devices: list | None = None) -> Setup:
+    """Mesh, parameter shardings and the jitted step, without allocating parameters."""
+    model_cfg = model_config_of(cfg)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
+    rows = cfg.train.global_batch // cfg.train.micro_batches
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % batch_ways:
+        raise MarcoError(
+            f"config {cfg.name}: train.global_batch / train.micro_batches = {rows} rows per "
+            f"micro-batch do not split over data x fsdp = {batch_ways} devices")
+    layout = layout_of(model_cfg)
+    return Setup(layout, mesh, build_step(layout, cfg.train, mesh, cfg.model.remat))
+
+
+def _tokenizer(cfg: TrainConfig):
+    if cfg.data.tokenizer == "builtin":
+        return tokenizer_lib.builtin_tokenizer()
+    if cfg.data.tokenizer:
+        return tokenizer_lib.load_tokenizer(cfg.data.tokenizer)
+    if cfg.model.init_from and cfg.model.init_from.endswith(".gguf"):
+        return gguf_io.load_tokenizer(pathlib.Path(cfg.model.init_from))
+    if cfg.model.init_from:
+        return tokenizer_lib.load_tokenizer(cfg.model.init_from)
+    raise MarcoError(f"config {cfg.name}: set data.tokenizer (or model.init_from)")
+
+
+def _initial_params(cfg: TrainConfig, setup: Setup) -> dict:
+    """Fine-tuning starts from ``init_from``; otherwise a random init made directly
+    in its shards (a 7B model is never materialised on one device)."""
+    shardings = setup.program.state_shardings.params
+    if cfg.model.init_from:
+        loaded = load(cfg.model.init_from, param_dtype=cfg.model.param_dtype,
+                      compute_dtype=cfg.model.compute_dtype, mesh=setup.mesh,
+                      with_tokenizer=False)
+        return jax.jit(stack_layers, out_shardings=shardings)(
+            nnx.to_pure_dict(nnx.state(loaded.model)))
+    return jax.jit(lambda: init_params(setup.layout, cfg.train.seed), out_shardings=shardings)()
+
+
+def _dataset(cfg: TrainConfig, tokenizer):
+    path = pathlib.Path(cfg.data.path)
+    records, skipped = data_lib.read_records(path, cfg.data.on_bad_record)
+    system = SYSTEM_PROMPTS[cfg.data.system]
+    examples = [data_lib.tokenize_record(r, tokenizer, system)
+                for r in tqdm(records, desc="tokenizing", unit="record", leave=False,
+                              disable=jax.process_index() != 0)]
+    rows = cfg.train.global_batch // jax.process_count()
+    batches, counts = data_lib.make_dataset(
+        examples, seq_len=cfg.data.seq_len, batch_size=rows, seed=cfg.data.shuffle_seed,
+        num_epochs=cfg.data.num_epochs, process_index=jax.process_index(),
+        process_count=jax.process_count(), overlong=cfg.data.overlong, pack=cfg.data.pack)
+    print(f"data: {path}: {counts.examples} examples ({counts.truncated} truncated, "
+          f"{counts.dropped} dropped as longer than {cfg.data.seq_len + 1} tokens, "
+          f"{skipped} bad records skipped)", file=sys.stderr)
+    return batches
+
+
+def _global_batch(batch: dict[str, np.ndarray], cfg: TrainConfig, program: StepProgram):
+    """This process's rows -> one (micro_batches, rows, seq) array per field over the mesh."""
+    m = cfg.train.micro_batches
+    local = {k: batch[k].reshape(m, -1, *batch[k].shape[1:]) for k in BATCH_KEYS}
+    return {k: jax.make_array_from_process_local_data(program.batch_sharding, v)
+            for k, v in local.items()}
+
+
+def export(params: dict, model_cfg: model_config.Qwen2Config, tokenizer,
+           directory: pathlib.Path) -> None:
+    """Write the trained weights as a model checkpoint (``scripts/convert.py
+    orbax-to-hf`` turns it into safetensors); every host gathers, process 0 writes."""
+    tensors = ((key, multihost_utils.process_allgather(value, tiled=True))
+               for key, value in orbax_io.flatten(unstack_layers(params)).items())
+    if jax.process_index() == 0:
+        orbax_io.save(directory, model_cfg, tensors)
+        tokenizer.save_pretrained(directory)
+    else:
+        for _ in tensors:
+            pass
+
+
+def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = None,
+          progress: bool = True) -> list[dict]:
+    """Train ``cfg.train.steps`` steps (from the latest checkpoint with ``resume``);
+    returns the logged metrics of this process's steps."""
+    out = pathlib.Path(cfg.output_dir)
+    checkpoints_dir = out / "checkpoints"
+    if not resume and checkpoints_dir.exists() and any(checkpoints_dir.iterdir()):
+        raise MarcoError(f"{checkpoints_dir} already holds checkpoints: pass --resume to "
+                         "continue that run, or choose another output_dir")
+    setup = set_up(cfg)
+    tokenizer = _tokenizer(cfg)
+    data_iter = iter(_dataset(cfg, tokenizer))
+    checkpoints = RunCheckpoints(checkpoints_dir, cfg.checkpoint.every, cfg.checkpoint.keep,
+                                 cfg.checkpoint.async_save)
+    program = setup.program
+    start = checkpoints.latest_step() if resume else None
+    if start is None:
+        state = program.init(_initial_params(cfg, setup))
+        start = 0
+    else:
+        target = abstract_target(program.abstract_state, program.state_shardings)
+        state = checkpoints.restore(start, target, data_iter)
+        print(f"resumed from step {start} of {checkpoints_dir}", file=sys.stderr)
+    lead = jax.process_index() == 0
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    log = metrics_lib.MetricsLog(out, enabled=lead)
+    flops = metrics_lib.flops_per_token(setup.layout.cfg, cfg.data.seq_len)
+    peak = metrics_lib.peak_flops(peak_tflops)
+    logged: list[dict] = []
+    tokens_seen, last = 0, time.perf_counter()
+    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps,
+               desc="train", unit="step", disable=not (progress and lead))
+    for step in bar:
+        batch = next(data_iter)
+        tokens_seen += int((batch["segment_ids"] > 0).sum()) * jax.process_count()
+        state, step_metrics = program.step(state, _global_batch(batch, cfg, program))
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            seconds = time.perf_counter() - last
+            rate = tokens_seen / seconds
+            values.update(tokens_per_s=rate, mfu=None if peak is None else rate * flops / peak,
+                          step_seconds=seconds / cfg.train.log_every)
+            log.write(done, values)
+            logged.append({"step": done, **values})
+            bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{rate:.0f}")
+            tokens_seen, last = 0, time.perf_counter()
+        checkpoints.save(done, state, data_iter, force=done == cfg.train.steps)
+    checkpoints.close()
+    log.close()
+    final = out / "final"
+    if not final.exists():  # written aside and renamed, so it is complete when it exists
+        staging = out / "final.partial"
+        if lead and staging.exists():
+            shutil.rmtree(staging)
+        multihost_utils.sync_global_devices("export")
+        export(state.params, setup.layout.cfg, tokenizer, staging)
+        if lead:
+            staging.rename(final)
+    return logged
+
+
+def memory_plan(cfg: TrainConfig, devices: list) -> dict[str, Any]:
+    """Compile the real step for ``devices`` from abstract arrays and report the
+    per-device bytes XLA plans for it (nothing is allocated)."""
+    setup = set_up(cfg, devices)
+    program = setup.program
+    state = abstract_target(program.abstract_state, program.state_shardings)
+    m, rows = cfg.train.micro_batches, cfg.train.global_batch // cfg.train.micro_batches
+    shape = (m, rows, cfg.data.seq_len)
+    batch = {k: jax.ShapeDtypeStruct(shape, np.float32 if k == "loss_mask" else np.int32,
+                                     sharding=program.batch_sharding) for k in BATCH_KEYS}
+    start = time.perf_counter()
+    compiled = program.step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+
+    def per_device(tree) -> int:
+        return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                   for x in jax.tree.leaves(tree))
+
+    total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    return {"devices": len(devices), "mesh": dict(setup.mesh.shape),
+            "params": setup.layout.cfg.num_params(),
+            "param_bytes": per_device(state.params),
+            "optimizer_bytes": per_device(state.opt_state),
+            "batch_bytes": per_device(batch),
+            "activation_and_temp_bytes": memory.temp_size_in_bytes,
+            "total_bytes": total, "compile_seconds": compile_s,
+            "tokens_per_step": cfg.train.global_batch * cfg.data.seq_len,
+            "micro_batches": m, "rows_per_device": rows // (setup.mesh.shape["data"]
+                                                            * setup.mesh.shape["fsdp"])}

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from report import report
+from report import machine_peaks, report
 
 SETTINGS = dict(temperature=0.7, top_p=0.95)
 
@@ -97,28 +97,6 @@ def child(args: argparse.Namespace) -> None:
                   decode_tokens_per_s=args.batch * (args.new_tokens - 1) / result["decode_s"],
                   peak_rss_gb=peak_rss_gb())
     print(json.dumps(result))
-
-
-def machine_peaks() -> dict:
-    """Best fp32 matmul FLOP/s and streaming-read bandwidth on this machine (JAX)."""
-    import jax
-    import jax.numpy as jnp
-    a = jnp.ones((2048, 896), jnp.float32)
-    b = jnp.ones((896, 4864), jnp.float32)
-    matmul = jax.jit(lambda a, b: a @ b)
-    big = jnp.ones((2**28,), jnp.float32)  # 1 GiB
-    total = jax.jit(jnp.sum)
-    best_mm = best_bw = 0.0
-    for _ in range(5):
-        matmul(a, b).block_until_ready()
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        best_mm = max(best_mm, 2 * 2048 * 896 * 4864 / (time.perf_counter() - start))
-        total(big).block_until_ready()
-        start = time.perf_counter()
-        total(big).block_until_ready()
-        best_bw = max(best_bw, big.nbytes / (time.perf_counter() - start))
-    return {"matmul_gflops": best_mm / 1e9, "read_gb_per_s": best_bw / 1e9}
 
 
 def per_token_costs(hf_dir: pathlib.Path, context: int) -> dict:

@@ -66,9 +66,9 @@ def loss_sums(layout: TrainLayout, params: Params, batch: dict[str, jax.Array],
     """(sum of masked token cross-entropies, number of masked tokens) of a batch.
 
     The (b, t, vocab) logits are never materialised whole: the head and the loss
-    run over LOSS_CHUNK positions at a time under remat, so only one chunk's
-    float32 logits (0.6 GB for Qwen2's 152k vocabulary at 1024 positions) are
-    alive at once, forward or backward.
+    run over LOSS_CHUNK positions at a time, and with ``remat`` each chunk is
+    recomputed in the backward pass, so only one chunk's float32 logits (0.6 GB
+    for Qwen2's 152k vocabulary at 1024 positions) are alive at once.
     """
     model, layers = layout.model(params)
     x_btd, _ = model.hidden_states(batch["inputs"], batch["positions"],
@@ -79,14 +79,14 @@ def loss_sums(layout: TrainLayout, params: Params, batch: dict[str, jax.Array],
     split = lambda a: jnp.swapaxes(a.reshape(b, t // chunk, chunk, *a.shape[2:]), 0, 1)  # noqa: E731
     mask_bt = batch["loss_mask"].astype(jnp.float32)
 
-    @jax.checkpoint
     def chunk_loss(total, chunk_inputs):
         x_bcd, targets_bc, mask_bc = chunk_inputs
         logits_bcv = model.logits(x_bcd)
         token_loss_bc = optax.softmax_cross_entropy_with_integer_labels(logits_bcv, targets_bc)
         return total + jnp.sum(token_loss_bc * mask_bc), None
 
-    total, _ = jax.lax.scan(chunk_loss, jnp.zeros((), jnp.float32),
+    total, _ = jax.lax.scan(jax.checkpoint(chunk_loss) if remat else chunk_loss,
+                            jnp.zeros((), jnp.float32),
                             (split(x_btd), split(batch["targets"]), split(mask_bt)))
     return total, jnp.sum(mask_bt)
 

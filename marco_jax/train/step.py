@@ -110,9 +110,12 @@ def train_step(state: TrainState, batch_mbt: dict[str, jax.Array], *, layout: Tr
         (l, n), g = grad_fn(state.params, batch_bt)
         return (pin(jax.tree.map(jnp.add, grads, g)), loss_sum + l, count + n), None
 
-    zeros = pin(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
-    (grads, loss_sum, count), _ = jax.lax.scan(
-        micro, (zeros, jnp.zeros(()), jnp.zeros(())), batch_mbt)
+    if batch_mbt["inputs"].shape[0] == 1:  # no accumulator: saves a params-sized buffer
+        (loss_sum, count), grads = grad_fn(state.params, jax.tree.map(lambda a: a[0], batch_mbt))
+    else:
+        zeros = pin(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
+        (grads, loss_sum, count), _ = jax.lax.scan(
+            micro, (zeros, jnp.zeros(()), jnp.zeros(())), batch_mbt)
     count = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -98,6 +98,6 @@ def test_summary_counts_test_at_k_over_the_first_k_rollouts(tmp_path):
                               line(2, ["1", "2", "3", None], False),
                               line(3, ["7", "7", "7", "7"], True)]) + "\n")
     summary = summarize(out, test_at=(1, 2))
-    assert summary == {"problems": 4, "pass@1": 0.5, "test@4": 0.75, "test@1": 0.5,
-                       "test@2": 0.75, "generated_tokens": 40}
+    assert summary == {"problems": 4, "pass@1": 0.5, "test@4": 0.75, "vote@4": 0.5,
+                       "test@1": 0.5, "test@2": 0.75, "generated_tokens": 40}
     assert summarize(out, {"p2", "p3"})["problems"] == 2

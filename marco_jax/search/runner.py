@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from marco_jax import prompts as prompt_lib
 from marco_jax import stops
-from marco_jax.answers import answers_match, extract_answer
+from marco_jax.answers import answers_match, extract_answer, majority_answer
 from marco_jax.loading import LoadedModel
 from marco_jax.sampler import Sampler
 from marco_jax.search import job as job_lib
@@ -97,8 +97,9 @@ def run_job(loaded: LoadedModel, job: job_lib.JobConfig, todo: list[dict],
 
 def summarize(output: pathlib.Path, ids: set[str] | None = None,
               test_at: tuple[int, ...] = (1, 8, 32)) -> dict:
-    """pass@1 (the chosen answer), Test@N over all N rollouts, and Test@k over the
-    first k rollouts in generation order for each k <= N."""
+    """pass@1 (the answer the config's final rule chose), Test@N over all N
+    rollouts, vote@N (their majority answer, whatever the final rule), and Test@k
+    over the first k rollouts in generation order for each k < N."""
     records = [json.loads(line) for line in job_lib.lines(output.read_text(encoding="utf-8"))
                if line.strip()]
     lines = [r for r in records if ids is None or r["id"] in ids]
@@ -108,6 +109,8 @@ def summarize(output: pathlib.Path, ids: set[str] | None = None,
     summary = {"problems": len(graded),
                "pass@1": sum(l["correct"] for l in graded) / count,
                f"test@{n}": sum(l["test_at_n"] for l in graded) / count}
+    summary[f"vote@{n}"] = sum(answers_match(majority_answer(l["candidate_answers"]), l["answer"])
+                               for l in graded) / count
     for k in (k for k in test_at if k < n):
         summary[f"test@{k}"] = sum(
             any(answers_match(a, l["answer"]) for a in l["candidate_answers"][:k])

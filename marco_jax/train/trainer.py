@@ -72,7 +72,8 @@ def set_up(cfg: TrainConfig, devices: list | None = None) -> Setup:
     return Setup(layout, mesh, build_step(layout, cfg.train, mesh, cfg.model.remat))
 
 
-def _tokenizer(cfg: TrainConfig):
+def run_tokenizer(cfg: TrainConfig):
+    """The run's tokenizer: the built-in one, a directory's, or the init checkpoint's."""
     if cfg.data.tokenizer == "builtin":
         return tokenizer_lib.builtin_tokenizer()
     if cfg.data.tokenizer:
@@ -97,7 +98,8 @@ def _initial_params(cfg: TrainConfig, setup: Setup) -> dict:
     return jax.jit(lambda: init_params(setup.layout, cfg.train.seed), out_shardings=shardings)()
 
 
-def _dataset(cfg: TrainConfig, tokenizer):
+def dataset(cfg: TrainConfig, tokenizer):
+    """This process's batches of the configured data; what was cut goes to the log."""
     path = pathlib.Path(cfg.data.path)
     records, skipped = data_lib.read_records(path, cfg.data.on_bad_record)
     system = SYSTEM_PROMPTS[cfg.data.system]
@@ -147,8 +149,8 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
         raise MarcoError(f"{checkpoints_dir} already holds checkpoints: pass --resume to "
                          "continue that run, or choose another output_dir")
     setup = set_up(cfg)
-    tokenizer = _tokenizer(cfg)
-    data_iter = iter(_dataset(cfg, tokenizer))
+    tokenizer = run_tokenizer(cfg)
+    data_iter = iter(dataset(cfg, tokenizer))
     checkpoints = RunCheckpoints(checkpoints_dir, cfg.checkpoint.every, cfg.checkpoint.keep,
                                  cfg.checkpoint.async_save)
     program = setup.program

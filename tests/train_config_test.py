@@ -1,0 +1,37 @@
+"""Training configs: named files, --set overrides, and errors that name the key."""
+
+import pytest
+
+from marco_jax.errors import MarcoError
+from marco_jax.train.config import load_train_config, to_dict
+
+
+def test_named_configs_load_and_overrides_apply():
+    cfg = load_train_config("qwen2_7b_sft", ["train.learning_rate=2e-5", "mesh.fsdp=8",
+                                             "model.init_from=ckpt/qwen2-7b", "train.clip_norm=2"])
+    assert cfg.model.preset == "qwen2-7b" and cfg.data.seq_len == 4096 and cfg.model.remat
+    assert cfg.train.learning_rate == 2e-5 and cfg.mesh.fsdp == 8
+    assert cfg.model.init_from == "ckpt/qwen2-7b" and cfg.train.clip_norm == 2.0
+    assert isinstance(cfg.train.clip_norm, float)
+    assert to_dict(cfg)["train"]["global_batch"] == 64
+    for name in ("qwen2_05b_sft", "tiny_sft"):
+        assert load_train_config(name).name == name
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.learnig_rate=1", "unknown key(s) learnig_rate"),
+    ("trian.steps=1", "unknown key(s) trian"),
+    ("train.steps=many", "steps must be int, got 'many'"),
+    ("model.remat=1", "remat must be bool"),
+    ("train.micro_batches=3", "multiple of train.micro_batches"),
+    ("data.overlong=cut", "data.overlong must be truncate or drop"),
+    ("steps", "expected section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(MarcoError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_train_config("tiny_sft", [override])
+
+
+def test_unknown_config_lists_the_known_ones():
+    with pytest.raises(MarcoError, match="known: qwen2_05b_sft, qwen2_7b_sft, tiny_sft"):
+        load_train_config("qwen3")

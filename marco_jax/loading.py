@@ -65,6 +65,33 @@ def detect_format(path: str | pathlib.Path) -> str:
                      "model.safetensors[.index.json], or config.json with params/)")
 
 
+def checkpoint_config(path: str | pathlib.Path) -> Qwen2Config:
+    """The architecture of the checkpoint at ``path`` (any format), without its weights."""
+    return _config(path, detect_format(path))
+
+
+def checkpoint_tokenizer(path: str | pathlib.Path):
+    """The tokenizer of the checkpoint at ``path`` (any format)."""
+    return _tokenizer(path, detect_format(path))
+
+
+def _config(path: str | pathlib.Path, fmt: str) -> Qwen2Config:
+    if fmt == "builtin":
+        return config_lib.preset(str(path)[len(BUILTIN_PREFIX):])
+    if fmt == "gguf":
+        with gguf_io.GGUFReader(path) as reader:
+            return reader.config()
+    return config_lib.load_hf_config(pathlib.Path(path) / "config.json")
+
+
+def _tokenizer(path: str | pathlib.Path, fmt: str):
+    if fmt == "builtin":
+        return tokenizer_lib.builtin_tokenizer()
+    if fmt == "gguf":
+        return gguf_io.load_tokenizer(pathlib.Path(path))
+    return tokenizer_lib.load_tokenizer(path)
+
+
 def _with_dtypes(cfg: Qwen2Config, param_dtype: str | None,
                  compute_dtype: str | None) -> Qwen2Config:
     return cfg.replace(param_dtype=param_dtype or cfg.param_dtype,
@@ -80,20 +107,18 @@ def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
     """
     fmt = detect_format(path)
     if fmt == "builtin":
-        cfg = _with_dtypes(config_lib.preset(str(path)[len(BUILTIN_PREFIX):]),
-                           param_dtype, compute_dtype)
+        cfg = _with_dtypes(_config(path, fmt), param_dtype, compute_dtype)
         model = init_model(cfg)
         if mesh is not None:
             nnx.update(model, shard_state(nnx.state(model), mesh, rules))
-        tokenizer = tokenizer_lib.builtin_tokenizer() if with_tokenizer else None
-        return LoadedModel(cfg, model, tokenizer, fmt)
+        return LoadedModel(cfg, model, _tokenizer(path, fmt) if with_tokenizer else None, fmt)
 
     path = pathlib.Path(path)
-    if fmt == "gguf":
+    if fmt == "gguf":  # one reader for the metadata and the tensors
         reader = gguf_io.GGUFReader(path)
         cfg = reader.config()
     else:
-        cfg = config_lib.load_hf_config(path / "config.json")
+        cfg = _config(path, fmt)
         reader = safetensors_io.SafetensorsReader(path) if fmt == "hf" else None
     cfg = _with_dtypes(cfg, param_dtype, compute_dtype)
     graphdef, abstract = abstract_model(cfg)
@@ -110,15 +135,11 @@ def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
         target = orbax_io.nest({k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_of(k, shape))
                                 for k, (shape, _) in stored.items()})
         params = orbax_io.restore(path, target)
-        tokenizer = tokenizer_lib.load_tokenizer(path) if with_tokenizer else None
     else:
         with reader:
             params = orbax_io.nest({
                 spec.key: jax.device_put(tensor, sharding_of(spec.key, tensor.shape))
                 for spec, tensor in iter_tensors(reader, cfg, str(path), dtype, f"loading {fmt}")})
-        tokenizer = None
-        if with_tokenizer:
-            tokenizer = (gguf_io.load_tokenizer(path) if fmt == "gguf"
-                         else tokenizer_lib.load_tokenizer(path))
+    tokenizer = _tokenizer(path, fmt) if with_tokenizer else None
     abstract.replace_by_pure_dict(params)
     return LoadedModel(cfg, nnx.merge(graphdef, abstract), tokenizer, fmt)

@@ -38,7 +38,8 @@ def main() -> None:
                         help="override the generated-token cap of a path (and of one call)")
     parser.add_argument("--template", choices=("marco", "chat", "none"),
                         help="override the method's prompt template")
-    parser.add_argument("--tag", default="", help="added to the per-problem file name (<data>-<method>-<tag>.jsonl)")
+    parser.add_argument("--tag", default="",
+                        help="added to the per-problem file name (<data>-<method>-<tag>.jsonl)")
     args = parser.parse_args()
 
     overrides = {} if args.iterations is None else {"iterations": args.iterations}

@@ -25,9 +25,9 @@ from marco_jax import prompts as prompt_lib
 from marco_jax import stops
 from marco_jax.cli import run
 from marco_jax.errors import MarcoError
+from marco_jax.files import lines
 from marco_jax.loading import load
 from marco_jax.sampler import Generation, Sampler
-from marco_jax.search import job as job_lib
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,13 +64,13 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if not path.is_file():
         raise MarcoError(f"{path}: no such file")
     try:
-        lines = [line for line in job_lib.lines(path.read_text(encoding="utf-8")) if line.strip()]
+        texts = [line for line in lines(path.read_text(encoding="utf-8")) if line.strip()]
     except UnicodeDecodeError:
         raise MarcoError(f"{path}: not UTF-8 text") from None
     if path.suffix != ".jsonl":
-        return lines
+        return texts
     out = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(texts, 1):
         try:
             out.append(str(json.loads(line)["prompt"]))
         except (json.JSONDecodeError, KeyError, TypeError):

@@ -10,6 +10,7 @@ import pytest
 
 from cli_test import ROOT, assert_one_line_error, run_script
 from marco_jax.errors import MarcoError
+from marco_jax.files import lines
 from marco_jax.search import job as job_lib
 from marco_jax.search.runner import summarize
 
@@ -40,9 +41,9 @@ def test_killed_job_restarts_and_writes_each_id_once(tmp_path):
     done = run_script("search.py", "--config", "mcts-mini32", "--input", str(tmp_path / "in.jsonl"),
                       "--output", str(out), "--tree-dir", str(tmp_path / "trees"), *FAST)
     assert done.returncode == 0, done.stderr
-    ids = [json.loads(line)["id"] for line in job_lib.lines(out.read_text())]
+    ids = [json.loads(line)["id"] for line in lines(out.read_text())]
     assert sorted(ids) == ["p0", "p1", "p2", "p3"]
-    record = json.loads(job_lib.lines(out.read_text())[0])
+    record = json.loads(lines(out.read_text())[0])
     assert record["tree"]["root_visits"] == 2 * 4 and record["n"] == 8
     assert {"chosen_answer", "correct", "test_at_n", "reward", "text"} <= set(record)
     html = run_script("show_tree.py", str(next((tmp_path / "trees").glob("*.json"))))
@@ -83,7 +84,7 @@ def test_eval_mgsm_summary(tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["problems"] == 2 and "test@8" in summary and 0 <= summary["pass@1"] <= 1
     assert {"test@1", "test@8"} <= set(summary) and "test@32" not in summary
-    records = [json.loads(l) for l in job_lib.lines((tmp_path / "mgsm-sc-chat.jsonl").read_text())]
+    records = [json.loads(l) for l in lines((tmp_path / "mgsm-sc-chat.jsonl").read_text())]
     assert len(records) == 2 and all(r["generated_tokens"] <= 8 * 24 for r in records)
 
 

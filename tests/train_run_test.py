@@ -142,3 +142,12 @@ def test_dry_run_plans_memory_without_allocating():
     assert params / 4 <= plan["param_bytes"] < params
     assert plan["optimizer_bytes"] >= 2 * plan["param_bytes"]
     assert plan["total_bytes"] >= plan["param_bytes"] + plan["optimizer_bytes"]
+
+
+def test_init_from_any_checkpoint_format_gives_config_and_tokenizer(hf_checkpoint):
+    _, path = hf_checkpoint
+    for init_from in (str(path), "builtin:tiny"):
+        cfg = load_train_config("tiny_sft", [f"model.init_from={init_from}", "data.tokenizer="])
+        assert trainer.model_config_of(cfg).vocab_size == 512
+        assert trainer.model_config_of(cfg).compute_dtype == "float32"
+        assert trainer.run_tokenizer(cfg).encode("hi", add_special_tokens=False)

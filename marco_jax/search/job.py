@@ -18,9 +18,9 @@ from typing import Any, Iterable
 
 from marco_jax.answers import extract_answer, majority_answer
 from marco_jax.errors import MarcoError
+from marco_jax.files import lines, named_config
 from marco_jax.search.engine import SearchConfig, SearchResult
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs" / "search"
 FINALS = ("most_visited", "max_value", "vote")
 
 
@@ -36,13 +36,7 @@ class JobConfig:
 def load_job_config(name_or_path: str, **overrides: Any) -> JobConfig:
     """A config by name (``configs/search/NAME.json``) or path; ``overrides`` replace
     fields of its "search" block."""
-    path = pathlib.Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-        raise MarcoError(f"no search config {name_or_path!r} (known: {', '.join(known)})")
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    path, raw = named_config(name_or_path, "search", "search")
     search = raw.get("search", {})
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     unknown = set(search) - fields
@@ -56,12 +50,6 @@ def load_job_config(name_or_path: str, **overrides: Any) -> JobConfig:
     if job.template not in ("marco", "chat", "none"):
         raise MarcoError(f"{path}: template must be marco, chat or none, got {job.template!r}")
     return job
-
-
-def lines(text: str) -> list[str]:
-    """Split on "\\n" only: JSON written with ensure_ascii=False may hold U+2028 or
-    U+0085 inside strings, which ``str.splitlines`` would break apart."""
-    return text.rstrip("\n").split("\n") if text else []
 
 
 def read_problems(path: pathlib.Path, on_bad_line: str = "skip") -> list[dict]:

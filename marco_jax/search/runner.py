@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from marco_jax import prompts as prompt_lib
 from marco_jax import stops
+from marco_jax.files import lines
 from marco_jax.answers import answers_match, extract_answer, majority_answer
 from marco_jax.loading import LoadedModel
 from marco_jax.sampler import Sampler
@@ -100,10 +101,10 @@ def summarize(output: pathlib.Path, ids: set[str] | None = None,
     """pass@1 (the answer the config's final rule chose), Test@N over all N
     rollouts, vote@N (their majority answer, whatever the final rule), and Test@k
     over the first k rollouts in generation order for each k < N."""
-    records = [json.loads(line) for line in job_lib.lines(output.read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in lines(output.read_text(encoding="utf-8"))
                if line.strip()]
-    lines = [r for r in records if ids is None or r["id"] in ids]
-    graded = [l for l in lines if l["correct"] is not None]
+    chosen = [r for r in records if ids is None or r["id"] in ids]
+    graded = [r for r in chosen if r["correct"] is not None]
     count = max(len(graded), 1)
     n = max((l["n"] for l in graded), default=0)
     summary = {"problems": len(graded),
@@ -115,5 +116,5 @@ def summarize(output: pathlib.Path, ids: set[str] | None = None,
         summary[f"test@{k}"] = sum(
             any(answers_match(a, l["answer"]) for a in l["candidate_answers"][:k])
             for l in graded) / count
-    summary["generated_tokens"] = sum(l["generated_tokens"] for l in lines)
+    summary["generated_tokens"] = sum(r["generated_tokens"] for r in chosen)
     return summary

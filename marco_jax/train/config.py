@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 import typing
 from typing import Any
 
 from marco_jax.errors import MarcoError
+from marco_jax.files import named_config
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs" / "train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,16 +138,7 @@ def _parse_value(text: str) -> Any:
 def load_train_config(name_or_path: str, overrides: list[str] = ()) -> TrainConfig:
     """A config by name (``configs/train/NAME.json``) or path, then ``section.key=value``
     overrides applied in order."""
-    path = pathlib.Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-        raise MarcoError(f"no training config {name_or_path!r} (known: {', '.join(known)})")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise MarcoError(f"{path}: not valid JSON ({e})") from None
+    path, raw = named_config(name_or_path, "train", "training")
     raw.pop("description", None)
     for item in overrides:
         key, eq, value = item.partition("=")

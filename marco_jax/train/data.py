@@ -29,6 +29,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from marco_jax.errors import MarcoError
+from marco_jax.files import lines
 from marco_jax.prompts import chatml
 
 ROLES = ("system", "user", "assistant")
@@ -104,8 +105,7 @@ def _located_records(path: pathlib.Path, text: str) -> Iterator[tuple[str, Any, 
         for index, record in enumerate(array):
             yield f"{path}: record {index}", record, _problem(record)
         return
-    # Split on "\n" only: str.splitlines would also break at U+2028 inside strings.
-    for number, line in enumerate(text.split("\n"), 1):
+    for number, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
         try:

@@ -54,7 +54,7 @@ class MetricsLog:
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
         for name, value in metrics.items():
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(f"train/{name}", value, step)
 
     def close(self) -> None:

@@ -163,10 +163,9 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: bool,
     step = functools.partial(train_step, layout=layout, optimizer=optimizer,
                              schedule=schedule, remat=remat, act_sharding=act_sharding,
                              grad_shardings=params_sharding)
-    metric_shardings = {k: replicated for k in ("loss", "grad_norm", "learning_rate", "tokens")}
     return StepProgram(
         init=jax.jit(init, in_shardings=(params_sharding,), out_shardings=state_shardings),
         step=jax.jit(step, in_shardings=(state_shardings, batch_sharding),
-                     out_shardings=(state_shardings, metric_shardings), donate_argnums=(0,)),
+                     out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
         state_shardings=state_shardings, batch_sharding=batch_sharding,
         abstract_state=abstract_state)

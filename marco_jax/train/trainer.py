@@ -22,9 +22,9 @@ from tqdm import tqdm
 from marco_jax import config as model_config
 from marco_jax import prompts
 from marco_jax import tokenizer as tokenizer_lib
-from marco_jax.checkpoint import gguf_io, orbax_io
+from marco_jax.checkpoint import orbax_io
 from marco_jax.errors import MarcoError
-from marco_jax.loading import load
+from marco_jax.loading import checkpoint_config, checkpoint_tokenizer, load
 from marco_jax.sharding import make_mesh
 from marco_jax.train import data as data_lib
 from marco_jax.train import metrics as metrics_lib
@@ -39,7 +39,7 @@ SYSTEM_PROMPTS = {"marco": prompts.MARCO_SYSTEM_PROMPT, "default": prompts.DEFAU
 
 @dataclasses.dataclass
 class Setup:
-    """What both a real run and a dry run need: the model's graph, the mesh, the step."""
+    """What both a real run and a dry run need: the parameter layout, the mesh, the step."""
 
     layout: TrainLayout
     mesh: Mesh
@@ -47,11 +47,8 @@ class Setup:
 
 
 def model_config_of(cfg: TrainConfig) -> model_config.Qwen2Config:
-    if cfg.model.init_from and cfg.model.init_from.endswith(".gguf"):
-        with gguf_io.GGUFReader(cfg.model.init_from) as reader:
-            model_cfg = reader.config()
-    elif cfg.model.init_from:
-        model_cfg = model_config.load_hf_config(pathlib.Path(cfg.model.init_from) / "config.json")
+    if cfg.model.init_from:
+        model_cfg = checkpoint_config(cfg.model.init_from)
     else:
         model_cfg = model_config.preset(cfg.model.preset)
     return model_cfg.replace(param_dtype=cfg.model.param_dtype,
@@ -78,10 +75,8 @@ def run_tokenizer(cfg: TrainConfig):
         return tokenizer_lib.builtin_tokenizer()
     if cfg.data.tokenizer:
         return tokenizer_lib.load_tokenizer(cfg.data.tokenizer)
-    if cfg.model.init_from and cfg.model.init_from.endswith(".gguf"):
-        return gguf_io.load_tokenizer(pathlib.Path(cfg.model.init_from))
     if cfg.model.init_from:
-        return tokenizer_lib.load_tokenizer(cfg.model.init_from)
+        return checkpoint_tokenizer(cfg.model.init_from)
     raise MarcoError(f"config {cfg.name}: set data.tokenizer (or model.init_from)")
 
 

@@ -2,17 +2,23 @@
 # The MGSM table of BENCHMARKS.md: every method on the first 40 problems of
 # MGSM-En and MGSM-Zh, chat template, 384 generated tokens per path, MCTS with
 # 2 iterations of 4 children. Each run appends to its per-problem file in
-# results/eval/ and resumes where it stopped; summaries go to results/eval/summary-*.json.
-#   bash benchmarks/mgsm_table.sh MODEL_DIR MGSM_DIR
+# benchmarks/mgsm/ (committed, so a table survives the machine) and resumes
+# where it stopped; a finished run only re-prints its summary (summary-*.json).
+#   bash benchmarks/mgsm_table.sh MODEL_DIR MGSM_DIR [RUN ...]
+# RUN is <method>-<lang> (e.g. mcts-step-en); default: all ten.
 set -euo pipefail
 model=${1:?model directory}; data=${2:?directory with mgsm_en.tsv and mgsm_zh.tsv}
-mkdir -p results/eval
-for method in cot mcts-mini64 sc mcts-step mcts-mini32; do
-  for lang in en zh; do
-    case $method in cot) batch=40;; sc) batch=8;; *) batch=16;; esac
-    iterations=(); case $method in mcts-*) iterations=(--iterations 2);; esac
-    python scripts/eval_mgsm.py --model "$model" --data "$data/mgsm_$lang.tsv" --method $method \
-      --limit 40 --problems-per-batch $batch "${iterations[@]}" --max-tokens 384 --template chat \
-      --tag chat384 > "results/eval/summary-$lang-$method.json"
-  done
+shift 2
+out=benchmarks/mgsm
+runs=("$@")
+if [ ${#runs[@]} -eq 0 ]; then
+  for method in cot mcts-mini64 sc mcts-step mcts-mini32; do runs+=("$method-en" "$method-zh"); done
+fi
+for run in "${runs[@]}"; do
+  method=${run%-*}; lang=${run##*-}
+  case $method in cot) batch=40;; sc) batch=8;; *) batch=16;; esac
+  iterations=(); case $method in mcts-*) iterations=(--iterations 2);; esac
+  python scripts/eval_mgsm.py --model "$model" --data "$data/mgsm_$lang.tsv" --method "$method" \
+    --limit 40 --problems-per-batch $batch "${iterations[@]}" --max-tokens 384 --template chat \
+    --tag chat384 --out-dir $out > "$out/summary-$lang-$method.json"
 done

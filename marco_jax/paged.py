@@ -131,7 +131,7 @@ def generate_paged(sampler: Sampler, pool: KVPool, rows: Sequence[PagedRow],
         offsets["action"] = np.full(b, m * pool.block + t, np.int32)
         args = (sampler.state, pool.k, pool.v, jnp.asarray(table), jnp.asarray(fills),
                 jnp.asarray(tokens_bt), jnp.asarray(mask_bt), jnp.asarray(positions))
-        program = sampler._program("paged_prefill", _paged_prefill,
+        program = sampler.program("paged_prefill", _paged_prefill,
                                    dict(new_tokens=new_tokens), (), *args)
         return program(*args)
 

@@ -26,6 +26,10 @@ MARCO_SYSTEM_PROMPT = (
     "        "
 )
 
+# System prompts a training config may name (``data.system``).
+SYSTEM_PROMPTS: dict[str, str | None] = {
+    "marco": MARCO_SYSTEM_PROMPT, "default": DEFAULT_SYSTEM, "none": None}
+
 THOUGHT_OPEN, THOUGHT_CLOSE = "<Thought>", "</Thought>"
 OUTPUT_OPEN, OUTPUT_CLOSE = "<Output>", "</Output>"
 

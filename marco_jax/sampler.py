@@ -219,8 +219,9 @@ class Sampler:
     def num_compilations(self) -> int:
         return len(self._programs)
 
-    def _program(self, name: str, fn, statics: dict, donate: tuple[str, ...], *args):
-        """The compiled ``fn`` for these shapes, compiling (and timing it) on first use."""
+    def program(self, name: str, fn, statics: dict, donate: tuple[str, ...], *args):
+        """The compiled ``fn`` for these shapes, compiling (and timing it) on first use;
+        other prefills over the same cache (``paged.py``) compile through it too."""
         key = (name, tuple(sorted(statics.items())),
                tuple((a.shape, a.dtype) for a in jax.tree.leaves(args)))
         if key not in self._programs:
@@ -251,7 +252,7 @@ class Sampler:
         """
         def prefill(tokens: np.ndarray, mask: np.ndarray, new_tokens: int):
             args = (self.state, self._put(tokens), self._put(mask))
-            return self._program("prefill", _prefill, dict(new_tokens=new_tokens,
+            return self.program("prefill", _prefill, dict(new_tokens=new_tokens,
                                                            layout=self.layout), (), *args)(*args)
 
         gen, _ = self.sample_from(prompts, [len(p) for p in prompts], prefill, max_new_tokens,
@@ -321,7 +322,7 @@ class Sampler:
         decode_args = (self.state, cache, logits_bv, position_b, self.eos_ids, *self._stop_arrays,
                        padded(temperature_r, 0.0), padded(top_k_r, 0), padded(top_p_r, 1.0),
                        padded(seed_r.astype(np.int32), 0), padded(max_new_r, 1))
-        decode = self._program("decode", _decode, dict(new_tokens=n,
+        decode = self.program("decode", _decode, dict(new_tokens=n,
                                                        top_logprobs=self.top_logprobs,
                                                        width=width, layout=self.layout),
                                ("cache",), *decode_args)

@@ -83,13 +83,20 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh,
-                    rules: ShardingRules = ShardingRules()) -> nnx.State:
-    """A NamedSharding for every parameter, from its ``logical_axes`` metadata."""
+def state_shardings(state: nnx.State, mesh: Mesh, rules: ShardingRules = ShardingRules(),
+                    stacked_layers: int | None = None) -> nnx.State:
+    """A NamedSharding for every parameter, from its ``logical_axes`` metadata.
+
+    ``stacked_layers``: the state is one layer's, and the arrays to be sharded
+    carry a leading ``layers`` axis of this size (the training layout).
+    """
 
     def one(var: nnx.Variable) -> nnx.Variable:
-        axes = var.get_metadata().get("logical_axes") or (None,) * var.get_value().ndim
-        return var.replace(rules.sharding(axes, var.get_value().shape, mesh))
+        shape = var.get_value().shape
+        axes = var.get_metadata().get("logical_axes") or (None,) * len(shape)
+        if stacked_layers is not None:
+            axes, shape = ("layers", *axes), (stacked_layers, *shape)
+        return var.replace(rules.sharding(axes, shape, mesh))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

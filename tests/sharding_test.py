@@ -1,11 +1,13 @@
 """Logical -> physical axis rules and mesh construction."""
 
 import jax
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from marco_jax.errors import MarcoError
-from marco_jax.sharding import ShardingRules, make_mesh
+from marco_jax.sharding import ShardingRules, make_mesh, state_shardings
 
 RULES = ShardingRules()
 
@@ -35,6 +37,14 @@ def test_unknown_logical_axis_is_named():
     mesh = make_mesh(data=1, fsdp=-1, tensor=1)
     with pytest.raises(MarcoError, match="'experts'"):
         RULES.spec(("experts",), (8,), mesh)
+
+
+def test_stacked_layer_state_gets_a_leading_layers_axis():
+    mesh = make_mesh(data=1, fsdp=4, tensor=2)
+    layer = nnx.State({"w": nnx.Param(jnp.zeros((8, 6)), logical_axes=("embed", "mlp"))})
+    stacked = state_shardings(layer, mesh, RULES, stacked_layers=3)
+    assert stacked["w"].get_value().spec == P(None, "fsdp", "tensor")
+    assert state_shardings(layer, mesh, RULES)["w"].get_value().spec == P("fsdp", "tensor")
 
 
 def test_eight_simulated_devices():

@@ -28,6 +28,7 @@ def test_backup_counts_every_ancestor():
     assert tree.value_sum_n[0] == pytest.approx(0.9 + 0.7 + 0.2 + 0.5)
     assert tree.mean_value(a) == pytest.approx((0.9 + 0.7 + 0.5) / 3)
     assert tree.path(a1) == [0, a, a1] and tree.path_tokens(a1) == [1, 2, 3, 4, 8]
+    assert tree.path_length(a1) == 5 and tree.path_length(0) == len(tree.tokens[0])
     assert tree.depth_n[a1] == 2 and math.isnan(tree.mean_value(tree.add_child(a, [9], False)))
 
 

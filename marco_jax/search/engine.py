@@ -139,8 +139,7 @@ class Search:
             path = tree.path(leaf)[:-1]
             tree.blocks[leaf] = self.pool.alloc(len(tree.tokens[leaf]))
             rows.append(PagedRow(*self._held(tree, path), tree.tokens[leaf],
-                                 sum(len(tree.tokens[n]) for n in path) + len(tree.tokens[leaf]),
-                                 tree.blocks[leaf], []))
+                                 tree.path_length(leaf), tree.blocks[leaf], []))
         self.generate(rows, [1] * len(rows), [0] * len(rows))
         self.generated_tokens -= len(rows)  # the one token each is not kept
 
@@ -158,7 +157,7 @@ class Search:
         token) and rewritten by the first row."""
         path = tree.path(leaf)
         first = (len(tree.blocks[leaf]) - 1) * self.pool.block
-        context = sum(len(tree.tokens[n]) for n in path)
+        context = tree.path_length(leaf)
         blocks, fills = self._held(tree, path, skip_last=True)
         return [PagedRow(blocks, fills, tree.tokens[leaf][first:], context,
                          tree.blocks[leaf][-1:] if k == 0 else [],
@@ -219,9 +218,8 @@ class Search:
                 self._cache_leaves(trees, fresh)
             for t, leaf in leaves:
                 tree = trees[t]
-                context = tree.path_tokens(leaf)
-                room = cfg.max_tokens - (len(context) - prompt_lens[t])
-                contexts += ([context] * cfg.children if self.pool is None
+                room = cfg.max_tokens - (tree.path_length(leaf) - prompt_lens[t])
+                contexts += ([tree.path_tokens(leaf)] * cfg.children if self.pool is None
                              else self._paged_rows(tree, leaf, cfg.children))
                 for k in range(cfg.children):
                     budgets.append(min(cfg.call_tokens, room))
@@ -247,7 +245,7 @@ class Search:
         conf = gen.confidences[i, :len(tokens)]
         action_len = self._action_length(tokens)
         ended = gen.finish_reasons[i] in ("eos", "stop")  # EOS or </Output>
-        used = len(tree.path_tokens(leaf)) - prompt_len + action_len
+        used = tree.path_length(leaf) - prompt_len + action_len
         terminal = (action_len == len(tokens) and ended) or used >= self.cfg.max_tokens
         value = self._value(conf, action_len)
         child = tree.add_child(leaf, tokens[:action_len], bool(terminal))

@@ -89,6 +89,10 @@ class Tree:
         """The full context of ``node``: prompt plus every action on its path."""
         return [t for n in self.path(node) for t in self.tokens[n]]
 
+    def path_length(self, node: int) -> int:
+        """Tokens in ``node``'s full context (the length of :meth:`path_tokens`)."""
+        return sum(len(self.tokens[n]) for n in self.path(node))
+
     def mean_value(self, node: int) -> float:
         return self.value_sum_n[node] / self.visits_n[node] if self.visits_n[node] else math.nan
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from marco_jax.errors import MarcoError
 from marco_jax.files import named_config
+from marco_jax.prompts import SYSTEM_PROMPTS
 
 
 
@@ -86,8 +87,8 @@ class TrainConfig:
             (self.data.overlong in ("truncate", "drop"), "data.overlong must be truncate or drop"),
             (self.data.on_bad_record in ("error", "skip"),
              "data.on_bad_record must be error or skip"),
-            (self.data.system in ("marco", "default", "none"),
-             "data.system must be marco, default or none"),
+            (self.data.system in SYSTEM_PROMPTS,
+             f"data.system must be one of {', '.join(SYSTEM_PROMPTS)}"),
             (self.data.seq_len >= 2, "data.seq_len must be >= 2"),
             (self.train.micro_batches >= 1 and self.train.global_batch % self.train.micro_batches
              == 0, "train.global_batch must be a multiple of train.micro_batches"),

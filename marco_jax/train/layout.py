@@ -43,14 +43,8 @@ class TrainLayout:
         return {**nnx.to_pure_dict(self.outer_state), "layers": layers}
 
     def shardings(self, mesh: Mesh, rules: ShardingRules = ShardingRules()) -> Params:
-        """Per-leaf NamedShardings; stacked layers are replicated along ``layers``."""
-
-        def stacked(var: nnx.Variable) -> nnx.Variable:
-            axes = ("layers", *var.get_metadata()["logical_axes"])
-            return var.replace(rules.sharding(axes, (self.cfg.num_layers, *var.shape), mesh))
-
-        layers = jax.tree.map(stacked, self.layer_state,
-                              is_leaf=lambda x: isinstance(x, nnx.Variable))
+        """Per-leaf NamedShardings; stacked layers are split along ``layers`` as the rules say."""
+        layers = state_shardings(self.layer_state, mesh, rules, stacked_layers=self.cfg.num_layers)
         return {**nnx.to_pure_dict(state_shardings(self.outer_state, mesh, rules)),
                 "layers": nnx.to_pure_dict(layers)}
 

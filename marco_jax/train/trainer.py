@@ -33,10 +33,6 @@ from marco_jax.train.config import TrainConfig, to_dict
 from marco_jax.train.layout import TrainLayout, init_params, layout_of, stack_layers, unstack_layers
 from marco_jax.train.step import BATCH_KEYS, StepProgram, build_step
 
-SYSTEM_PROMPTS = {"marco": prompts.MARCO_SYSTEM_PROMPT, "default": prompts.DEFAULT_SYSTEM,
-                  "none": None}
-
-
 @dataclasses.dataclass
 class Setup:
     """What both a real run and a dry run need: the parameter layout, the mesh, the step."""
@@ -97,7 +93,7 @@ def dataset(cfg: TrainConfig, tokenizer):
     """This process's batches of the configured data; what was cut goes to the log."""
     path = pathlib.Path(cfg.data.path)
     records, skipped = data_lib.read_records(path, cfg.data.on_bad_record)
-    system = SYSTEM_PROMPTS[cfg.data.system]
+    system = prompts.SYSTEM_PROMPTS[cfg.data.system]
     examples = [data_lib.tokenize_record(r, tokenizer, system)
                 for r in tqdm(records, desc="tokenizing", unit="record", leave=False,
                               disable=jax.process_index() != 0)]

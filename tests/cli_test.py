@@ -1,6 +1,7 @@
 """The command-line tools end to end, including one-line errors on bad input."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -142,3 +143,16 @@ def test_generate_text_output_and_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\nnot json\n')
     assert_one_line_error(run_script("generate.py", "--prompts-file", str(tmp_path / "bad.jsonl")),
                           "bad.jsonl:2")
+
+
+def test_scripts_keep_compiled_programs_on_disk(tmp_path):
+    code = ("import jax, jax.numpy as jnp\n"
+            "from marco_jax.cli import enable_compilation_cache\n"
+            "enable_compilation_cache()\n"
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)\n"
+            "jax.jit(lambda x: x @ x.T)(jnp.ones((8, 8))).block_until_ready()\n")
+    env = {**os.environ, "MARCO_JAX_COMPILATION_CACHE": str(tmp_path / "xla")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert any((tmp_path / "xla").iterdir())

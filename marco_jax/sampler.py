@@ -31,8 +31,9 @@ from marco_jax.model import KVCache, Qwen2, positions_from_mask
 from marco_jax.scoring import token_and_top_logprobs
 from marco_jax.sharding import ShardingRules, shard_state
 
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-# Powers of two and 1.5x between them: a prompt pads by at most a third.
+# Powers of two and 1.5x between them: a batch (from 16 rows) or a prompt pads
+# by at most a third; padded rows cost as much as real ones.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 LENGTH_BUCKETS = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 FILTER_WIDTH = 256  # candidates for top-k / top-p thresholds (see sampling.py)
 RUNNING, LENGTH, EOS, STOP = -1, 0, 1, 2

@@ -62,7 +62,7 @@ def markdown(rows: list[dict]) -> str:
         method = r["method"] + (" (partial)" if r["partial"] else "")
         out.append(f"| {method} | {r['language']} | {r['problems']} | {pct('pass@1')} "
                    f"({right}/{r['problems']}) | {pct('test@1')} | {pct('test@8')} | "
-                   f"{pct('vote@8') if 'test@8' in r else '–'} | {versus} | "
+                   f"{pct('vote@8')} | {versus} | "
                    f"{r['generated_tokens']:,} |")
     return "\n".join(out)
 
@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--dir", type=pathlib.Path, default=pathlib.Path("benchmarks/mgsm"))
     parser.add_argument("--json-out", type=pathlib.Path)
     args = parser.parse_args()
+    if not args.dir.is_dir():
+        parser.error(f"--dir {args.dir}: no such directory")
     rows = table(args.dir)
     report({"rows": rows}, args.json_out)
     print(markdown(rows))

@@ -3,7 +3,8 @@
 # MGSM-En and MGSM-Zh, chat template, 384 generated tokens per path, MCTS with
 # 2 iterations of 4 children. Each run appends to its per-problem file in
 # benchmarks/mgsm/ (committed, so a table survives the machine) and resumes
-# where it stopped; a finished run only re-prints its summary (summary-*.json).
+# where it stopped; a finished run only re-prints its summary (summary-*.json,
+# written only when the run completes).
 #   bash benchmarks/mgsm_table.sh MODEL_DIR MGSM_DIR [RUN ...]
 # RUN is <method>-<lang> (e.g. mcts-step-en); default: all ten.
 set -euo pipefail
@@ -20,5 +21,6 @@ for run in "${runs[@]}"; do
   iterations=(); case $method in mcts-*) iterations=(--iterations 2);; esac
   python scripts/eval_mgsm.py --model "$model" --data "$data/mgsm_$lang.tsv" --method "$method" \
     --limit 40 --problems-per-batch $batch "${iterations[@]}" --max-tokens 384 --template chat \
-    --tag chat384 --out-dir $out > "$out/summary-$lang-$method.json"
+    --tag chat384 --out-dir $out > "$out/summary-$lang-$method.json.partial"
+  mv "$out/summary-$lang-$method.json.partial" "$out/summary-$lang-$method.json"
 done

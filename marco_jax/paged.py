@@ -132,7 +132,7 @@ def generate_paged(sampler: Sampler, pool: KVPool, rows: Sequence[PagedRow],
         args = (sampler.state, pool.k, pool.v, jnp.asarray(table), jnp.asarray(fills),
                 jnp.asarray(tokens_bt), jnp.asarray(mask_bt), jnp.asarray(positions))
         program = sampler.program("paged_prefill", _paged_prefill,
-                                   dict(new_tokens=new_tokens), (), *args)
+                                  dict(new_tokens=new_tokens), (), *args)
         return program(*args)
 
     gen, cache = sampler.sample_from([r.suffix for r in rows], [r.context_length for r in rows],

@@ -254,7 +254,7 @@ class Sampler:
         def prefill(tokens: np.ndarray, mask: np.ndarray, new_tokens: int):
             args = (self.state, self._put(tokens), self._put(mask))
             return self.program("prefill", _prefill, dict(new_tokens=new_tokens,
-                                                           layout=self.layout), (), *args)(*args)
+                                                          layout=self.layout), (), *args)(*args)
 
         gen, _ = self.sample_from(prompts, [len(p) for p in prompts], prefill, max_new_tokens,
                                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -324,9 +324,9 @@ class Sampler:
                        padded(temperature_r, 0.0), padded(top_k_r, 0), padded(top_p_r, 1.0),
                        padded(seed_r.astype(np.int32), 0), padded(max_new_r, 1))
         decode = self.program("decode", _decode, dict(new_tokens=n,
-                                                       top_logprobs=self.top_logprobs,
-                                                       width=width, layout=self.layout),
-                               ("cache",), *decode_args)
+                                                      top_logprobs=self.top_logprobs,
+                                                      width=width, layout=self.layout),
+                              ("cache",), *decode_args)
         out, reason, count, conf, cache = decode(*decode_args)
         out, reason, count, conf = jax.device_get((out, reason, count, conf))
         decode_s = time.perf_counter() - start - (self._compile_s - compiled_s)

@@ -18,7 +18,6 @@ from marco_jax.files import named_config
 from marco_jax.prompts import SYSTEM_PROMPTS
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     preset: str = "tiny"  # marco_jax.config preset (architecture), used without init_from

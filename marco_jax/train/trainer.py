@@ -33,6 +33,7 @@ from marco_jax.train.config import TrainConfig, to_dict
 from marco_jax.train.layout import TrainLayout, init_params, layout_of, stack_layers, unstack_layers
 from marco_jax.train.step import BATCH_KEYS, StepProgram, build_step
 
+
 @dataclasses.dataclass
 class Setup:
     """What both a real run and a dry run need: the parameter layout, the mesh, the step."""

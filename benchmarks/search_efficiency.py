@@ -24,6 +24,7 @@ from marco_jax import stops
 from marco_jax.loading import load
 from marco_jax.sampler import Sampler
 from marco_jax.search import job as job_lib
+from marco_jax.search.config import load_job_config
 from marco_jax.search.engine import Search
 from marco_jax.search.runner import wrap
 
@@ -39,8 +40,7 @@ def main() -> None:
     parser.add_argument("--json-out", type=pathlib.Path)
     args = parser.parse_args()
 
-    job = job_lib.load_job_config(args.config, iterations=args.iterations,
-                                  call_tokens=args.call_tokens)
+    job = load_job_config(args.config, iterations=args.iterations, call_tokens=args.call_tokens)
     loaded = load(args.model)
     tokenizer = loaded.tokenizer
     questions = job_lib.read_problems(args.mgsm)[:args.problems]

@@ -13,7 +13,8 @@ from typing import Any
 
 from marco_jax.errors import MarcoError
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+# Named configs ship inside the package (package data), so any install has them.
+CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 def lines(text: str) -> list[str]:
@@ -23,7 +24,7 @@ def lines(text: str) -> list[str]:
 
 
 def named_config(name_or_path: str, kind: str, what: str) -> tuple[pathlib.Path, dict[str, Any]]:
-    """The JSON of ``configs/<kind>/NAME.json`` (or of a path) and where it came from;
+    """The JSON of ``marco_jax/configs/<kind>/NAME.json`` (or of a path) and where it came from;
     ``what`` names the kind of config in errors."""
     directory = CONFIGS / kind
     path = pathlib.Path(name_or_path)

@@ -1,11 +1,14 @@
 """MGSM accuracy of one method: pass@1 of the chosen answer and Test@N over its rollouts.
 
     python scripts/eval_mgsm.py --model PATH --data ../shared/data/mgsm/mgsm_en.tsv \
-        --method cot|sc|mcts-step|mcts-mini64|mcts-mini32 --limit 40 [--out-dir results/eval]
+        --method cot|sc|mcts-step|mcts-mini64|mcts-mini32 --limit 40 [--out-dir results/eval] \
+        [--set search.children=8 ...]
 
 Writes the per-problem JSONL (``<out-dir>/<data>-<method>.jsonl``, resumable, one
 line per problem: chosen answer, correct, test_at_n, text, tree statistics) so two
 methods can be compared problem by problem, and prints the summary as JSON.
+A method is a search config in marco_jax/configs/search/; ``--set key=value`` or
+``--set search.key=value`` overrides any of its fields.
 Answers come from the ``<Output>`` part (else a boxed answer, "Answer:", an output
 block, or the last number), commas removed, compared numerically.
 """
@@ -20,6 +23,7 @@ import pathlib
 from marco_jax.cli import run
 from marco_jax.loading import load
 from marco_jax.search import job as job_lib
+from marco_jax.search.config import load_job_config
 from marco_jax.search.runner import run_job, summarize
 
 METHODS = ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32")
@@ -38,6 +42,9 @@ def main() -> None:
                         help="override the generated-token cap of a path (and of one call)")
     parser.add_argument("--template", choices=("marco", "chat", "none"),
                         help="override the method's prompt template")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field: final=vote, search.children=8 "
+                             "(repeatable; the options above are applied after these)")
     parser.add_argument("--tag", default="",
                         help="added to the per-problem file name (<data>-<method>-<tag>.jsonl)")
     args = parser.parse_args()
@@ -45,7 +52,7 @@ def main() -> None:
     overrides = {} if args.iterations is None else {"iterations": args.iterations}
     if args.max_tokens is not None:
         overrides.update(max_tokens=args.max_tokens, call_tokens=args.max_tokens)
-    job = job_lib.load_job_config(args.method, **overrides)
+    job = load_job_config(args.method, args.set, **overrides)
     if args.template:
         job = dataclasses.replace(job, template=args.template)
     problems = job_lib.read_problems(args.data)[:args.limit]

@@ -2,11 +2,13 @@
 
     python scripts/search.py --model PATH --config mcts-mini64 --input mgsm_en.tsv \
         --output results/mcts-mini64-en.jsonl [--problems-per-batch 8] [--limit N] \
-        [--tree-dir trees/] [--process-index I --process-count N]
+        [--tree-dir trees/] [--process-index I --process-count N] [--set search.children=8 ...]
 
 Input: JSONL ({"id", "question", "answer"?}) or an MGSM TSV. Configs live in
-configs/search/ (cot, sc, mcts-step, mcts-mini64, mcts-mini32, translation) or
-are given as a path. Problems run in lock-step groups (every device call holds
+marco_jax/configs/search/ (cot, sc, mcts-step, mcts-mini64, mcts-mini32,
+translation) or are given as a path; ``--set key=value`` or ``--set
+search.key=value`` overrides any field (an unknown key or a wrong type is an
+error naming it). Problems run in lock-step groups (every device call holds
 rows of all the group's trees); each finished problem is appended to --output
 at once, and a restart skips the ids already there. Each line holds the chosen
 answer and text, its reward, whether it matches the gold answer, Test@N (any
@@ -24,13 +26,15 @@ from marco_jax.cli import run
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search import job as job_lib
+from marco_jax.search.config import load_job_config
 from marco_jax.search.runner import run_job
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin:tiny")
-    parser.add_argument("--config", required=True, help="name in configs/search/ or a path")
+    parser.add_argument("--config", required=True,
+                        help="name in marco_jax/configs/search/ or a path")
     parser.add_argument("--input", required=True, type=pathlib.Path)
     parser.add_argument("--output", required=True, type=pathlib.Path)
     parser.add_argument("--problems-per-batch", type=int, default=8)
@@ -41,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--process-count", type=int, default=None)
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--iterations", type=int, help="override the config's iterations")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field: final=vote, search.children=8 "
+                             "(repeatable; --seed and --iterations are applied after these)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     return parser.parse_args()
 
@@ -49,7 +56,7 @@ def main() -> None:
     args = parse_args()
     overrides = {k: v for k, v in (("seed", args.seed), ("iterations", args.iterations))
                  if v is not None}
-    job = job_lib.load_job_config(args.config, **overrides)
+    job = load_job_config(args.config, args.set, **overrides)
     if args.problems_per_batch < 1:
         raise MarcoError(f"--problems-per-batch must be >= 1, got {args.problems_per_batch}")
     problems = job_lib.read_problems(args.input, args.on_bad_line)[:args.limit]

@@ -3,8 +3,8 @@
     python scripts/train.py --config qwen2_7b_sft [--set train.learning_rate=1e-5 ...] [--resume]
     python scripts/train.py --config qwen2_7b_sft --dry-run --simulate-devices 8 --mesh fsdp=8
 
-Configs live in configs/train/ (qwen2_7b_sft, qwen2_05b_sft, tiny_sft) or are
-given as a path; ``--set section.key=value`` overrides any field. Checkpoints
+Configs live in marco_jax/configs/train/ (qwen2_7b_sft, qwen2_05b_sft, tiny_sft) or
+are given as a path; ``--set section.key=value`` overrides any field. Checkpoints
 (train state + data position) go to <output_dir>/checkpoints every
 checkpoint.every steps; ``--resume`` continues from the latest one. The trained
 weights are exported to <output_dir>/final (``scripts/convert.py orbax-to-hf``
@@ -29,7 +29,8 @@ from marco_jax.errors import MarcoError
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="name in configs/train/ or a path")
+    parser.add_argument("--config", required=True,
+                        help="name in marco_jax/configs/train/ or a path")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config field (repeatable)")
     parser.add_argument("--mesh", default=None, metavar="AXIS=N[,AXIS=N]",

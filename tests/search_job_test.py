@@ -12,6 +12,7 @@ from cli_test import ROOT, assert_one_line_error, run_script
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
 from marco_jax.search import job as job_lib
+from marco_jax.search.config import load_job_config
 from marco_jax.search.runner import summarize
 
 FAST = ["--iterations", "2", "--problems-per-batch", "1"]
@@ -65,11 +66,11 @@ def test_bad_lines_are_reported_with_their_number(tmp_path):
 
 def test_configs_and_shards():
     for name in ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32", "translation"):
-        job = job_lib.load_job_config(name)
+        job = load_job_config(name)
         assert job.name == name
-    assert job_lib.load_job_config("mcts-mini32").search.mini_step_tokens == 32
+    assert load_job_config("mcts-mini32").search.mini_step_tokens == 32
     with pytest.raises(MarcoError, match="no search config 'nope'"):
-        job_lib.load_job_config("nope")
+        load_job_config("nope")
     assert job_lib.shard(list(range(7)), 1, 3) == [1, 4]
     with pytest.raises(MarcoError, match="process index 3"):
         job_lib.shard([1], 3, 3)

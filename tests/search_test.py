@@ -6,7 +6,8 @@ import pytest
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.sampler import Sampler
-from marco_jax.search.engine import REFLECTION, Search, SearchConfig, _row_seed
+from marco_jax.search.config import SearchConfig
+from marco_jax.search.engine import REFLECTION, Search, _row_seed
 
 CFG = SearchConfig(action="mini_step", mini_step_tokens=3, children=2, iterations=3,
                    call_tokens=8, max_tokens=20, temperature=1.0, top_p=0.95)

@@ -26,44 +26,11 @@ import numpy as np
 from marco_jax.errors import MarcoError
 from marco_jax.paged import BLOCK, KVPool, PagedRow, generate_paged
 from marco_jax.sampler import BATCH_BUCKETS, Generation, Sampler
+from marco_jax.search.config import SearchConfig
 from marco_jax.search.tree import Tree, backup, most_visited_path, select_leaf
 
 REFLECTION = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
 THOUGHT_END = "</Thought>"
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    action: str = "mini_step"  # "mini_step" or "step"
-    mini_step_tokens: int = 64
-    step_delimiter: str = "\n\n"
-    step_max_tokens: int = 256  # cap on one step action
-    children: int = 4  # continuations sampled per expansion
-    iterations: int = 8
-    c_uct: float = 1.0
-    call_tokens: int = 512  # new tokens per call: action + rollout
-    max_tokens: int = 1024  # generated tokens on a path (beyond the prompt)
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 0
-    reward_tokens: str = "rollout"  # "rollout", "action" or "both"
-    reflection: bool = False
-    reuse_kv: bool = True  # keep each node's keys/values in a paged pool (see paged.py)
-    seed: int = 0
-
-    def __post_init__(self):
-        checks = [
-            (self.action in ("mini_step", "step"), f"action must be mini_step or step, got {self.action!r}"),
-            (self.reward_tokens in ("rollout", "action", "both"),
-             f"reward_tokens must be rollout, action or both, got {self.reward_tokens!r}"),
-            (self.children >= 1, f"children must be >= 1, got {self.children}"),
-            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
-            (self.mini_step_tokens >= 1, "mini_step_tokens must be >= 1"),
-            (self.call_tokens >= 1 and self.max_tokens >= 1, "token budgets must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MarcoError(message)
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""The pieces of a batched search job: named configs, input problems, resumable output.
+"""The pieces of a batched search job: input problems, resumable output, the final
+answer rule. Its named configs are read by :mod:`marco_jax.search.config`.
 
 Input is JSONL (``{"id", "question", "answer"?}``) or an MGSM TSV (question TAB
 answer; ids are ``<file stem>-<line>``). A malformed line is reported with its
@@ -9,47 +10,16 @@ most the problems in flight; a restart skips every id already written.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
 import sys
-from typing import Any, Iterable
+from typing import Iterable
 
 from marco_jax.answers import extract_answer, majority_answer
 from marco_jax.errors import MarcoError
-from marco_jax.files import lines, named_config
-from marco_jax.search.engine import SearchConfig, SearchResult
-
-FINALS = ("most_visited", "max_value", "vote")
-
-
-@dataclasses.dataclass(frozen=True)
-class JobConfig:
-    name: str
-    search: SearchConfig
-    template: str = "marco"  # "marco", "chat" or "none"
-    final: str = "most_visited"
-    stop: tuple[str, ...] = ("</Output>",)
-
-
-def load_job_config(name_or_path: str, **overrides: Any) -> JobConfig:
-    """A config by name (``configs/search/NAME.json``) or path; ``overrides`` replace
-    fields of its "search" block."""
-    path, raw = named_config(name_or_path, "search", "search")
-    search = raw.get("search", {})
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    unknown = set(search) - fields
-    if unknown:
-        raise MarcoError(f"{path}: unknown search settings {sorted(unknown)}")
-    job = JobConfig(path.stem, SearchConfig(**{**search, **overrides}),
-                    raw.get("template", "marco"), raw.get("final", "most_visited"),
-                    tuple(raw.get("stop", ("</Output>",))))
-    if job.final not in FINALS:
-        raise MarcoError(f"{path}: final must be one of {FINALS}, got {job.final!r}")
-    if job.template not in ("marco", "chat", "none"):
-        raise MarcoError(f"{path}: template must be marco, chat or none, got {job.template!r}")
-    return job
+from marco_jax.files import lines
+from marco_jax.search.engine import SearchResult
 
 
 def read_problems(path: pathlib.Path, on_bad_line: str = "skip") -> list[dict]:

@@ -17,6 +17,7 @@ from marco_jax.answers import answers_match, extract_answer, majority_answer
 from marco_jax.loading import LoadedModel
 from marco_jax.sampler import Sampler
 from marco_jax.search import job as job_lib
+from marco_jax.search.config import JobConfig
 from marco_jax.search.engine import Search, SearchResult
 from marco_jax.search.tree import KINDS
 
@@ -44,7 +45,7 @@ def tree_json(problem: dict, result: SearchResult, decode, chosen: str | None) -
             "chosen_answer": chosen, "nodes": nodes, "best_path": result.best_path}
 
 
-def record(problem: dict, result: SearchResult, job: job_lib.JobConfig, decode) -> dict:
+def record(problem: dict, result: SearchResult, job: JobConfig, decode) -> dict:
     text, reward = job_lib.choose(result, job.final, decode)
     chosen = extract_answer(text)
     gold = problem["answer"]
@@ -61,7 +62,7 @@ def record(problem: dict, result: SearchResult, job: job_lib.JobConfig, decode) 
     }
 
 
-def run_job(loaded: LoadedModel, job: job_lib.JobConfig, todo: list[dict],
+def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict],
             output: pathlib.Path, tree_dir: pathlib.Path | None = None,
             problems_per_batch: int = 8) -> Search:
     """Search ``todo`` and append one line per problem to ``output``."""

@@ -1,21 +1,21 @@
-"""Training run configuration: named JSON files in ``configs/train/`` plus
-``--set section.key=value`` overrides.
+"""Training run configuration: named JSON files in ``marco_jax/configs/train/``
+plus ``--set section.key=value`` overrides.
 
-Every field is typed and every key is checked: a misspelt key in a file or an
-override is an error naming it, because a silently ignored setting in a
-multi-day run is the most expensive kind of bug.
+Every field is typed and every key is checked (by :mod:`marco_jax.settings`,
+the reader search configs share): a misspelt key in a file or an override is
+an error naming it, because a silently ignored setting in a multi-day run is
+the most expensive kind of bug.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import typing
 from typing import Any
 
 from marco_jax.errors import MarcoError
 from marco_jax.files import named_config
 from marco_jax.prompts import SYSTEM_PROMPTS
+from marco_jax.settings import apply_overrides, build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,65 +101,13 @@ class TrainConfig:
         return self
 
 
-def _section_types() -> dict[str, type]:
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)
-            if dataclasses.is_dataclass(hints[f.name])}
-
-
-def _build(section: type, values: dict[str, Any], where: str):
-    known = {f.name for f in dataclasses.fields(section)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise MarcoError(f"{where}: unknown key(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(known))})")
-    hints = typing.get_type_hints(section)
-    checked = {}
-    for key, value in values.items():
-        allowed = typing.get_args(hints[key]) or (hints[key],)
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        ok = any(value is None if a is type(None) else isinstance(value, a) for a in allowed)
-        if not ok or (isinstance(value, bool) and bool not in allowed):
-            names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
-            raise MarcoError(f"{where}: {key} must be {names}, got {value!r}")
-        checked[key] = value
-    return section(**checked)
-
-
-def _parse_value(text: str) -> Any:
-    """JSON where it parses (numbers, true, null, lists), else the raw string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def load_train_config(name_or_path: str, overrides: list[str] = ()) -> TrainConfig:
-    """A config by name (``configs/train/NAME.json``) or path, then ``section.key=value``
-    overrides applied in order."""
+    """A config by name (``marco_jax/configs/train/NAME.json``) or path, then
+    ``section.key=value`` overrides applied in order."""
     path, raw = named_config(name_or_path, "train", "training")
     raw.pop("description", None)
-    for item in overrides:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise MarcoError(f"--set {item!r}: expected section.key=value")
-        *sections, leaf = key.split(".")
-        node = raw
-        for s in sections:
-            node = node.setdefault(s, {})
-            if not isinstance(node, dict):
-                raise MarcoError(f"--set {item!r}: {s} is not a section")
-        node[leaf] = _parse_value(value)
-    sections = _section_types()
-    top = {f.name for f in dataclasses.fields(TrainConfig)} - {"name"}
-    unknown = sorted(set(raw) - top)
-    if unknown:
-        raise MarcoError(f"{path}: unknown key(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(top))})")
-    values = {k: (_build(sections[k], v, f"{path} [{k}]") if k in sections else v)
-              for k, v in raw.items()}
-    return TrainConfig(name=path.stem, **values).validate()
+    apply_overrides(raw, overrides)
+    return build(TrainConfig, raw, str(path), name=path.stem).validate()
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -107,16 +107,22 @@ class Attention(nnx.Module):
         self.o_weight_nhd = _param(rngs, (n, h, d), ("q_heads", "head_dim", "embed"), dt)
         self.cfg = cfg
 
-    def __call__(self, x_btd, cos_bth, sin_bth, allowed_bts, layer: int,
-                 cache: KVCache | None):
+    def qkv(self, x_btd: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array):
+        """Rotated queries (b, t, n, h) and keys, and values (b, t, k, h)."""
         cdt = x_btd.dtype
         q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.q_weight_dnh[...].astype(cdt))
         q_btnh = apply_rope(q_btnh + self.q_bias_nh[...].astype(cdt), cos_bth, sin_bth)
         k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.k_weight_dkh[...].astype(cdt))
         k_btkh = apply_rope(k_btkh + self.k_bias_kh[...].astype(cdt), cos_bth, sin_bth)
         v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.v_weight_dkh[...].astype(cdt))
-        v_btkh = v_btkh + self.v_bias_kh[...].astype(cdt)
+        return q_btnh, k_btkh, v_btkh + self.v_bias_kh[...].astype(cdt)
 
+    def project_out(self, out_btnh: jax.Array) -> jax.Array:
+        return jnp.einsum("btnh,nhd->btd", out_btnh, self.o_weight_nhd[...].astype(out_btnh.dtype))
+
+    def __call__(self, x_btd, cos_bth, sin_bth, allowed_bts, layer: int,
+                 cache: KVCache | None):
+        q_btnh, k_btkh, v_btkh = self.qkv(x_btd, cos_bth, sin_bth)
         if cache is None:
             k_bskh, v_bskh = k_btkh, v_btkh
         else:
@@ -127,17 +133,24 @@ class Attention(nnx.Module):
                 cache, k_lbskh=jax.lax.dynamic_update_slice(cache.k_lbskh, k_btkh[None], start),
                 v_lbskh=jax.lax.dynamic_update_slice(cache.v_lbskh, v_btkh[None], start))
             k_bskh, v_bskh = cache.k_lbskh[layer], cache.v_lbskh[layer]
+        out_btnh = attend(q_btnh, k_bskh, v_bskh, allowed_bts, "bskh")
+        return self.project_out(out_btnh), cache
 
-        b, t, n, h = q_btnh.shape
-        kv = k_bskh.shape[2]
-        q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
-        logits_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
-                                  preferred_element_type=jnp.float32) * (h ** -0.5)
-        logits_bkgts = jnp.where(allowed_bts[:, None, None], logits_bkgts, _NEG_INF)
-        probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(cdt)
-        out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
-        out_btnh = out_btkgh.reshape(b, t, n, h)
-        return jnp.einsum("btnh,nhd->btd", out_btnh, self.o_weight_nhd[...].astype(cdt)), cache
+
+def attend(q_btnh: jax.Array, k_keys: jax.Array, v_keys: jax.Array, allowed_bts: jax.Array,
+           key_layout: str) -> jax.Array:
+    """Grouped-query softmax attention of queries over keys/values laid out as
+    ``key_layout`` ("bskh", or "kbsh" as a paged gather yields them), where
+    ``allowed_bts`` marks the keys each query may see; float32 logits."""
+    b, t, n, h = q_btnh.shape
+    kv = k_keys.shape[key_layout.index("k")]
+    q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
+    logits_bkgts = jnp.einsum(f"btkgh,{key_layout}->bkgts", q_btkgh, k_keys,
+                              preferred_element_type=jnp.float32) * (h ** -0.5)
+    logits_bkgts = jnp.where(allowed_bts[:, None, None], logits_bkgts, _NEG_INF)
+    probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(q_btnh.dtype)
+    out_btkgh = jnp.einsum(f"bkgts,{key_layout}->btkgh", probs_bkgts, v_keys)
+    return out_btkgh.reshape(b, t, n, h)
 
 
 class MLP(nnx.Module):

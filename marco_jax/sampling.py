@@ -24,10 +24,11 @@ _MASKED = -jnp.inf
 
 
 def row_uniforms(seed_b: jax.Array, step: jax.Array) -> jax.Array:
-    """One U[0, 1) number per row for decode step ``step``, from the row's seed alone."""
-    def one(seed):
+    """One U[0, 1) number per row for decode step ``step`` (one for all rows, or
+    one per row), from the row's seed alone."""
+    def one(seed, step):
         return jax.random.uniform(jax.random.fold_in(jax.random.key(seed), step))
-    return jax.vmap(one)(seed_b)
+    return jax.vmap(one)(seed_b, jnp.broadcast_to(step, seed_b.shape))
 
 
 def _top_values(x_bv: jax.Array, k: int) -> jax.Array:
@@ -112,10 +113,14 @@ def next_tokens(logits_bv: jax.Array, temperature_b: jax.Array, top_k_b: jax.Arr
     """The next token of every row: argmax where temperature is 0, else a draw
     from softmax(logits / temperature) restricted by top-k and top-p.
 
-    ``width`` 0 means no row filters (the filtering code is then not compiled).
+    ``width`` 0 means no row filters (the filtering code is then not compiled);
+    otherwise it runs only in steps where some row filters.
     """
     scaled_bv = logits_bv / jnp.where(temperature_b > 0, temperature_b, 1.0)[:, None]
     if width:
-        scaled_bv = filter_logits(scaled_bv, top_k_b, top_p_b, width)
+        filtering_b = (temperature_b > 0) & ((top_k_b > 0) | (top_p_b < 1.0))
+        scaled_bv = jax.lax.cond(jnp.any(filtering_b),
+                                 lambda: filter_logits(scaled_bv, top_k_b, top_p_b, width),
+                                 lambda: scaled_bv)
     drawn_b = inverse_cdf(scaled_bv, row_uniforms(seed_b, step))
     return jnp.where(temperature_b > 0, drawn_b, jnp.argmax(logits_bv, axis=-1).astype(jnp.int32))

@@ -1,0 +1,117 @@
+"""Host-side scheduling: which request holds which decode slot and blocks.
+
+Between device calls the engine retires finished requests (their blocks go
+back to the pool, the full ones findable by later requests) and admits
+waiting ones into free slots: each takes the cached blocks that begin its
+context and new blocks for the rest of its context and its whole token
+budget, so an admitted request never runs out of room. A request that does
+not fit now waits; one that can never fit is refused when submitted.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import numpy as np
+
+from marco_jax.engine.blocks import BlockManager
+from marco_jax.errors import MarcoError
+
+POLICIES = ("fcfs", "longest_first")
+
+
+@dataclasses.dataclass
+class Request:
+    """One generation request and what it has produced so far."""
+
+    id: int
+    prompt: list[int]
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    slot: int = -1
+    blocks: list[int] = dataclasses.field(default_factory=list)
+    cached_tokens: int = 0  # context tokens whose keys/values came from the prefix cache
+    prefilled: int = 0  # context positions whose keys/values are written
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    top_ids: list[np.ndarray] = dataclasses.field(default_factory=list)
+    top_logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
+    confidences: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def context_end(self) -> int:
+        """Positions that prefill writes: all but the last prompt token, which the
+        first decode step feeds."""
+        return len(self.prompt) - 1
+
+
+def blocks_needed(prompt_tokens: int, max_new_tokens: int, block_size: int) -> int:
+    """Blocks for every position a request writes (the last new token is never fed)."""
+    return math.ceil((prompt_tokens + max_new_tokens - 1) / block_size)
+
+
+class Scheduler:
+    """Waiting queue, slot assignment and block tables of ``slots`` decode slots."""
+
+    def __init__(self, slots: int, blocks: BlockManager, max_blocks_per_request: int,
+                 policy: str = "fcfs"):
+        if policy not in POLICIES:
+            raise MarcoError(f"scheduling policy must be one of {POLICIES}, got {policy!r}")
+        self.blocks = blocks
+        self.policy = policy
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request | None] = [None] * slots
+        self.table_sm = np.zeros((slots, max_blocks_per_request), np.int32)
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not any(self.running)
+
+    def add(self, request: Request) -> None:
+        need = blocks_needed(len(request.prompt), request.max_new_tokens, self.blocks.block_size)
+        if need > self.blocks.capacity:
+            raise MarcoError(
+                f"request {request.id}: {len(request.prompt)} prompt tokens + "
+                f"{request.max_new_tokens} new need {need} KV blocks, the pool has "
+                f"{self.blocks.capacity}; give the engine a larger KV cache")
+        self.waiting.append(request)
+
+    def admit(self) -> list[Request]:
+        """Move waiting requests into free slots while their blocks fit."""
+        if self.policy == "longest_first" and len(self.waiting) > 1:
+            self.waiting = collections.deque(sorted(self.waiting,
+                                                    key=lambda r: -r.max_new_tokens))
+        admitted = []
+        free_slots = [s for s, r in enumerate(self.running) if r is None]
+        while self.waiting and free_slots:
+            request = self.waiting[0]
+            size = self.blocks.block_size
+            max_hit = request.context_end // size
+            need = blocks_needed(len(request.prompt), request.max_new_tokens, size)
+            cached = self.blocks.cached_prefix(request.prompt, max_hit)
+            if not self.blocks.can_allocate(need - len(cached), cached):
+                break  # the head of the queue waits for room; nothing overtakes it
+            self.waiting.popleft()
+            self.blocks.hold(cached)
+            request.blocks = cached + self.blocks.allocate(need - len(cached))
+            request.cached_tokens = request.prefilled = len(cached) * size
+            request.slot = free_slots.pop(0)
+            self.running[request.slot] = request
+            self.table_sm[request.slot] = 0
+            self.table_sm[request.slot, :len(request.blocks)] = request.blocks
+            admitted.append(request)
+        return admitted
+
+    def retire(self, request: Request) -> None:
+        """Free the request's slot; name its full written blocks, then release them."""
+        written = len(request.prompt) + len(request.tokens) - 1
+        self.blocks.name(request.prompt + request.tokens, request.blocks,
+                         written // self.blocks.block_size)
+        self.blocks.release(request.blocks)
+        self.running[request.slot] = None
+        self.table_sm[request.slot] = 0
+        request.blocks = []

@@ -1,0 +1,189 @@
+"""The continuous-batching engine against HF, against itself alone, and its pool bookkeeping."""
+
+import numpy as np
+import pytest
+import torch
+
+from marco_jax import stops
+from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.errors import MarcoError
+from marco_jax.loading import load
+from marco_jax.scoring import score
+from marco_jax.sharding import make_mesh
+from model_test import random_tokens
+
+SMALL = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=256, kv_cache_gb=0.01,
+                     prefill_tokens=64, prefill_chunks=(16, 64))
+
+
+def hf_greedy(hf_model, prompt, new_tokens):
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False,
+                                eos_token_id=None, pad_token_id=0, output_scores=True,
+                                return_dict_in_generate=True)
+    tokens = out.sequences[0, len(prompt):].numpy()
+    return tokens, torch.log_softmax(torch.stack(out.scores)[:, 0], -1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load("builtin:tiny")
+
+
+def test_greedy_matches_hf_with_top5(hf_checkpoint):
+    hf_model, path = hf_checkpoint
+    engine = Engine(load(path).model, eos_ids=(511,), config=SMALL)  # 511: keep going
+    prompt = random_tokens((21,), seed=1).tolist()  # spans blocks, ends mid-block
+    expected, logprobs = hf_greedy(hf_model, prompt, 12)
+    if 511 in expected:
+        pytest.skip("random model emitted the stand-in EOS")
+    [out] = engine.generate([prompt], max_new_tokens=12)
+    np.testing.assert_array_equal(out.tokens, expected)
+    top_lp, top_ids = logprobs.topk(5)
+    np.testing.assert_allclose(out.top_logprobs, top_lp.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(out.top_ids, top_ids.numpy())
+    np.testing.assert_allclose(out.logprobs, top_lp[:, 0].numpy(), atol=1e-4)
+    assert out.confidence == pytest.approx(
+        (np.exp(out.logprobs) / np.exp(out.top_logprobs).sum(-1)).mean(), rel=1e-5)
+    assert out.finish_reason == "length"
+
+
+def test_a_request_alone_equals_it_among_40_others(tiny):
+    engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
+    prompts = [random_tokens((3 + 7 * i % 50,), seed=i).tolist() for i in range(41)]
+    budgets = [4 + (13 * i) % 40 for i in range(41)]
+    settings = dict(temperature=1.0, top_p=0.9, top_k=50)
+    crowd = engine.generate(prompts, budgets, seed=list(range(100, 141)), **settings)
+    alone_engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
+    for i in (0, 17, 40):
+        [alone] = alone_engine.generate([prompts[i]], budgets[i], seed=100 + i, **settings)
+        assert alone.tokens == crowd[i].tokens
+        np.testing.assert_allclose(alone.top_logprobs, crowd[i].top_logprobs, atol=1e-5)
+    assert len({len(c.tokens) for c in crowd}) > 5  # the crowd really was mixed
+    [other] = alone_engine.generate([prompts[17]], budgets[17], seed=5, **settings)
+    assert other.tokens != crowd[17].tokens
+
+
+def test_confidence_uses_the_untempered_distribution(tiny):
+    engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
+    prompt = random_tokens((6,), seed=2).tolist()
+    [out] = engine.generate([prompt], 10, temperature=0.4, seed=1)
+    scored = score(tiny.model, prompt + out.tokens)
+    n = len(out.tokens)
+    np.testing.assert_allclose(out.logprobs, scored.logprobs[-n:], atol=1e-4)
+    np.testing.assert_allclose(out.top_logprobs, scored.top_logprobs[-n:], atol=1e-4)
+    c = np.exp(scored.logprobs[-n:]) / np.exp(scored.top_logprobs[-n:]).sum(-1)
+    np.testing.assert_allclose(out.confidences, c, rtol=1e-4)
+
+
+def test_shared_prefix_blocks_are_freed_when_the_last_holder_finishes(tiny):
+    engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
+    shared = random_tokens((40,), seed=9).tolist()  # 5 full blocks of 8
+    engine.generate([shared + [7]], 4)  # writes and names the shared blocks
+    first = engine.blocks.cached_prefix(shared + [7], 5)
+    assert len(first) == 5 and engine.blocks.held == 0
+    short = engine.submit(shared + [3], 2)
+    long = engine.submit(shared + [4, 5], 30)
+    finished = []
+    while engine.has_work:
+        finished += [c.request_id for c in engine.step()]
+        holders = sum(r is not None for r in engine.scheduler.running)
+        assert (engine.blocks.refs[first] == holders).all()
+    assert finished == [short, long]
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # 200 requests of assorted lengths, some sharing prompts
+        prompts = [shared[:rng.integers(1, 40)] + random_tokens((rng.integers(1, 30),),
+                                                                 seed=int(rng.integers(1000))
+                                                                 ).tolist() for _ in range(40)]
+        engine.generate(prompts, rng.integers(1, 40, 40).tolist(), temperature=1.0, seed=3)
+    assert engine.blocks.held == 0
+    assert engine.blocks.available == engine.blocks.capacity
+    assert engine.stats.cached_tokens > 0
+
+
+def test_a_full_pool_makes_requests_wait_and_one_that_never_fits_is_refused(tiny):
+    # 13 blocks of 8: room for two 40-token requests at a time, not eight.
+    config = EngineConfig(**{**SMALL.__dict__, "kv_cache_gb": 14 * 8 * 2 * 2 * 2 * 16 * 4 / 2 ** 30})
+    engine = Engine(tiny.model, eos_ids=(258,), config=config)
+    assert engine.blocks.capacity == 13
+    prompts = [random_tokens((10,), seed=i).tolist() for i in range(6)]
+    ids = [engine.submit(p, 30) for p in prompts]
+    waited, done = False, {}
+    while engine.has_work:
+        done.update((c.request_id, c) for c in engine.step())
+        running = sum(r is not None for r in engine.scheduler.running)
+        waited |= bool(engine.scheduler.waiting) and running < config.slots
+    assert waited and sorted(done) == ids
+    reference = Engine(tiny.model, eos_ids=(258,), config=SMALL).generate(prompts, 30)
+    assert [done[i].tokens for i in ids] == [r.tokens for r in reference]
+    with pytest.raises(MarcoError, match="need 15 KV blocks, the pool has 13"):
+        engine.submit(random_tokens((100,), seed=1).tolist(), 20)
+
+
+def test_compiled_programs_are_fixed_after_warmup(tiny):
+    engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
+    count = engine.warmup()
+    assert count == 3 + 2  # decode at table widths 8, 16, 32 blocks; prefill chunks 16, 64
+    for n, budget in ((1, 1), (60, 3), (17, 200), (200, 40)):
+        engine.generate([random_tokens((n,), seed=n).tolist()] * 3, budget, temperature=0.7,
+                        top_k=5, seed=1)
+    assert engine.num_programs == count
+
+
+def test_bad_requests_are_errors(tiny):
+    engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
+    with pytest.raises(MarcoError, match="request 0: the prompt is empty"):
+        engine.submit([], 4)
+    with pytest.raises(MarcoError, match="outside"):
+        engine.submit([1, 600], 4)
+    with pytest.raises(MarcoError, match="exceed max_model_len 256"):
+        engine.submit([1] * 250, 16)
+    for bad in (dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=-2),
+                dict(top_k=300), dict(top_p=0.0), dict(top_p=1.5), dict(seed=-1)):
+        with pytest.raises(MarcoError, match=next(iter(bad))):
+            engine.submit([1, 2], 4, **bad)
+    with pytest.raises(MarcoError, match="max_new_tokens"):
+        engine.submit([1, 2], 0)
+    with pytest.raises(MarcoError, match="seed must be one value or one per prompt"):
+        engine.generate([[1], [2]], 4, seed=[1, 2, 3])
+    with pytest.raises(MarcoError, match="max_position_embeddings"):
+        Engine(tiny.model, (258,), EngineConfig(max_model_len=4096, kv_cache_gb=0.01))
+    assert not engine.has_work
+
+
+def test_eos_and_stop_strings_end_requests(tiny):
+    model = tiny.model
+    vocab = model.cfg.vocab_size
+    pieces = [bytes([97 + i % 26]) * (1 + i % 3) for i in range(vocab)]  # "a", "bb", "ccc", ...
+    [free] = Engine(model, (vocab - 1,), SMALL).generate([[5, 6, 7]], 16)
+    tokens = free.tokens
+    stop = (pieces[tokens[4]][-1:] + pieces[tokens[5]]).decode()  # spans two tokens
+    text, expected = b"", None
+    for i, token in enumerate(tokens):
+        text += pieces[token]
+        if expected is None and stop.encode() in text:
+            expected = i + 1
+    table = stops.stop_table_from_bytes(pieces, [stop, "zzzzzzzz"])
+    engine = Engine(model, (vocab - 1,), SMALL, stop_table=table)
+    outs = engine.generate([[5, 6, 7], [5, 6, 7]], 16)
+    assert [len(o.tokens) for o in outs] == [expected, expected] and expected <= 6
+    assert [o.finish_reason for o in outs] == ["stop", "stop"]
+    assert outs[0].tokens == tokens[:expected]
+    eos = tokens[3]
+    first = tokens.index(eos) + 1
+    [ended] = Engine(model, (eos,), SMALL).generate([[5, 6, 7]], 16)
+    assert len(ended.tokens) == first and ended.finish_reason == "eos"
+
+
+def test_sharded_engine_matches_one_device(tiny):
+    prompts = [random_tokens((n,), seed=n).tolist() for n in (3, 18, 5, 12, 27, 4, 9, 6, 30)]
+    settings = dict(max_new_tokens=[8, 20, 5, 12] * 2 + [9], temperature=[0.0, 1.0] * 4 + [1.0],
+                    top_p=0.95, seed=3)
+    plain = Engine(tiny.model, (258,), SMALL).generate(prompts, **settings)
+    mesh = make_mesh(data=4, fsdp=1, tensor=2)
+    engine = Engine(tiny.model, (258,), SMALL, mesh=mesh)
+    sharded = engine.generate(prompts, **settings)
+    assert len(engine.pages.k_lkpzh.sharding.device_set) == 8
+    for a, b in zip(plain, sharded):
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(a.top_logprobs, b.top_logprobs, atol=1e-5)

@@ -21,6 +21,8 @@ import json
 import pathlib
 
 from marco_jax.cli import run
+from marco_jax.engine.options import add_engine_args, engine_setup
+from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search import job as job_lib
 from marco_jax.search.config import load_job_config
@@ -36,7 +38,8 @@ def main() -> None:
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--limit", type=int, help="the first N problems")
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("results/eval"))
-    parser.add_argument("--problems-per-batch", type=int, default=8)
+    parser.add_argument("--trees-in-flight", type=int,
+                        help="trees searched at once (default: enough to fill twice the slots)")
     parser.add_argument("--iterations", type=int, help="override the method's iterations")
     parser.add_argument("--max-tokens", type=int,
                         help="override the generated-token cap of a path (and of one call)")
@@ -47,7 +50,10 @@ def main() -> None:
                              "(repeatable; the options above are applied after these)")
     parser.add_argument("--tag", default="",
                         help="added to the per-problem file name (<data>-<method>-<tag>.jsonl)")
+    add_engine_args(parser)
     args = parser.parse_args()
+    if args.trees_in_flight is not None and args.trees_in_flight < 1:
+        raise MarcoError(f"--trees-in-flight must be >= 1, got {args.trees_in_flight}")
 
     overrides = {} if args.iterations is None else {"iterations": args.iterations}
     if args.max_tokens is not None:
@@ -60,13 +66,15 @@ def main() -> None:
     output = args.out_dir / f"{name}.jsonl"
     done = job_lib.finished_ids(output)
     todo = [p for p in problems if p["id"] not in done]
-    seconds = 0.0
+    run_stats = {"seconds_this_run": 0.0}
     if todo:
-        search = run_job(load(args.model), job, todo, output, None, args.problems_per_batch)
-        seconds = search.seconds
+        engine_config, mesh = engine_setup(args)
+        search = run_job(load(args.model), job, todo, output, None, engine_config, mesh,
+                         args.trees_in_flight)
+        run_stats = {"seconds_this_run": search.seconds, **search.stats()}
     summary = summarize(output, {p["id"] for p in problems})
-    print(json.dumps({"data": str(args.data), "method": args.method, **summary,
-                      "seconds_this_run": seconds, "per_problem": str(output)}, indent=1))
+    print(json.dumps({"data": str(args.data), "method": args.method, **summary, **run_stats,
+                      "per_problem": str(output)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 """Batched MCTS reasoning search over a file of problems, resumable, one JSONL line per problem.
 
     python scripts/search.py --model PATH --config mcts-mini64 --input mgsm_en.tsv \
-        --output results/mcts-mini64-en.jsonl [--problems-per-batch 8] [--limit N] \
+        --output results/mcts-mini64-en.jsonl [--slots 64] [--mesh data=4,tensor=2] [--limit N] \
         [--tree-dir trees/] [--process-index I --process-count N] [--set search.children=8 ...]
 
 Input: JSONL ({"id", "question", "answer"?}) or an MGSM TSV. Configs live in
 marco_jax/configs/search/ (cot, sc, mcts-step, mcts-mini64, mcts-mini32,
 translation) or are given as a path; ``--set key=value`` or ``--set
 search.key=value`` overrides any field (an unknown key or a wrong type is an
-error naming it). Problems run in lock-step groups (every device call holds
-rows of all the group's trees); each finished problem is appended to --output
-at once, and a restart skips the ids already there. Each line holds the chosen
+error naming it). Problems stream through one inference engine (each tree
+advances on its own; a finished tree's place goes to the next problem); each
+finished problem is appended to --output at once, and a restart skips the ids already there. Each line holds the chosen
 answer and text, its reward, whether it matches the gold answer, Test@N (any
 rollout correct), and tree statistics.
 """
@@ -23,6 +23,7 @@ import pathlib
 import jax
 
 from marco_jax.cli import run
+from marco_jax.engine.options import add_engine_args, engine_setup
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search import job as job_lib
@@ -37,7 +38,8 @@ def parse_args() -> argparse.Namespace:
                         help="name in marco_jax/configs/search/ or a path")
     parser.add_argument("--input", required=True, type=pathlib.Path)
     parser.add_argument("--output", required=True, type=pathlib.Path)
-    parser.add_argument("--problems-per-batch", type=int, default=8)
+    parser.add_argument("--trees-in-flight", type=int,
+                        help="trees searched at once (default: enough to fill twice the slots)")
     parser.add_argument("--limit", type=int, help="only the first N problems of the input")
     parser.add_argument("--tree-dir", type=pathlib.Path, help="write each tree as JSON here")
     parser.add_argument("--on-bad-line", choices=["skip", "error"], default="skip")
@@ -49,6 +51,7 @@ def parse_args() -> argparse.Namespace:
                         help="override a config field: final=vote, search.children=8 "
                              "(repeatable; --seed and --iterations are applied after these)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_engine_args(parser)
     return parser.parse_args()
 
 
@@ -57,8 +60,8 @@ def main() -> None:
     overrides = {k: v for k, v in (("seed", args.seed), ("iterations", args.iterations))
                  if v is not None}
     job = load_job_config(args.config, args.set, **overrides)
-    if args.problems_per_batch < 1:
-        raise MarcoError(f"--problems-per-batch must be >= 1, got {args.problems_per_batch}")
+    if args.trees_in_flight is not None and args.trees_in_flight < 1:
+        raise MarcoError(f"--trees-in-flight must be >= 1, got {args.trees_in_flight}")
     problems = job_lib.read_problems(args.input, args.on_bad_line)[:args.limit]
     index = jax.process_index() if args.process_index is None else args.process_index
     count = jax.process_count() if args.process_count is None else args.process_count
@@ -69,9 +72,10 @@ def main() -> None:
         print(f"all {len(problems)} problems already in {args.output}")
         return
     loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
-    search = run_job(loaded, job, todo, args.output, args.tree_dir, args.problems_per_batch)
-    print(f"{len(todo)} problems in {search.seconds:.1f}s, {search.device_calls} device calls "
-          f"-> {args.output}")
+    engine_config, mesh = engine_setup(args)
+    search = run_job(loaded, job, todo, args.output, args.tree_dir, engine_config, mesh,
+                     args.trees_in_flight)
+    print(f"{len(todo)} problems in {search.seconds:.1f}s; {search.summary()} -> {args.output}")
 
 
 if __name__ == "__main__":

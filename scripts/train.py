@@ -24,6 +24,7 @@ import os
 import sys
 
 from marco_jax.cli import run
+from marco_jax.engine.options import parse_mesh
 from marco_jax.errors import MarcoError
 
 
@@ -53,14 +54,7 @@ def parse_args() -> argparse.Namespace:
 def mesh_overrides(text: str | None) -> list[str]:
     if text is None:
         return []
-    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
-    for item in text.split(","):
-        axis, eq, size = item.partition("=")
-        if axis not in sizes or not eq or not size.lstrip("-").isdigit():
-            raise MarcoError(f"--mesh {text!r}: expected AXIS=N items with AXIS in "
-                             f"{sorted(sizes)}")
-        sizes[axis] = int(size)
-    return [f"mesh.{axis}={size}" for axis, size in sizes.items()]
+    return [f"mesh.{axis}={size}" for axis, size in parse_mesh(text).items()]
 
 
 def gib(n: int) -> str:

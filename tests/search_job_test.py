@@ -15,7 +15,7 @@ from marco_jax.search import job as job_lib
 from marco_jax.search.config import load_job_config
 from marco_jax.search.runner import summarize
 
-FAST = ["--iterations", "2", "--problems-per-batch", "1"]
+FAST = ["--iterations", "2", "--slots", "4"]
 
 
 def write_problems(path, n, bad_line=False):

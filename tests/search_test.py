@@ -1,22 +1,34 @@
-"""The lock-step MCTS on a tiny random model: rewards, device calls, reproducibility."""
+"""MCTS as an engine client: rewards, streaming, reproducibility, and the review bugs
+(each driven through ``Search.run``)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 
+from marco_jax.engine.engine import Completion, Engine, EngineConfig
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
-from marco_jax.sampler import Sampler
-from marco_jax.search.config import SearchConfig
-from marco_jax.search.engine import REFLECTION, Search, _row_seed
+from marco_jax.search.config import JobConfig, SearchConfig
+from marco_jax.search.environment import REFLECTION, ReasoningEnv
+from marco_jax.search.job import choose
+from marco_jax.search.mcts import Search, row_seed
+from marco_jax.search.tree import ANSWER, CUT
+from marco_jax.sharding import make_mesh
 
 CFG = SearchConfig(action="mini_step", mini_step_tokens=3, children=2, iterations=3,
                    call_tokens=8, max_tokens=20, temperature=1.0, top_p=0.95)
+ENGINE = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=2048,
+                      kv_cache_gb=0.02, prefill_tokens=64, prefill_chunks=(16, 64))
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    loaded = load("builtin:tiny")
-    return loaded, Sampler(loaded.model, loaded.eos_ids)
+    return load("builtin:tiny")
+
+
+def engine(tiny, **kw):
+    return Engine(tiny.model, tiny.eos_ids, dataclasses.replace(ENGINE, **kw))
 
 
 def prompts(tokenizer, n):
@@ -24,78 +36,162 @@ def prompts(tokenizer, n):
 
 
 def test_reward_is_mean_confidence_of_the_rollout(tiny):
-    loaded, sampler = tiny
-    search = Search(sampler, loaded.tokenizer, CFG.__class__(**{**CFG.__dict__, "iterations": 1}))
-    [result] = search.run(prompts(loaded.tokenizer, 1))
+    cfg = dataclasses.replace(CFG, iterations=1)
+    [result] = Search(engine(tiny), tiny.tokenizer, cfg).run(prompts(tiny.tokenizer, 1))
     tree = result.tree
     prompt = tree.tokens[0]
+    reference = engine(tiny)
     for k, child in enumerate(tree.children(0)):
-        # Re-run the same row alone: same seed, so the same tokens and log-probs.
-        gen = sampler.generate([prompt], 8, temperature=1.0, top_p=0.95,
-                               seed=[_row_seed(CFG.seed, 0, 0, k)])
-        n = gen.lengths[0]
-        lp, top = gen.logprobs[0, :n], gen.top_logprobs[0, :n]
-        c = np.exp(lp) / np.exp(top).sum(-1)  # by hand, from the top-5 log-probabilities
-        assert tree.tokens[child] + tree.rollouts[child] == gen.row_tokens(0)
+        # The same request alone: same seed, so the same tokens and log-probabilities.
+        [out] = reference.generate([prompt], 8, temperature=1.0, top_p=0.95,
+                                   seed=row_seed(CFG.seed, 0, 0, k))
+        c = np.exp(out.logprobs) / np.exp(out.top_logprobs).sum(-1)  # by hand, from the top-5
+        assert tree.tokens[child] + tree.rollouts[child] == out.tokens
         action = len(tree.tokens[child])
-        expected = c[action:].mean() if n > action else c.mean()
+        expected = c[action:].mean() if len(out.tokens) > action else c.mean()
         assert tree.rollout_value_n[child] == pytest.approx(expected, rel=1e-5)
         assert tree.visits_n[child] == 1
     assert tree.visits_n[0] == 2
 
 
-def test_device_calls_do_not_grow_with_problems(tiny):
-    loaded, sampler = tiny
-    calls = []
-    for p in (1, 4):
-        search = Search(sampler, loaded.tokenizer, CFG)
-        search.run(prompts(loaded.tokenizer, p))
-        calls.append(search.device_calls)
-        assert max(search.rows_per_call) <= 2 * p
-    assert calls == [CFG.iterations + 1] * 2  # + 1: the roots' prompts, prefilled once
-
-
-def test_same_seed_same_search_and_independent_of_companions(tiny):
-    loaded, sampler = tiny
-    ps = prompts(loaded.tokenizer, 3)
-    first = Search(sampler, loaded.tokenizer, CFG).run(ps)
-    again = Search(sampler, loaded.tokenizer, CFG).run(ps)
-    alone = Search(sampler, loaded.tokenizer, CFG).run(ps[2:], problem_seeds=[2])
-    for a, b in ((first[0], again[0]), (first[2], again[2]), (first[2], alone[0])):
+def test_trees_do_not_depend_on_their_companions_or_the_mesh(tiny):
+    ps = prompts(tiny.tokenizer, 5)
+    first = Search(engine(tiny), tiny.tokenizer, CFG).run(ps)
+    alone = Search(engine(tiny), tiny.tokenizer, CFG).run(ps[2:3], problem_seeds=[2])
+    few_slots = Search(engine(tiny, slots=2), tiny.tokenizer, CFG, max_trees=1).run(ps)
+    mesh = make_mesh(data=4, fsdp=1, tensor=2)
+    sharded = Search(Engine(tiny.model, tiny.eos_ids, ENGINE, mesh=mesh), tiny.tokenizer,
+                     CFG).run(ps)
+    pairs = [(first[2], alone[0])] + list(zip(first, few_slots)) + list(zip(first, sharded))
+    for a, b in pairs:
         assert a.tree.tokens == b.tree.tokens and a.best_tokens == b.best_tokens
         np.testing.assert_array_equal(a.tree.visits_n, b.tree.visits_n)
-        np.testing.assert_allclose(a.tree.value_sum_n, b.tree.value_sum_n, rtol=1e-6)
+        np.testing.assert_allclose(a.tree.value_sum_n, b.tree.value_sum_n, rtol=1e-5)
     assert first[0].tree.tokens != first[1].tree.tokens
     assert first[0].tree.visits_n[0] == CFG.iterations * CFG.children
 
 
-def test_reflection_and_step_actions(tiny):
-    loaded, sampler = tiny
-    tok = loaded.tokenizer
-    cfg = SearchConfig(action="step", step_delimiter="\n\n", step_max_tokens=6, reflection=True)
-    search = Search(sampler, tok, cfg)
-    ids = tok.encode("a b\n\nc", add_special_tokens=False)
-    assert search._action_length(ids) == len("a b\n\n")
-    assert search._action_length(tok.encode("abcdefghij", add_special_tokens=False)) == 6
-    thought = tok.encode("<Thought>x=2</Thought>", add_special_tokens=False)
-    assert tok.decode(search._reflection_tokens(thought)) == f"<Thought>x=2\n\n{REFLECTION}\n\n"
-    assert search._reflection_tokens(ids) is None
+def test_problems_stream_and_paths_reuse_cached_blocks(tiny):
+    long_prompts = [p * 5 for p in prompts(tiny.tokenizer, 6)]  # several blocks each
+    cfg = dataclasses.replace(CFG, mini_step_tokens=20, call_tokens=40, max_tokens=200,
+                              iterations=4)
+    search = Search(engine(tiny, slots=4), tiny.tokenizer, cfg, max_trees=2)
+    started, finished = [], []
+    for key, result in search.stream(((i, p, i) for i, p in enumerate(long_prompts)),
+                                     on_start=started.append):
+        finished.append(key)
+        assert len(started) - len(finished) <= 1  # a new tree starts only as one finishes
+        assert max(result.tree.depth_n) >= 2  # continued from its own earlier actions
+    assert sorted(finished) == list(range(6))
+    stats = search.engine.stats
+    assert stats.cached_tokens > stats.prefilled_tokens  # paths came from the prefix cache
+    assert search.engine.blocks.held == 0
+
+
+# ---- review bugs, through Search.run with a scripted engine ----------------------------
+
+class ScriptedEngine:
+    """Answers every request with ``script(prompt, max_new_tokens)`` -> (tokens, reason)."""
+
+    def __init__(self, script, slots=8):
+        self.script, self.queue, self.next_id = script, [], 0
+        self.config = EngineConfig(slots=slots)
+        self.asked = []
+
+    def submit(self, prompt, max_new_tokens, **_):
+        if max_new_tokens < 1:
+            raise MarcoError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.asked.append((list(prompt), max_new_tokens))
+        self.queue.append((self.next_id, list(prompt), max_new_tokens))
+        self.next_id += 1
+        return self.next_id - 1
+
+    def step(self):
+        done, self.queue = self.queue, []
+        out = []
+        for rid, prompt, budget in done:
+            tokens, reason = self.script(prompt, budget)
+            n = len(tokens)
+            out.append(Completion(rid, prompt, tokens, np.zeros(n), np.zeros((n, 5), int),
+                                  np.zeros((n, 5)), np.full(n, 0.5), reason, 0))
+        return out
+
+
+def ids(tok, text):
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_several_children_closing_the_thought_each_get_a_reflection(tiny):
+    tok = tiny.tokenizer
+    closing = ids(tok, "x=2</Thought>\n\n")
+    cfg = SearchConfig(action="step", step_delimiter="\n\n", children=3, iterations=2,
+                       reflection=True, call_tokens=32, max_tokens=64)
+    fake = ScriptedEngine(lambda prompt, budget: (closing + ids(tok, "<Output>2"), "stop"))
+    [result] = Search(fake, tok, cfg).run([ids(tok, "q")])
+    kinds = [result.tree.kind_n[c] for c in result.tree.children(0)]
+    assert kinds.count(2) == 3 and kinds.count(1) == 3  # every closing child has its sibling
+    reflection = next(c for c in result.tree.children(0) if result.tree.kind_n[c] == 2)
+    assert REFLECTION in tok.decode(result.tree.tokens[reflection])
+
+
+def test_a_reflection_at_the_token_budget_is_cut_not_an_error(tiny):
+    tok = tiny.tokenizer
+    cfg = SearchConfig(action="step", step_delimiter="\n\n", step_max_tokens=64, children=1,
+                       iterations=4, reflection=True, call_tokens=64, max_tokens=12)
+    closing = ids(tok, "ab</Thought>\n\n")  # the reflection is longer than the budget left
+
+    def script(prompt, budget):
+        return (closing + ids(tok, "<Output>"))[:budget], "length"
+
+    fake = ScriptedEngine(script)
+    [result] = Search(fake, tok, cfg).run([ids(tok, "q")])
+    tree = result.tree
+    reflections = [n for n in range(tree.size) if tree.kind_n[n] == 2]
+    assert reflections and all(tree.finish_n[n] == CUT for n in reflections)
+    assert all(budget >= 1 for _, budget in fake.asked)
+    assert tree.visits_n[0] == cfg.iterations
+
+
+def test_a_path_cut_by_the_budget_is_never_chosen_over_a_finished_one(tiny):
+    tok = tiny.tokenizer
+    finished = ids(tok, "The answer is 7.")
+    cut = ids(tok, "Let me think about this more and more and")
+
+    def script(prompt, budget):  # the first child of the root ends; the others run out
+        script.calls += 1
+        return (finished, "eos") if script.calls == 1 else (cut[:budget], "length")
+    script.calls = 0
+    cfg = SearchConfig(action="mini_step", mini_step_tokens=4, children=3, iterations=3,
+                       call_tokens=12, max_tokens=12, temperature=1.0)
+    [result] = Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")])
+    tree = result.tree
+    assert sum(c.finished for c in result.candidates) == 1
+    best = next(c for c in result.candidates if c.finished)
+    assert result.best_tokens == best.tokens == finished
+    assert tree.finish_n[result.best_path[-1]] in (ANSWER, 0)
+    for final in ("most_visited", "max_value", "vote"):
+        job = JobConfig(name="t", search=cfg, final=final)
+        text, _ = choose(result, final, tok.decode)
+        assert text == tok.decode(finished), job.final
+
+
+def test_prompts_longer_than_1024_tokens_search(tiny):
+    tok = tiny.tokenizer
+    long_prompt = (ids(tok, "a long question with many words ") * 200)[:1100]
+    cfg = dataclasses.replace(CFG, iterations=2)
+    [result] = Search(engine(tiny), tok, cfg).run([long_prompt])
+    assert result.tree.visits_n[0] == cfg.iterations * cfg.children
+
+
+def test_step_actions_and_reflection_text(tiny):
+    tok = tiny.tokenizer
+    env = ReasoningEnv(tok, SearchConfig(action="step", step_delimiter="\n\n", step_max_tokens=6,
+                                         reflection=True))
+    a_b = ids(tok, "a b\n\nc")
+    assert env.action_length(a_b) == len("a b\n\n")
+    assert env.action_length(ids(tok, "abcdefghij")) == 6
+    thought = ids(tok, "<Thought>x=2</Thought>")
+    assert tok.decode(env.reflection(thought)) == f"<Thought>x=2\n\n{REFLECTION}\n\n"
+    assert env.reflection(a_b) is None
     with pytest.raises(MarcoError, match="action must be"):
         SearchConfig(action="leap")
-
-
-def test_reusing_cached_blocks_gives_the_same_search(tiny):
-    loaded, sampler = tiny
-    long_prompts = [p * 5 for p in prompts(loaded.tokenizer, 2)]  # several 32-token blocks
-    cfg = SearchConfig(action="mini_step", mini_step_tokens=40, children=2, iterations=4,
-                       call_tokens=48, max_tokens=200, temperature=1.0, top_p=0.95)
-    paged = Search(sampler, loaded.tokenizer, cfg)
-    with_cache = paged.run(long_prompts)
-    plain = Search(sampler, loaded.tokenizer, SearchConfig(**{**cfg.__dict__, "reuse_kv": False}))
-    without = plain.run(long_prompts)
-    for a, b in zip(with_cache, without):
-        assert a.tree.tokens == b.tree.tokens
-        np.testing.assert_allclose(a.tree.value_sum_n, b.tree.value_sum_n, rtol=1e-4)
-        assert max(a.tree.depth_n) >= 2  # continued from cached actions, not only the root
-    assert paged.generated_tokens == plain.generated_tokens
-    assert paged.prefilled_tokens < plain.prefilled_tokens / 2

@@ -47,7 +47,9 @@ class EngineConfig:
     decode_steps: int = 16  # tokens per slot per decode call
     block_size: int = 16  # tokens per KV block
     max_model_len: int = 2048  # prompt + new tokens of one request
-    kv_cache_gb: float | None = None  # pool size; None: kv_memory_fraction of free memory
+    # Pool size; None: room for every slot at max_model_len, at most
+    # kv_memory_fraction of free device memory.
+    kv_cache_gb: float | None = None
     kv_memory_fraction: float = 0.5
     prefill_tokens: int = 512  # tokens per prefill call (rows x chunk)
     prefill_chunks: tuple[int, ...] = (32, 256)  # chunk lengths, one program each
@@ -141,11 +143,13 @@ class Engine:
         self.graphdef, self.params = nnx.split(model)
         if mesh is not None:
             self.params = shard_state(self.params, mesh, rules)
+        self.max_blocks = math.ceil(config.max_model_len / config.block_size)
         num_blocks = blocks_for_budget(cfg, config.block_size, config.kv_cache_gb,
                                        config.kv_memory_fraction)
+        if config.kv_cache_gb is None:  # no larger than every slot at full length needs
+            num_blocks = min(num_blocks, config.slots * self.max_blocks + 1)
         self.pages = make_pages(cfg, num_blocks, config.block_size, mesh, rules)
         self.blocks = BlockManager(num_blocks, config.block_size)
-        self.max_blocks = math.ceil(config.max_model_len / config.block_size)
         self.scheduler = Scheduler(config.slots, self.blocks, self.max_blocks, config.policy)
         self.eos_ids = jnp.asarray(eos_ids, jnp.int32)
         table = stop_table or stops.StopTable.empty(cfg.vocab_size)

@@ -36,7 +36,6 @@ class SearchConfig:
     top_k: int = 0
     reward_tokens: str = "rollout"  # "rollout", "action" or "both"
     reflection: bool = False
-    reuse_kv: bool = True  # keep each node's keys/values in a paged pool (see paged.py)
     seed: int = 0
 
     def __post_init__(self):

@@ -19,7 +19,7 @@ from typing import Iterable
 from marco_jax.answers import extract_answer, majority_answer
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
-from marco_jax.search.engine import SearchResult
+from marco_jax.search.mcts import SearchResult
 
 
 def read_problems(path: pathlib.Path, on_bad_line: str = "skip") -> list[dict]:
@@ -97,18 +97,19 @@ def append_line(output: pathlib.Path, record: dict) -> None:
 
 
 def choose(result: SearchResult, final: str, decode) -> tuple[str, float]:
-    """The chosen answer text and its value, by the config's ``final`` rule."""
-    if final == "max_value" and result.candidates:
-        best = max(result.candidates, key=lambda c: c.value)
+    """The chosen answer text and its value, by the config's ``final`` rule. An
+    answer the token budget cut off is chosen only when no finished one exists."""
+    pool = [c for c in result.candidates if c.finished] or result.candidates
+    if final == "max_value" and pool:
+        best = max(pool, key=lambda c: c.value)
         return decode(best.tokens), best.value
-    if final == "vote" and result.candidates:
-        texts = [decode(c.tokens) for c in result.candidates]
+    if final == "vote" and pool:
+        texts = [decode(c.tokens) for c in pool]
         winner = majority_answer([extract_answer(t) for t in texts])
-        for text, candidate in zip(texts, result.candidates):
+        for text, candidate in zip(texts, pool):
             if extract_answer(text) == winner:
                 return text, candidate.value
-    tree, node = result.tree, result.best_path[-1]
-    return decode(result.best_tokens), float(tree.rollout_value_n[node]) if node else 0.0
+    return decode(result.best_tokens), result.best_value
 
 
 def candidate_answers(result: SearchResult, decode) -> Iterable[str | None]:

@@ -1,5 +1,5 @@
-"""Running a search job: problems in lock-step groups through one Search, each
-finished problem appended to the output (and its tree written) at once."""
+"""Running a search job: problems streamed through one Search on one engine,
+each finished problem appended to the output (and its tree written) at once."""
 
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ import pathlib
 import time
 import zlib
 
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from marco_jax import prompts as prompt_lib
 from marco_jax import stops
 from marco_jax.files import lines
+from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.answers import answers_match, extract_answer, majority_answer
 from marco_jax.loading import LoadedModel
-from marco_jax.sampler import Sampler
 from marco_jax.search import job as job_lib
 from marco_jax.search.config import JobConfig
-from marco_jax.search.engine import Search, SearchResult
-from marco_jax.search.tree import KINDS
+from marco_jax.search.mcts import Search, SearchResult
+from marco_jax.search.tree import FINISHES, KINDS
 
 
 def wrap(template: str, question: str) -> str:
@@ -39,7 +40,8 @@ def tree_json(problem: dict, result: SearchResult, decode, chosen: str | None) -
         nodes.append({"id": n, "parent": int(tree.parent_n[n]), "text": decode(tree.tokens[n]),
                       "visits": int(tree.visits_n[n]), "value": None if value != value else value,
                       "depth": int(tree.depth_n[n]), "terminal": bool(tree.terminal_n[n]),
-                      "kind": KINDS[tree.kind_n[n]], "rollout_text": decode(tree.rollouts[n]),
+                      "kind": KINDS[tree.kind_n[n]], "finish": FINISHES[tree.finish_n[n]],
+                      "rollout_text": decode(tree.rollouts[n]),
                       "rollout_value": None if rollout_value != rollout_value else rollout_value})
     return {"id": problem["id"], "question": problem["question"], "answer": problem["answer"],
             "chosen_answer": chosen, "nodes": nodes, "best_path": result.best_path}
@@ -62,14 +64,15 @@ def record(problem: dict, result: SearchResult, job: JobConfig, decode) -> dict:
     }
 
 
-def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict],
-            output: pathlib.Path, tree_dir: pathlib.Path | None = None,
-            problems_per_batch: int = 8) -> Search:
-    """Search ``todo`` and append one line per problem to ``output``."""
+def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathlib.Path,
+            tree_dir: pathlib.Path | None = None, engine_config: EngineConfig = EngineConfig(),
+            mesh: Mesh | None = None, max_trees: int | None = None) -> Search:
+    """Search ``todo`` through one engine, appending each problem's line to
+    ``output`` (and writing its tree) as soon as its tree finishes."""
     tokenizer = loaded.tokenizer
     table = stops.build_stop_table(tokenizer, job.stop, loaded.cfg.vocab_size)
-    search = Search(Sampler(loaded.model, loaded.eos_ids, stop_table=table), tokenizer,
-                    job.search)
+    engine = Engine(loaded.model, loaded.eos_ids, engine_config, stop_table=table, mesh=mesh)
+    search = Search(engine, tokenizer, job.search, max_trees)
     eos = set(loaded.eos_ids)
 
     def decode(tokens: list[int]) -> str:
@@ -78,21 +81,22 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict],
     output.parent.mkdir(parents=True, exist_ok=True)
     if tree_dir:
         tree_dir.mkdir(parents=True, exist_ok=True)
+    problems = ((p["id"], tokenizer.encode(wrap(job.template, p["question"]),
+                                           add_special_tokens=False), zlib.crc32(p["id"].encode()))
+                for p in todo)
+    by_id = {p["id"]: p for p in todo}
     start = time.perf_counter()
     with tqdm(total=len(todo), desc=f"search {job.name}", unit="problem") as bar:
-        for first in range(0, len(todo), problems_per_batch):
-            group = todo[first:first + problems_per_batch]
-            ids = [tokenizer.encode(wrap(job.template, p["question"]), add_special_tokens=False)
-                   for p in group]
-            results = search.run(ids, problem_seeds=[zlib.crc32(p["id"].encode()) for p in group])
-            for problem, result in zip(group, results):
-                line = record(problem, result, job, decode)
-                job_lib.append_line(output, line)
-                if tree_dir:
-                    tree = tree_json(problem, result, decode, line["chosen_answer"])
-                    (tree_dir / f"{problem['id']}.json").write_text(
-                        json.dumps(tree, ensure_ascii=False), encoding="utf-8")
-            bar.update(len(group))
+        for problem_id, result in search.stream(problems):
+            problem = by_id[problem_id]
+            line = record(problem, result, job, decode)
+            job_lib.append_line(output, line)
+            if tree_dir:
+                tree = tree_json(problem, result, decode, line["chosen_answer"])
+                (tree_dir / f"{problem_id}.json").write_text(
+                    json.dumps(tree, ensure_ascii=False), encoding="utf-8")
+            bar.update(1)
+            bar.set_postfix(slots=f"{engine.stats.utilisation:.2f}")
     search.seconds = time.perf_counter() - start
     return search
 

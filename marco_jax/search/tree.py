@@ -15,6 +15,8 @@ import numpy as np
 
 ROOT = 0
 KINDS = ("root", "action", "reflection")
+OPEN, ANSWER, CUT = 0, 1, 2  # finish_n: not terminal, ended the answer, hit the token budget
+FINISHES = ("open", "answer", "cut")
 
 
 @dataclasses.dataclass
@@ -27,10 +29,11 @@ class Tree:
     depth_n: np.ndarray
     terminal_n: np.ndarray
     kind_n: np.ndarray  # index into KINDS
+    finish_n: np.ndarray  # index into FINISHES: why a terminal node ends
     tokens: list[list[int]]  # per node: the ids its action appended (root: the prompt)
     rollouts: list[list[int]]  # per node: the rollout that valued it (may be empty)
     rollout_value_n: np.ndarray
-    blocks: list[list[int]]  # per node: KV-pool blocks holding its tokens ([]: not cached)
+    rollout_finished_n: np.ndarray  # the node's rollout ended the answer (not cut off)
     size: int = 1
 
     @classmethod
@@ -38,8 +41,9 @@ class Tree:
         tree = cls(max_children, np.full(capacity, -1, np.int32),
                    np.full((capacity, max_children), -1, np.int32), np.zeros(capacity, np.int32),
                    np.zeros(capacity, np.float64), np.zeros(capacity, np.int32),
-                   np.zeros(capacity, bool), np.zeros(capacity, np.int8), [list(prompt)], [[]],
-                   np.full(capacity, np.nan), [[]])
+                   np.zeros(capacity, bool), np.zeros(capacity, np.int8),
+                   np.zeros(capacity, np.int8), [list(prompt)], [[]], np.full(capacity, np.nan),
+                   np.zeros(capacity, bool))
         return tree
 
     def _grow(self) -> None:
@@ -53,7 +57,9 @@ class Tree:
         self.depth_n = grow(self.depth_n, 0)
         self.terminal_n = grow(self.terminal_n, False)
         self.kind_n = grow(self.kind_n, 0)
+        self.finish_n = grow(self.finish_n, OPEN)
         self.rollout_value_n = grow(self.rollout_value_n, np.nan)
+        self.rollout_finished_n = grow(self.rollout_finished_n, False)
 
     def add_child(self, parent: int, tokens: list[int], terminal: bool,
                   kind: str = "action") -> int:
@@ -71,7 +77,6 @@ class Tree:
         self.kind_n[node] = KINDS.index(kind)
         self.tokens.append(list(tokens))
         self.rollouts.append([])
-        self.blocks.append([])
         return node
 
     def children(self, node: int) -> np.ndarray:

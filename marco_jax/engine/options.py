@@ -1,0 +1,50 @@
+"""Command-line options shared by every inference script: the engine's size
+and the device mesh it runs on."""
+
+from __future__ import annotations
+
+import argparse
+
+from jax.sharding import Mesh
+
+from marco_jax.engine.engine import EngineConfig
+from marco_jax.errors import MarcoError
+from marco_jax.sharding import MESH_AXES, make_mesh
+
+
+def parse_mesh(text: str, flag: str = "--mesh") -> dict[str, int]:
+    """``data=2,tensor=4`` -> sizes of every mesh axis (unnamed axes: 1)."""
+    sizes = dict.fromkeys(MESH_AXES, 1)
+    for item in text.split(","):
+        axis, eq, size = item.partition("=")
+        if axis not in sizes or not eq or not size.lstrip("-").isdigit():
+            raise MarcoError(f"{flag} {text!r}: expected AXIS=N items with AXIS in "
+                             f"{sorted(sizes)}")
+        sizes[axis] = int(size)
+    return sizes
+
+
+def add_engine_args(parser: argparse.ArgumentParser, slots: int = 64) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--mesh", metavar="data=D,tensor=T",
+                       help="run one engine over a device mesh (default: one device)")
+    group.add_argument("--slots", type=int, default=slots, help="requests decoded together")
+    group.add_argument("--decode-steps", type=int, default=EngineConfig.decode_steps,
+                       help="tokens per slot per device call")
+    group.add_argument("--block-size", type=int, default=EngineConfig.block_size)
+    group.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len,
+                       help="prompt + new tokens of one request")
+    group.add_argument("--kv-cache-gb", type=float,
+                       help="KV pool size (default: every slot at --max-model-len, at most half "
+                            "of free device memory)")
+    group.add_argument("--policy", choices=("fcfs", "longest_first"), default="fcfs")
+
+
+def engine_setup(args: argparse.Namespace, top_logprobs: int = 5) -> tuple[EngineConfig, Mesh | None]:
+    """The engine config and mesh that ``add_engine_args``' options describe."""
+    config = EngineConfig(slots=args.slots, decode_steps=args.decode_steps,
+                          block_size=args.block_size, max_model_len=args.max_model_len,
+                          kv_cache_gb=args.kv_cache_gb, policy=args.policy,
+                          top_logprobs=top_logprobs)
+    mesh = None if args.mesh is None else make_mesh(**parse_mesh(args.mesh))
+    return config, mesh

@@ -1,0 +1,78 @@
+"""The reasoning environment: turns a sampled continuation into a tree action,
+its reward, and (with reflection) a rethinking sibling.
+
+A continuation is split into the child's *action* (a mini-step of N tokens,
+or a whole step ending at the step delimiter) and the *rollout* after it.
+The reward is Marco-o1's confidence ``v = mean_i c_i`` over the tokens that
+``reward_tokens`` names: the rollout's (the action's when the action itself
+ended the answer), the action's, or both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from marco_jax.search.config import SearchConfig
+
+REFLECTION = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
+THOUGHT_END = "</Thought>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """What one continuation contributes to the tree."""
+
+    action: list[int]
+    rollout: list[int]
+    value: float
+    ended: bool  # the continuation finished the answer (EOS or a stop string)
+    reflection: list[int] | None  # tokens of a rethinking sibling, if any
+
+
+class ReasoningEnv:
+    """Splits continuations and values them by the search config's rules."""
+
+    def __init__(self, tokenizer: Any, cfg: SearchConfig):
+        self.tokenizer, self.cfg = tokenizer, cfg
+
+    @property
+    def max_action(self) -> int:
+        cfg = self.cfg
+        return min(cfg.mini_step_tokens if cfg.action == "mini_step" else cfg.step_max_tokens,
+                   cfg.call_tokens)
+
+    def action_length(self, tokens: list[int]) -> int:
+        """How many of a continuation's tokens form the child's action."""
+        if self.cfg.action == "mini_step":
+            return min(self.cfg.mini_step_tokens, len(tokens))
+        cap = min(self.cfg.step_max_tokens, len(tokens))
+        for end in range(1, cap + 1):  # the first token that completes the delimiter
+            if self.cfg.step_delimiter in self.tokenizer.decode(tokens[:end]):
+                return end
+        return cap
+
+    def value(self, confidences: np.ndarray, action_len: int) -> float:
+        mode = self.cfg.reward_tokens
+        if mode == "action" or (mode == "rollout" and action_len == len(confidences)):
+            part = confidences[:action_len]
+        elif mode == "rollout":
+            part = confidences[action_len:]
+        else:
+            part = confidences
+        return float(part.mean()) if len(part) else 0.0
+
+    def reflection(self, action: list[int]) -> list[int] | None:
+        text = self.tokenizer.decode(action)
+        if not self.cfg.reflection or THOUGHT_END not in text:
+            return None
+        before = text[:text.index(THOUGHT_END)].rstrip()
+        return self.tokenizer.encode(f"{before}\n\n{REFLECTION}\n\n", add_special_tokens=False)
+
+    def step(self, tokens: list[int], confidences: np.ndarray, finish_reason: str) -> Step:
+        action_len = self.action_length(tokens)
+        action = tokens[:action_len]
+        return Step(action, tokens[action_len:], self.value(confidences, action_len),
+                    finish_reason in ("eos", "stop"), self.reflection(action))

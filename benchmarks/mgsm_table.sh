@@ -17,10 +17,9 @@ if [ ${#runs[@]} -eq 0 ]; then
 fi
 for run in "${runs[@]}"; do
   method=${run%-*}; lang=${run##*-}
-  case $method in cot) batch=40;; sc) batch=8;; *) batch=16;; esac
   iterations=(); case $method in mcts-*) iterations=(--iterations 2);; esac
   python scripts/eval_mgsm.py --model "$model" --data "$data/mgsm_$lang.tsv" --method "$method" \
-    --limit 40 --problems-per-batch $batch "${iterations[@]}" --max-tokens 384 --template chat \
+    --limit 40 --slots 64 "${iterations[@]}" --max-tokens 384 --template chat \
     --tag chat384 --out-dir $out > "$out/summary-$lang-$method.json.partial"
   mv "$out/summary-$lang-$method.json.partial" "$out/summary-$lang-$method.json"
 done

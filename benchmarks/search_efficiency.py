@@ -1,15 +1,17 @@
-"""How full the search keeps the device: calls, rows per call, tokens/s vs the bare sampler.
+"""How full the search keeps the engine: the search's tokens/s against the bare
+engine replaying the very requests the search made.
 
     python benchmarks/search_efficiency.py --model HF_DIR --mgsm ../shared/data/mgsm/mgsm_en.tsv \
-        --problems 8 --config mcts-mini64 --iterations 3 --call-tokens 128 \
+        --problems 16 --config mcts-mini64 --iterations 3 --call-tokens 128 \
         --json-out results/search_efficiency.json
 
-Runs P problems' trees in lock-step (warm-up run first, so compile time is
-excluded) and reports device calls, rows per call, prefilled tokens per
-generated token, and generated tokens/s over the whole search (host work
-included). The peer, measured in the same run, is the bare sampler at the
-search's batch size (P x children rows of the same prompts, the same token
-budget per row): search tokens/s / sampler tokens/s is the efficiency.
+The search streams P problems' trees through one engine: a tree waits for its
+own children before it selects again, and the host splits, values and backs
+up every continuation. The peer, measured in the same run, is a fresh engine
+with the same settings given every request the search submitted (same
+prompts, budgets and seeds) at once, with no tree waiting on another. Both
+engines compile every program first (``warmup``), so compile time is
+excluded. Efficiency = search tokens/s / bare tokens/s.
 """
 
 from __future__ import annotations
@@ -21,24 +23,40 @@ import time
 from report import report
 
 from marco_jax import stops
+from marco_jax.cli import enable_compilation_cache
+from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
-from marco_jax.sampler import Sampler
 from marco_jax.search import job as job_lib
 from marco_jax.search.config import load_job_config
-from marco_jax.search.engine import Search
+from marco_jax.search.mcts import Search
 from marco_jax.search.runner import wrap
+
+
+class RecordingEngine(Engine):
+    """An engine that remembers every request submitted to it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log: list[tuple[list[int], int, dict]] = []
+
+    def submit(self, prompt, max_new_tokens, **settings):
+        self.log.append((list(prompt), max_new_tokens, settings))
+        return super().submit(prompt, max_new_tokens, **settings)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--mgsm", required=True, type=pathlib.Path)
-    parser.add_argument("--problems", type=int, default=8)
+    parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--config", default="mcts-mini64")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--call-tokens", type=int, default=128)
+    parser.add_argument("--slots", type=int, default=32)
+    parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--json-out", type=pathlib.Path)
     args = parser.parse_args()
+    enable_compilation_cache()
 
     job = load_job_config(args.config, iterations=args.iterations, call_tokens=args.call_tokens)
     loaded = load(args.model)
@@ -47,40 +65,39 @@ def main() -> None:
     prompts = [tokenizer.encode(wrap(job.template, q["question"]), add_special_tokens=False)
                for q in questions]
     table = stops.build_stop_table(tokenizer, job.stop, loaded.cfg.vocab_size)
-    sampler = Sampler(loaded.model, loaded.eos_ids, stop_table=table)
+    config = EngineConfig(slots=args.slots, max_model_len=args.max_model_len)
 
-    def timed_search() -> tuple[Search, float]:
-        search = Search(sampler, tokenizer, job.search)
-        start = time.perf_counter()
-        search.run(prompts)
-        return search, time.perf_counter() - start
-
-    timed_search()  # warm-up: compiles every bucket the search uses
-    search, search_s = timed_search()
-
-    rows = [p for p in prompts for _ in range(job.search.children)]
-    settings = dict(temperature=job.search.temperature, top_p=job.search.top_p, seed=0)
-    sampler.generate(rows, args.call_tokens, **settings)  # warm-up
+    searched = RecordingEngine(loaded.model, loaded.eos_ids, config, stop_table=table)
+    searched.warmup()
+    search = Search(searched, tokenizer, job.search)
     start = time.perf_counter()
-    gen = sampler.generate(rows, args.call_tokens, **settings)
-    sampler_s = time.perf_counter() - start
+    search.run(prompts)
+    search_s = time.perf_counter() - start
 
-    search_rate = search.generated_tokens / search_s
-    sampler_rate = gen.timing.generated_tokens / sampler_s
+    bare = Engine(loaded.model, loaded.eos_ids, config, stop_table=table)
+    bare.warmup()
+    start = time.perf_counter()
+    for prompt, budget, settings in searched.log:
+        bare.submit(prompt, budget, **settings)
+    while bare.has_work:
+        bare.step()
+    bare_s = time.perf_counter() - start
+
+    def side(engine: Engine, seconds: float) -> dict:
+        stats = engine.stats
+        return {"seconds": seconds, "generated_tokens": stats.kept_tokens,
+                "generated_tokens_per_s": stats.kept_tokens / seconds,
+                "slot_utilisation": stats.utilisation, "decode_calls": stats.decode_calls,
+                "prefilled_tokens": stats.prefilled_tokens, "cached_tokens": stats.cached_tokens,
+                "prefilled_per_generated": stats.prefilled_tokens / max(stats.kept_tokens, 1),
+                "programs": engine.num_programs}
+
+    search_side, bare_side = side(searched, search_s), side(bare, bare_s)
     report({
         "config": job.name, "problems": len(prompts), "iterations": args.iterations,
-        "children": job.search.children, "call_tokens": args.call_tokens,
-        "search": {"seconds": search_s, "device_calls": search.device_calls,
-                   "rows_per_call": search.rows_per_call,
-                   "generated_tokens": search.generated_tokens,
-                   "prefilled_tokens": search.prefilled_tokens,
-                   "prefilled_per_generated": search.prefilled_tokens / search.generated_tokens,
-                   "generated_tokens_per_s": search_rate},
-        "bare_sampler": {"rows": len(rows), "seconds": sampler_s,
-                         "generated_tokens": gen.timing.generated_tokens,
-                         "prefilled_tokens": gen.timing.prompt_tokens,
-                         "generated_tokens_per_s": sampler_rate},
-        "efficiency": search_rate / sampler_rate,
+        "children": job.search.children, "call_tokens": args.call_tokens, "slots": args.slots,
+        "requests": len(searched.log), "search": search_side, "bare_engine": bare_side,
+        "efficiency": search_side["generated_tokens_per_s"] / bare_side["generated_tokens_per_s"],
     }, args.json_out)
 
 

@@ -1,14 +1,15 @@
-"""Generate continuations with the batched sampler: text, per-token log-probabilities, timing.
+"""Generate continuations with the inference engine: text, per-token log-probabilities, timing.
 
     python scripts/generate.py --model PATH (--prompt TEXT | --prompts-file F) [--chat | --marco] \
         --max-new-tokens 256 --temperature 0.7 --top-p 0.95 --top-logprobs 5 \
-        --batch-size 8 --seed 0 [--stop "</Output>"] --json
+        --slots 64 --seed 0 [--stop "</Output>"] [--mesh data=4,tensor=2] --json
 
 PATH is an HF checkpoint directory, a marco-jax Orbax checkpoint, a GGUF file, or
 ``builtin:tiny`` (a random tiny model, to try the pipeline; the default). A prompts
 file holds one prompt per line, or one JSON object with a "prompt" field per line
-(.jsonl). Row i of the whole run uses seed ``--seed + i``, so any prompt's sample
-is reproducible whatever batch it lands in.
+(.jsonl). Prompt i of the whole run uses seed ``--seed + i``, so any prompt's
+sample is reproducible whatever else runs beside it. All prompts go to the
+engine at once; its slots are refilled as generations finish.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import pathlib
 import sys
 import time
 
-from tqdm import tqdm
-
 from marco_jax import prompts as prompt_lib
 from marco_jax import stops
 from marco_jax.cli import run
+from marco_jax.engine.engine import Completion, Engine
+from marco_jax.engine.options import add_engine_args, engine_setup
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
 from marco_jax.loading import load
-from marco_jax.sampler import Generation, Sampler
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,12 +48,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-logprobs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
                         help="stop a row once its text contains TEXT (repeatable)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--json", action="store_true", help="print JSON with per-token log-probs")
+    add_engine_args(parser, slots=8)
     return parser.parse_args()
 
 
@@ -84,26 +84,24 @@ def token_record(tokenizer, token: int, logprob: float, top_ids, top_lps) -> dic
                               "logprob": float(lp)} for t, lp in zip(top_ids, top_lps)]}
 
 
-def records(gen: Generation, texts: list[str], tokenizer, eos_ids: tuple[int, ...],
-            with_tokens: bool) -> list[dict]:
+def records(completions: list[Completion], texts: list[str], tokenizer,
+            eos_ids: tuple[int, ...], with_tokens: bool) -> list[dict]:
     out = []
-    for i, text in enumerate(texts):
-        tokens = gen.row_tokens(i)
-        shown = tokens[:-1] if gen.finish_reasons[i] == "eos" and tokens[-1] in eos_ids else tokens
+    for text, done in zip(texts, completions):
+        tokens = done.tokens
+        shown = tokens[:-1] if done.finish_reason == "eos" and tokens[-1] in eos_ids else tokens
         record = {"prompt": text, "completion": tokenizer.decode(shown),
-                  "finish_reason": gen.finish_reasons[i], "num_tokens": len(tokens),
-                  "confidence": float(gen.confidence[i])}
+                  "finish_reason": done.finish_reason, "num_tokens": len(tokens),
+                  "cached_prompt_tokens": done.cached_tokens, "confidence": done.confidence}
         if with_tokens:
-            record["tokens"] = [token_record(tokenizer, t, gen.logprobs[i, j], gen.top_ids[i, j],
-                                             gen.top_logprobs[i, j]) for j, t in enumerate(tokens)]
+            record["tokens"] = [token_record(tokenizer, t, done.logprobs[j], done.top_ids[j],
+                                             done.top_logprobs[j]) for j, t in enumerate(tokens)]
         out.append(record)
     return out
 
 
 def main() -> None:
     args = parse_args()
-    if args.batch_size < 1:
-        raise MarcoError(f"--batch-size must be >= 1, got {args.batch_size}")
     texts = read_prompts(args)
     if not texts:
         raise MarcoError(f"{args.prompts_file}: no prompts")
@@ -111,8 +109,8 @@ def main() -> None:
     loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
     tokenizer = loaded.tokenizer
     table = stops.build_stop_table(tokenizer, args.stop, loaded.cfg.vocab_size)
-    sampler = Sampler(loaded.model, loaded.eos_ids, top_logprobs=args.top_logprobs,
-                      stop_table=table)
+    engine_config, mesh = engine_setup(args, top_logprobs=args.top_logprobs)
+    engine = Engine(loaded.model, loaded.eos_ids, engine_config, stop_table=table, mesh=mesh)
     load_s = time.perf_counter() - start
     if args.marco:
         wrapped = [prompt_lib.marco_prompt(t) for t in texts]
@@ -125,18 +123,16 @@ def main() -> None:
         if not row:
             raise MarcoError(f"prompt {i + 1} is empty")
 
-    results, timing = [], {"compile_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0,
-                           "generated_tokens": 0}
-    batches = range(0, len(ids), args.batch_size)
-    for first in tqdm(batches, desc="generating", unit="batch", disable=len(batches) < 2):
-        chunk = slice(first, first + args.batch_size)
-        gen = sampler.generate(ids[chunk], args.max_new_tokens, temperature=args.temperature,
-                               top_k=args.top_k, top_p=args.top_p, seed=args.seed + first)
-        results += records(gen, texts[chunk], tokenizer, loaded.eos_ids, args.json)
-        for key in ("compile_s", "prefill_s", "decode_s", "generated_tokens"):
-            timing[key] += getattr(gen.timing, key)
-    timing = {"load_s": load_s, **timing,
-              "decode_tokens_per_s": timing["generated_tokens"] / max(timing["decode_s"], 1e-9)}
+    start = time.perf_counter()
+    completions = engine.generate(ids, args.max_new_tokens, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    results = records(completions, texts, tokenizer, loaded.eos_ids, args.json)
+    stats = engine.stats
+    timing = {"load_s": load_s, "compile_s": stats.compile_s, "prefill_s": stats.prefill_s,
+              "decode_s": stats.decode_s, "wall_s": time.perf_counter() - start,
+              "generated_tokens": stats.kept_tokens,
+              "decode_tokens_per_s": stats.kept_tokens / max(stats.decode_s, 1e-9),
+              "slot_utilisation": stats.utilisation, "programs": engine.num_programs}
 
     if args.json:
         json.dump({"model": str(args.model), "generations": results, "timing": timing},

@@ -1,7 +1,7 @@
-"""Decode throughput of our sampler against HF transformers' generate, same checkpoint.
+"""Decode throughput of our inference engine against HF transformers' generate, same checkpoint.
 
-    python benchmarks/sampler_vs_hf.py --hf-dir HF_DIR --mgsm ../shared/data/mgsm/mgsm_en.tsv \
-        --batch-sizes 1,8,32 --new-tokens 64 --json-out results/sampler_vs_hf.json
+    python benchmarks/engine_vs_hf.py --hf-dir HF_DIR --mgsm ../shared/data/mgsm/mgsm_en.tsv \
+        --batch-sizes 1,8,32 --new-tokens 64 --json-out results/engine_vs_hf.json
 
 Both sides get the same token ids (the first B MGSM questions in ChatML), sample
 64 new tokens per row at temperature 0.7 / top-p 0.95 and return the top-5
@@ -10,7 +10,8 @@ EOS is disabled on both sides so every row makes all 64 tokens. Each (side,
 batch size) runs in its own child process, so its peak RSS is its own; a warm-up
 call comes first (our compile time is reported separately). Decode tokens/s =
 rows * (new_tokens - 1) / (time after the prefill); HF's prefill time is a
-1-token generate. Also reported: the machine's matmul peak and memory bandwidth
+1-token generate. Our engine runs with one slot per row, so both sides decode
+the same batch. Also reported: the machine's matmul peak and memory bandwidth
 (measured here) and what fraction of them each run reached.
 
 ``--greedy-check N`` also compares greedy output token for token with HF on N
@@ -20,6 +21,7 @@ prompts (HF one prompt at a time, ours one batch).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import resource
@@ -49,18 +51,29 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_ours(hf_dir: pathlib.Path, ids: list[list[int]], new_tokens: int, seed: int) -> dict:
+def our_engine(hf_dir: pathlib.Path, rows: int, length: int):
+    """The engine with one slot per row and a pool just large enough; EOS off."""
+    from marco_jax.engine.engine import Engine, EngineConfig
     from marco_jax.loading import load
-    from marco_jax.sampler import Sampler
     loaded = load(hf_dir, with_tokenizer=False)
     unused = loaded.cfg.vocab_size - 1  # a padding id the model never samples: EOS off
-    sampler = Sampler(loaded.model, eos_ids=(unused,), top_logprobs=5)
-    warm = sampler.generate(ids, new_tokens, seed=seed, **SETTINGS)
-    gen = sampler.generate(ids, new_tokens, seed=seed + 1, **SETTINGS)
-    assert (gen.lengths == new_tokens).all(), gen.lengths
-    return {"compile_s": warm.timing.compile_s, "prefill_s": gen.timing.prefill_s,
-            "decode_s": gen.timing.decode_s, "compilations": sampler.num_compilations,
-            "mean_confidence": float(gen.confidence.mean())}
+    max_len = 1 << (length - 1).bit_length()
+    config = EngineConfig(slots=rows, max_model_len=max_len, top_logprobs=5)
+    return Engine(loaded.model, eos_ids=(unused,), config=config)
+
+
+def run_ours(hf_dir: pathlib.Path, ids: list[list[int]], new_tokens: int, seed: int) -> dict:
+    engine = our_engine(hf_dir, len(ids), max(map(len, ids)) + new_tokens)
+    engine.warmup()
+    engine.generate(ids, new_tokens, seed=seed, **SETTINGS)
+    before = dataclasses.replace(engine.stats)
+    done = engine.generate(ids, new_tokens, seed=seed + 100, **SETTINGS)
+    assert all(len(c.tokens) == new_tokens for c in done)
+    return {"compile_s": before.compile_s,
+            "prefill_s": engine.stats.prefill_s - before.prefill_s,
+            "decode_s": engine.stats.decode_s - before.decode_s,
+            "compilations": engine.num_programs,
+            "mean_confidence": float(np.mean([c.confidence for c in done]))}
 
 
 def run_hf(hf_dir: pathlib.Path, ids: list[list[int]], new_tokens: int, seed: int) -> dict:
@@ -114,13 +127,10 @@ def greedy_check(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from marco_jax.loading import load
-    from marco_jax.sampler import Sampler
     ids = chat_ids(args.hf_dir, args.mgsm, args.greedy_check)
-    loaded = load(args.hf_dir, with_tokenizer=False)
-    unused = loaded.cfg.vocab_size - 1
-    ours = Sampler(loaded.model, eos_ids=(unused,)).generate(ids, args.new_tokens)
-    del loaded
+    engine = our_engine(args.hf_dir, len(ids), max(map(len, ids)) + args.new_tokens)
+    ours = [c.tokens for c in engine.generate(ids, args.new_tokens)]
+    del engine
     model = AutoModelForCausalLM.from_pretrained(str(args.hf_dir), dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
     equal = []
@@ -129,7 +139,7 @@ def greedy_check(args: argparse.Namespace) -> dict:
             out = model.generate(torch.tensor([prompt]), max_new_tokens=args.new_tokens,
                                  do_sample=False, eos_token_id=None, pad_token_id=0)
         theirs = out[0, len(prompt):].numpy()
-        same = np.asarray(ours.row_tokens(i)) == theirs
+        same = np.asarray(ours[i]) == theirs
         equal.append(int(same.all()) if same.all() else f"first difference at {int(np.argmin(same))}")
     return {"prompts": len(ids), "new_tokens": args.new_tokens,
             "identical": sum(1 for e in equal if e == 1), "per_prompt": equal}

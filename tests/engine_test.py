@@ -123,7 +123,7 @@ def test_a_full_pool_makes_requests_wait_and_one_that_never_fits_is_refused(tiny
 def test_compiled_programs_are_fixed_after_warmup(tiny):
     engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
     count = engine.warmup()
-    assert count == 3 + 2  # decode at table widths 8, 16, 32 blocks; prefill chunks 16, 64
+    assert count == 3 * (1 + 2)  # table widths 8, 16, 32 blocks: decode, prefill chunks 16, 64
     for n, budget in ((1, 1), (60, 3), (17, 200), (200, 40)):
         engine.generate([random_tokens((n,), seed=n).tolist()] * 3, budget, temperature=0.7,
                         top_k=5, seed=1)

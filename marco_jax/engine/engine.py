@@ -259,13 +259,13 @@ class Engine:
 
     def _run_prefills(self) -> None:
         """Write every admitted request's uncached context, one chunk per request
-        per call, the longest chunk size while some request needs it."""
+        per call, with the chunk size that covers the most tokens this call."""
         size = self.config.block_size
         while self._prefill_queue:
-            longest = max(r.context_end - r.prefilled for r in self._prefill_queue)
-            chunk = next((c for c in self.config.prefill_chunks if c >= longest),
-                         self.config.prefill_chunks[-1])
-            rows = self.config.prefill_tokens // chunk
+            chunk, rows = max(
+                ((c, self.config.prefill_tokens // c) for c in self.config.prefill_chunks),
+                key=lambda cr: (sum(min(cr[0], r.context_end - r.prefilled)
+                                    for r in self._prefill_queue[:cr[1]]), -cr[0]))
             batch = self._prefill_queue[:rows]
             tokens = np.zeros((rows, chunk), np.int32)
             positions = np.zeros((rows, chunk), np.int32)
@@ -280,8 +280,8 @@ class Engine:
                 table[i, :len(request.blocks)] = request.blocks
                 request.prefilled = end
                 self.stats.prefilled_tokens += end - start
-            args = (self.params, self.pages, *map(self._put_rows, (tokens, positions, valid, table)))
-            program = self._program("prefill", programs.prefill_chunk, {}, args)
+            width = self._table_width(max(r.prefilled for r in batch))
+            program, args = self._prefill_program(tokens, positions, valid, table[:, :width])
             start_time = time.perf_counter()
             self.pages = program(*args)
             jax.block_until_ready(self.pages)
@@ -292,20 +292,18 @@ class Engine:
                     self.blocks.name(request.prompt, request.blocks, request.context_end // size)
             self._prefill_queue = [r for r in self._prefill_queue if r.prefilled < r.context_end]
 
-    def _width_bucket(self) -> int:
-        """Block-table width for this call: the smallest power of two (or the
-        maximum) covering every running request's blocks."""
-        need = max(len(r.blocks) for r in self.scheduler.running if r is not None)
+    def _table_width(self, positions: int) -> int:
+        """Block-table width of a call whose rows reach ``positions`` positions: the
+        smallest power of two (at least MIN_TABLE_WIDTH, at most the maximum) that
+        covers them, so attention reads no more blocks than it needs."""
+        need = math.ceil(positions / self.config.block_size)
         return min(self.max_blocks, max(MIN_TABLE_WIDTH, 1 << max(need - 1, 0).bit_length()))
 
     def _run_decode(self) -> list[Completion]:
-        width = self._width_bucket()
-        state = programs.SlotState(**{k: self._put_rows(v) for k, v in self.state.items()})
-        table = self._put_rows(self.scheduler.table_sm[:, :width])
-        args = (self.params, self.pages, state, table, self.eos_ids, *self._stop_arrays)
-        statics = dict(steps=self.config.decode_steps, top_logprobs=self.config.top_logprobs,
-                       width=FILTER_WIDTH, use_kernel=self.config.use_kernel)
-        program = self._program("decode", programs.decode_steps, statics, args)
+        # Positions this call can reach: each slot's next position plus the steps.
+        reach = max(int(self.state["position_s"][r.slot]) for r in self.scheduler.running if r)
+        width = self._table_width(reach + self.config.decode_steps)
+        program, args = self._decode_program(width)
         start = time.perf_counter()
         self.pages, state, out = program(*args)
         state, out = jax.device_get((state, out))
@@ -371,24 +369,33 @@ class Engine:
             self.stats.compile_s += time.perf_counter() - start
         return self._programs[key]
 
+    def _decode_program(self, width: int):
+        """The decode program for a ``width``-block table, and its arguments now."""
+        state = programs.SlotState(**{k: self._put_rows(v) for k, v in self.state.items()})
+        table = self._put_rows(self.scheduler.table_sm[:, :width])
+        args = (self.params, self.pages, state, table, self.eos_ids, *self._stop_arrays)
+        statics = dict(steps=self.config.decode_steps, top_logprobs=self.config.top_logprobs,
+                       width=FILTER_WIDTH, use_kernel=self.config.use_kernel)
+        return self._program("decode", programs.decode_steps, statics, args), args
+
+    def _prefill_program(self, *rows: np.ndarray):
+        """The prefill program for these (tokens, positions, valid, table) shapes,
+        and its arguments."""
+        args = (self.params, self.pages, *map(self._put_rows, rows))
+        return self._program("prefill", programs.prefill_chunk, {}, args), args
+
     def warmup(self) -> int:
-        """Compile every program this engine can run (each decode width bucket, each
-        prefill chunk), so that no request triggers a compile later; returns the count."""
+        """Compile every program this engine can run (decode at each table width,
+        prefill at each chunk size and width), so that no request triggers a
+        compile later; returns the count."""
         widths = sorted({min(self.max_blocks, max(MIN_TABLE_WIDTH, 1 << i))
                          for i in range(self.max_blocks.bit_length() + 1)})
-        scratch = self.scheduler.table_sm
         for width in widths:
-            state = programs.SlotState(**{k: self._put_rows(v) for k, v in self.state.items()})
-            args = (self.params, self.pages, state, self._put_rows(scratch[:, :width]),
-                    self.eos_ids, *self._stop_arrays)
-            self._program("decode", programs.decode_steps,
-                          dict(steps=self.config.decode_steps,
-                               top_logprobs=self.config.top_logprobs, width=FILTER_WIDTH,
-                               use_kernel=self.config.use_kernel), args)
-        for chunk in self.config.prefill_chunks:
-            rows = self.config.prefill_tokens // chunk
-            arrays = (np.zeros((rows, chunk), np.int32), np.zeros((rows, chunk), np.int32),
-                      np.zeros((rows, chunk), bool), np.zeros((rows, self.max_blocks), np.int32))
-            self._program("prefill", programs.prefill_chunk, {},
-                          (self.params, self.pages, *map(self._put_rows, arrays)))
+            self._decode_program(width)
+            for chunk in self.config.prefill_chunks:
+                rows = self.config.prefill_tokens // chunk
+                self._prefill_program(np.zeros((rows, chunk), np.int32),
+                                      np.zeros((rows, chunk), np.int32),
+                                      np.zeros((rows, chunk), bool),
+                                      np.zeros((rows, width), np.int32))
         return self.num_programs

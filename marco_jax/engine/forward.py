@@ -21,7 +21,8 @@ from marco_jax.model import Qwen2, rope_cos_sin
 def write_targets(table_bm: jax.Array, positions_bt: jax.Array, valid_bt: jax.Array,
                   block_size: int) -> tuple[jax.Array, jax.Array]:
     """Block and offset that each token's keys/values go to (scratch when not valid)."""
-    block_bt = jnp.take_along_axis(table_bm, positions_bt // block_size, axis=1)
+    index_bt = jnp.minimum(positions_bt // block_size, table_bm.shape[1] - 1)  # padding may overrun
+    block_bt = jnp.take_along_axis(table_bm, index_bt, axis=1)
     return jnp.where(valid_bt, block_bt, SCRATCH), jnp.where(valid_bt, positions_bt % block_size, 0)
 
 

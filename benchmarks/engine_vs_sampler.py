@@ -4,10 +4,11 @@
         --requests 256 --slots 64 --scenarios mixed,uniform64 \
         --json-out benchmarks/results/engine_vs_sampler.json
 
-Why: the sampler decodes every batch until its slowest row stops, so rows that
-finish early (EOS, a small token budget) leave their slot idle; the engine
-refills a freed slot with the next waiting request (issue 13). This measures
-what that buys on the same model, prompts and settings.
+Why: the old sampler (``benchmarks/legacy_sampler.py``) decodes every batch
+until its slowest row stops, so rows that finish early (EOS, a small token
+budget) leave their slot idle; the engine refills a freed slot with the next
+waiting request (issue 13). This measures what that buys on the same model,
+prompts and settings.
 
 ``mixed``: N MGSM chat prompts (cycled), token budgets spread uniformly over
 16..512 (shuffled with a fixed seed), greedy by default. The engine takes all N
@@ -40,12 +41,12 @@ import time
 import jax
 import numpy as np
 
+from legacy_sampler import BATCH_BUCKETS, Sampler  # the old bucketed path, kept as the peer
 from report import report
 
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.engine.kv_pages import bytes_per_block
 from marco_jax.loading import LoadedModel, load
-from marco_jax.sampler import BATCH_BUCKETS, Sampler  # the old path (may move under benchmarks/)
 from marco_jax.search.job import read_problems
 from marco_jax.search.runner import wrap
 

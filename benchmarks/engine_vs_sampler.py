@@ -179,7 +179,8 @@ def main() -> None:
     if unknown := set(scenarios) - {"mixed", "uniform64"}:
         raise SystemExit(f"unknown scenarios {sorted(unknown)}")
     if args.slots > BATCH_BUCKETS[-1]:
-        raise SystemExit(f"--slots {args.slots}: the sampler takes at most {BATCH_BUCKETS[-1]} rows")
+        raise SystemExit(f"--slots {args.slots}: the sampler batches at most "
+                         f"{BATCH_BUCKETS[-1]} rows")
     sides = ["engine", "sampler"] if args.only == "both" else [args.only]
 
     loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)

@@ -115,7 +115,7 @@ def test_generate_builtin_json_with_timing(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"prompt": "2+3="}\n{"prompt": "héllo"}\n\n{"prompt": "x"}\n')
     proc = run_script("generate.py", "--prompts-file", str(tmp_path / "p.jsonl"), "--chat",
                       "--max-new-tokens", "6", "--temperature", "0.8", "--top-p", "0.9",
-                      "--batch-size", "2", "--seed", "3", "--json")
+                      "--slots", "2", "--seed", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert [g["prompt"] for g in out["generations"]] == ["2+3=", "héllo", "x"]
@@ -125,10 +125,13 @@ def test_generate_builtin_json_with_timing(tmp_path):
         assert len(g["tokens"][0]["top_logprobs"]) == 5
     assert set(out["timing"]) >= {"load_s", "compile_s", "prefill_s", "decode_s",
                                   "decode_tokens_per_s"}
-    # Row 3 has seed 3 + 2 whether it runs in a batch of 2 or alone.
+    # Prompt 3 has seed 3 + 2 whether it shares two slots with others or runs alone.
     alone = run_script("generate.py", "--prompt", "x", "--chat", "--max-new-tokens", "6",
                        "--temperature", "0.8", "--top-p", "0.9", "--seed", "5", "--json")
-    assert json.loads(alone.stdout)["generations"][0]["tokens"] == out["generations"][2]["tokens"]
+    alone_tokens = json.loads(alone.stdout)["generations"][0]["tokens"]
+    assert [t["id"] for t in alone_tokens] == [t["id"] for t in out["generations"][2]["tokens"]]
+    assert [t["logprob"] for t in alone_tokens] == pytest.approx(
+        [t["logprob"] for t in out["generations"][2]["tokens"]], abs=1e-5)
 
 
 def test_generate_text_output_and_errors(tmp_path):
@@ -136,7 +139,10 @@ def test_generate_text_output_and_errors(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("=== 1:"), proc.stderr
     assert "tokens/s" in proc.stderr
     assert_one_line_error(run_script("generate.py", "--prompt", ""), "prompt 1 is empty")
-    assert_one_line_error(run_script("generate.py", "--prompt", "a" * 3000), "max_position")
+    assert_one_line_error(run_script("generate.py", "--prompt", "a" * 3000),
+                          "exceed max_model_len 2048")
+    assert_one_line_error(run_script("generate.py", "--prompt", "a", "--slots", "0"),
+                          "slots must be >= 1")
     assert_one_line_error(run_script("generate.py", "--prompt", "a", "--top-p", "2"), "top_p")
     assert_one_line_error(run_script("generate.py", "--prompt", "a", "--temperature", "-1"),
                           "temperature")

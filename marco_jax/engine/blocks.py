@@ -46,7 +46,6 @@ class BlockManager:
         self.released = collections.OrderedDict()  # named, unheld: oldest release first
         self.by_digest: dict[bytes, int] = {}
         self.digest_of: dict[int, bytes] = {}
-        self.hit_blocks = 0
 
     @property
     def capacity(self) -> int:
@@ -77,7 +76,6 @@ class BlockManager:
             if self.refs[block] == 0:
                 self.released.pop(block)
             self.refs[block] += 1
-        self.hit_blocks += len(blocks)
 
     def can_allocate(self, count: int, reviving: Sequence[int] = ()) -> bool:
         """Whether ``count`` new blocks fit once the released blocks among

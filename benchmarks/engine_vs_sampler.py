@@ -47,7 +47,7 @@ from report import report
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.engine.kv_pages import bytes_per_block
 from marco_jax.loading import LoadedModel, load
-from marco_jax.search.job import read_problems
+from marco_jax.search.problems import read_problems
 from marco_jax.search.runner import wrap
 
 BUDGET_RANGE = (16, 512)

@@ -26,7 +26,7 @@ from marco_jax import stops
 from marco_jax.cli import enable_compilation_cache
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
-from marco_jax.search import job as job_lib
+from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
 from marco_jax.search.mcts import Search
 from marco_jax.search.runner import wrap
@@ -61,7 +61,7 @@ def main() -> None:
     job = load_job_config(args.config, iterations=args.iterations, call_tokens=args.call_tokens)
     loaded = load(args.model)
     tokenizer = loaded.tokenizer
-    questions = job_lib.read_problems(args.mgsm)[:args.problems]
+    questions = problems_lib.read_problems(args.mgsm)[:args.problems]
     prompts = [tokenizer.encode(wrap(job.template, q["question"]), add_special_tokens=False)
                for q in questions]
     table = stops.build_stop_table(tokenizer, job.stop, loaded.cfg.vocab_size)

@@ -25,6 +25,7 @@ from marco_jax.engine.options import add_engine_args, engine_setup
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search import job as job_lib
+from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
 from marco_jax.search.runner import run_job, summarize
 
@@ -61,7 +62,7 @@ def main() -> None:
     job = load_job_config(args.method, args.set, **overrides)
     if args.template:
         job = dataclasses.replace(job, template=args.template)
-    problems = job_lib.read_problems(args.data)[:args.limit]
+    problems = problems_lib.read_problems(args.data)[:args.limit]
     name = "-".join(filter(None, (args.data.stem, args.method, args.tag)))
     output = args.out_dir / f"{name}.jsonl"
     done = job_lib.finished_ids(output)

@@ -27,6 +27,7 @@ from marco_jax.engine.options import add_engine_args, engine_setup
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search import job as job_lib
+from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
 from marco_jax.search.runner import run_job
 
@@ -62,7 +63,7 @@ def main() -> None:
     job = load_job_config(args.config, args.set, **overrides)
     if args.trees_in_flight is not None and args.trees_in_flight < 1:
         raise MarcoError(f"--trees-in-flight must be >= 1, got {args.trees_in_flight}")
-    problems = job_lib.read_problems(args.input, args.on_bad_line)[:args.limit]
+    problems = problems_lib.read_problems(args.input, args.on_bad_line)[:args.limit]
     index = jax.process_index() if args.process_index is None else args.process_index
     count = jax.process_count() if args.process_count is None else args.process_count
     problems = job_lib.shard(problems, index, count)

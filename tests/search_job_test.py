@@ -12,6 +12,7 @@ from cli_test import ROOT, assert_one_line_error, run_script
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
 from marco_jax.search import job as job_lib
+from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
 from marco_jax.search.runner import summarize
 
@@ -53,15 +54,15 @@ def test_killed_job_restarts_and_writes_each_id_once(tmp_path):
 
 def test_bad_lines_are_reported_with_their_number(tmp_path):
     write_problems(tmp_path / "in.jsonl", 2, bad_line=True)
-    problems = job_lib.read_problems(tmp_path / "in.jsonl")
+    problems = problems_lib.read_problems(tmp_path / "in.jsonl")
     assert [p["id"] for p in problems] == ["p0", "p1"]
     with pytest.raises(MarcoError, match=r"in.jsonl:2: not JSON"):
-        job_lib.read_problems(tmp_path / "in.jsonl", on_bad_line="error")
+        problems_lib.read_problems(tmp_path / "in.jsonl", on_bad_line="error")
     proc = run_script("search.py", "--config", "cot", "--input", str(tmp_path / "in.jsonl"),
                       "--output", str(tmp_path / "o.jsonl"), "--on-bad-line", "error")
     assert_one_line_error(proc, "in.jsonl:2")
     (tmp_path / "m.tsv").write_text("What is 2+2?\t4\nno tab here\n")
-    assert [p["id"] for p in job_lib.read_problems(tmp_path / "m.tsv")] == ["m-1"]
+    assert [p["id"] for p in problems_lib.read_problems(tmp_path / "m.tsv")] == ["m-1"]
 
 
 def test_configs_and_shards():

@@ -5,7 +5,9 @@ every key and type checked, so that a misspelt key or a wrong type is an
 error naming the key and where it came from instead of a silently ignored
 setting. Field types may be ``int``, ``float``, ``bool``, ``str``, ``None``,
 ``tuple[str, ...]`` (given as a JSON list), unions of these (``int | None``),
-or another dataclass (a nested object, a "section"). An ``int`` is accepted
+another dataclass (a nested object, a "section"; ``Section | None`` when it
+is optional), or ``dict[str, X]`` with X any of these (an object whose keys
+are names the config chooses, kept in file order). An ``int`` is accepted
 for a ``float`` field; a ``bool`` is never accepted for an ``int`` one.
 
 ``apply_overrides`` edits the raw dict with ``section.key=value`` strings
@@ -75,20 +77,35 @@ def _build(cls: type, values: Any, where: str, section: str, given: dict[str, An
     if unknown:
         raise MarcoError(f"{at}: unknown key(s) {', '.join(unknown)} "
                          f"(known: {', '.join(known)})")
+    required = sorted(f.name for f in dataclasses.fields(cls)
+                      if f.default is dataclasses.MISSING
+                      and f.default_factory is dataclasses.MISSING and f.name not in given)
+    if missing := [k for k in required if k not in values]:
+        raise MarcoError(f"{at}: missing key(s) {', '.join(missing)}")
     checked = dict(given)
     for key, value in values.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            inner = f"{section}.{key}" if section else key
-            if not isinstance(value, Mapping):
-                raise MarcoError(f"{at}: {key} must be a section (an object), got {value!r}")
-            checked[key] = _build(hint, value, where, inner, {})
-        else:
-            checked[key] = _check(hint, key, value, at)
+        inner = f"{section}.{key}" if section else key
+        checked[key] = _value(hints[key], key, value, where, inner, at)
     try:
         return cls(**checked)
     except MarcoError as error:
         raise MarcoError(f"{at}: {error}") from None
+
+
+def _value(hint: Any, key: str, value: Any, where: str, inner: str, at: str) -> Any:
+    """One field's value: a section is built, a dict's values checked one by one."""
+    section = next((a for a in _alternatives(hint) if dataclasses.is_dataclass(a)), None)
+    if section is not None and not (value is None and type(None) in _alternatives(hint)):
+        if not isinstance(value, Mapping):
+            raise MarcoError(f"{at}: {key} must be a section (an object), got {value!r}")
+        return _build(section, value, where, inner, {})
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, Mapping):
+            raise MarcoError(f"{at}: {key} must be an object, got {value!r}")
+        _, element = typing.get_args(hint)
+        return {str(name): _value(element, f"{key}.{name}", item, where, f"{inner}.{name}", at)
+                for name, item in value.items()}
+    return _check(hint, key, value, at)
 
 
 def _alternatives(hint: Any) -> tuple:

@@ -1,18 +1,24 @@
-"""Batched MCTS reasoning search over a file of problems, resumable, one JSONL line per problem.
+"""Batched reasoning search over a file of problems, resumable, one JSONL line per problem:
+Marco-o1 v1's MCTS, or v2's data engine (tagged action tree, verified answers).
 
     python scripts/search.py --model PATH --config mcts-mini64 --input mgsm_en.tsv \
         --output results/mcts-mini64-en.jsonl [--slots 64] [--mesh data=4,tensor=2] [--limit N] \
         [--tree-dir trees/] [--process-index I --process-count N] [--set search.children=8 ...]
+    python scripts/search.py --model PATH --config v2-gsm8k --input gsm8k/train.jsonl \
+        --output synth/gsm8k.jsonl --tree-dir synth/trees [--checker-model PATH]
 
-Input: JSONL ({"id", "question", "answer"?}) or an MGSM TSV. Configs live in
+Input: GSM8K JSONL (answers ending ``#### n``), generic JSONL ({"id"?,
+"question", "answer"?}), an MGSM TSV or Marco's letter-count JSON. Configs live in
 marco_jax/configs/search/ (cot, sc, mcts-step, mcts-mini64, mcts-mini32,
-translation) or are given as a path; ``--set key=value`` or ``--set
+translation; v2-gsm8k, v2-letters) or are given as a path; ``--set key=value`` or ``--set
 search.key=value`` overrides any field (an unknown key or a wrong type is an
 error naming it). Problems stream through one inference engine (each tree
 advances on its own; a finished tree's place goes to the next problem); each
 finished problem is appended to --output at once, and a restart skips the ids already there. Each line holds the chosen
 answer and text, its reward, whether it matches the gold answer, Test@N (any
-rollout correct), and tree statistics.
+rollout correct), tree statistics and, with a gold answer, the status
+(solved: the verifier accepted at least one answer), rollouts and correct
+answers. ``scripts/export_data.py`` turns the trees into SFT and DPO data.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from marco_jax.search.runner import run_job
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin:tiny")
+    parser.add_argument("--checker-model",
+                        help="second model for node types an action tree gives to 'checker' "
+                             "(v2's rubber-duck checker; must share the tokenizer)")
     parser.add_argument("--config", required=True,
                         help="name in marco_jax/configs/search/ or a path")
     parser.add_argument("--input", required=True, type=pathlib.Path)
@@ -74,8 +83,13 @@ def main() -> None:
         return
     loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
     engine_config, mesh = engine_setup(args)
+    checker = None if args.checker_model is None else \
+        load(args.checker_model, param_dtype=args.dtype, compute_dtype=args.dtype)
+    if job.action_tree and "checker" in job.action_tree.models and checker is None:
+        raise MarcoError(f"config {job.name} gives node types to the 'checker' model: "
+                         "pass --checker-model")
     search = run_job(loaded, job, todo, args.output, args.tree_dir, engine_config, mesh,
-                     args.trees_in_flight)
+                     args.trees_in_flight, checker)
     print(f"{len(todo)} problems in {search.seconds:.1f}s; {search.summary()} -> {args.output}")
 
 

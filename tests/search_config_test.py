@@ -37,7 +37,7 @@ def test_a_good_file_loads(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"finall": "vote"}, "unknown key(s) finall (known: description, final, search, stop, "
+    ({"finall": "vote"}, "unknown key(s) finall (known: action_tree, description, final, search, stop, "
                          "template)"),
     ({"search": {**GOOD["search"], "childern": 8}}, "[search]: unknown key(s) childern"),
     ({"search": {**GOOD["search"], "children": "4"}}, "[search]: children must be int, got '4'"),

@@ -27,11 +27,16 @@ def write_problems(path, n, bad_line=False):
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_killed_job_restarts_and_writes_each_id_once(tmp_path):
+V2_FAST = ["--set", "search.call_tokens=12", "--set", "search.max_tokens=400",
+           "--max-model-len", "1024"]
+
+
+@pytest.mark.parametrize("config, extra", [("mcts-mini32", []), ("v2-gsm8k", V2_FAST)])
+def test_killed_job_restarts_and_writes_each_id_once(tmp_path, config, extra):
     write_problems(tmp_path / "in.jsonl", 4)
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, str(ROOT / "scripts" / "search.py"), "--config", "mcts-mini32",
-           "--input", str(tmp_path / "in.jsonl"), "--output", str(out), *FAST]
+    cmd = [sys.executable, str(ROOT / "scripts" / "search.py"), "--config", config,
+           "--input", str(tmp_path / "in.jsonl"), "--output", str(out), *FAST, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (out.is_file() and out.read_text().count("\n") >= 1):
@@ -40,14 +45,18 @@ def test_killed_job_restarts_and_writes_each_id_once(tmp_path):
     proc.wait()
     with open(out, "a") as f:
         f.write('{"id": "p3", "trunc')  # a line torn by the kill
-    done = run_script("search.py", "--config", "mcts-mini32", "--input", str(tmp_path / "in.jsonl"),
-                      "--output", str(out), "--tree-dir", str(tmp_path / "trees"), *FAST)
+    done = run_script("search.py", "--config", config, "--input", str(tmp_path / "in.jsonl"),
+                      "--output", str(out), "--tree-dir", str(tmp_path / "trees"), *FAST, *extra)
     assert done.returncode == 0, done.stderr
     ids = [json.loads(line)["id"] for line in lines(out.read_text())]
     assert sorted(ids) == ["p0", "p1", "p2", "p3"]
     record = json.loads(lines(out.read_text())[0])
-    assert record["tree"]["root_visits"] == 2 * 4 and record["n"] == 8
-    assert {"chosen_answer", "correct", "test_at_n", "reward", "text"} <= set(record)
+    if config == "mcts-mini32":
+        assert record["tree"]["root_visits"] == 2 * 4 and record["n"] == 8
+    else:
+        assert record["rollouts"] == record["tree"]["root_visits"] == 2
+    assert {"chosen_answer", "correct", "test_at_n", "reward", "text", "status",
+            "correct_answers"} <= set(record)
     html = run_script("show_tree.py", str(next((tmp_path / "trees").glob("*.json"))))
     assert html.returncode == 0, html.stderr
 
@@ -66,7 +75,8 @@ def test_bad_lines_are_reported_with_their_number(tmp_path):
 
 
 def test_configs_and_shards():
-    for name in ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32", "translation"):
+    for name in ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32", "translation",
+                 "v2-gsm8k", "v2-letters"):
         job = load_job_config(name)
         assert job.name == name
     assert load_job_config("mcts-mini32").search.mini_step_tokens == 32

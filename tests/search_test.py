@@ -12,7 +12,9 @@ from marco_jax.loading import load
 from marco_jax.search.config import JobConfig, SearchConfig
 from marco_jax.search.environment import REFLECTION, ReasoningEnv
 from marco_jax.search.job import choose
-from marco_jax.search.mcts import Search, row_seed
+from marco_jax.search.driver import row_seed
+from marco_jax.search.mcts import Search
+from marco_jax.search.results import Problem
 from marco_jax.search.tree import ANSWER, CUT
 from marco_jax.sharding import make_mesh
 
@@ -77,7 +79,7 @@ def test_problems_stream_and_paths_reuse_cached_blocks(tiny):
                               iterations=4)
     search = Search(engine(tiny, slots=4), tiny.tokenizer, cfg, max_trees=2)
     started, finished = [], []
-    for key, result in search.stream(((i, p, i) for i, p in enumerate(long_prompts)),
+    for key, result in search.stream((Problem(i, p, i) for i, p in enumerate(long_prompts)),
                                      on_start=started.append):
         finished.append(key)
         assert len(started) - len(finished) <= 1  # a new tree starts only as one finishes
@@ -105,6 +107,10 @@ class ScriptedEngine:
         self.queue.append((self.next_id, list(prompt), max_new_tokens))
         self.next_id += 1
         return self.next_id - 1
+
+    @property
+    def has_work(self):
+        return bool(self.queue)
 
     def step(self):
         done, self.queue = self.queue, []

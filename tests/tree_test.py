@@ -44,13 +44,16 @@ def test_unvisited_children_first_then_uct():
     assert select_leaf(tree, c_uct=10.0) == b  # exploration dominates: fewer visits wins
 
 
-def test_terminal_leaf_is_returned_and_full_nodes_refuse_children():
+def test_terminal_leaf_is_returned_and_full_nodes_widen():
     tree = Tree.new([1], max_children=1)
     end = tree.add_child(0, [2], terminal=True)
     backup(tree, end, 1.0)
     assert select_leaf(tree, 1.0) == end
-    with pytest.raises(ValueError, match="already has 1 children"):
-        tree.add_child(0, [3], terminal=False)
+    extra = tree.add_child(0, [3], terminal=False, kind="reflection")
+    more = tree.add_child(extra, [4], terminal=False)
+    assert list(tree.children(0)) == [end, extra] and tree.children_nc.shape[1] == 2
+    assert tree.nearest(more, "reflection") == extra and tree.nearest(more, "root") == 0
+    assert tree.nearest(extra, "action") is None and tree.kind(more) == "action"
 
 
 def test_most_visited_path_breaks_ties_by_value():

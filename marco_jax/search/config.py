@@ -1,8 +1,10 @@
 """Search job configs: named JSON files in ``marco_jax/configs/search/`` (or a path).
 
 A file holds ``description``, ``template`` (marco, chat or none), ``final``
-(most_visited, max_value or vote), ``stop`` (a list of stop strings) and a
-``search`` object with :class:`SearchConfig`'s fields. Keys and types are
+(most_visited, max_value or vote), ``stop`` (a list of stop strings), a
+``search`` object with :class:`SearchConfig`'s fields and, for Marco-o1 v2's
+tagged search (``"action": "tagged"``), an ``action_tree``
+(:class:`marco_jax.search.action_tree.ActionTree`). Keys and types are
 checked by :mod:`marco_jax.settings`, the reader training configs use: a
 misspelt key or a wrong type is an error naming the key and the file.
 """
@@ -13,34 +15,57 @@ import dataclasses
 from typing import Any, Sequence
 
 from marco_jax.errors import MarcoError
+from marco_jax.search.action_tree import ActionTree
 from marco_jax.files import named_config
 from marco_jax.settings import apply_overrides, build
 
 FINALS = ("most_visited", "max_value", "vote")
+ACTIONS = ("mini_step", "step", "tagged")
+REWARDS = ("confidence", "verifier", "mix")
+VERIFIERS = ("numeric", "letter_count", "exact")
 TEMPLATES = ("marco", "chat", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    action: str = "mini_step"  # "mini_step" or "step"
+    action: str = "mini_step"  # "mini_step", "step" or "tagged" (v2's action tree)
     mini_step_tokens: int = 64
     step_delimiter: str = "\n\n"
     step_max_tokens: int = 256  # cap on one step action
     children: int = 4  # continuations sampled per expansion
-    iterations: int = 8
+    iterations: int = 8  # selections per tree (tagged: rollouts to an answer), at most
     c_uct: float = 1.0
-    call_tokens: int = 512  # new tokens per call: action + rollout
+    call_tokens: int = 512  # new tokens per call: action + rollout (tagged: one node)
     max_tokens: int = 1024  # generated tokens on a path (beyond the prompt)
     temperature: float = 0.7
     top_p: float = 0.95
     top_k: int = 0
     reward_tokens: str = "rollout"  # "rollout", "action" or "both"
     reflection: bool = False
+    # What a path is worth: model confidence (v1), the ground-truth verifier's
+    # 1/0 on a finished answer (v2), or reward_weight x verifier + the rest x confidence.
+    reward: str = "confidence"
+    verifier: str = "numeric"
+    reward_weight: float = 0.5
+    # Per-problem early stop (0: off): at stop_at_correct correct answers, or once
+    # stop_after_rollouts rollouts found at least stop_min_correct (v2: 8; 32 and 4).
+    stop_at_correct: int = 0
+    stop_after_rollouts: int = 0
+    stop_min_correct: int = 0
     seed: int = 0
 
     def __post_init__(self):
         checks = [
-            (self.action in ("mini_step", "step"), f"action must be mini_step or step, got {self.action!r}"),
+            (self.action in ACTIONS, f"action must be one of {', '.join(ACTIONS)}, "
+                                     f"got {self.action!r}"),
+            (self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)}, "
+                                     f"got {self.reward!r}"),
+            (self.verifier in VERIFIERS, f"verifier must be one of {', '.join(VERIFIERS)}, "
+                                         f"got {self.verifier!r}"),
+            (0 <= self.reward_weight <= 1, f"reward_weight must be in [0, 1], "
+                                           f"got {self.reward_weight}"),
+            (min(self.stop_at_correct, self.stop_after_rollouts, self.stop_min_correct) >= 0,
+             "stop_at_correct, stop_after_rollouts and stop_min_correct must be >= 0"),
             (self.reward_tokens in ("rollout", "action", "both"),
              f"reward_tokens must be rollout, action or both, got {self.reward_tokens!r}"),
             (self.children >= 1, f"children must be >= 1, got {self.children}"),
@@ -52,6 +77,18 @@ class SearchConfig:
             if not ok:
                 raise MarcoError(message)
 
+    @property
+    def needs_gold(self) -> bool:
+        """Whether the reward reads the problems' gold answers."""
+        return self.reward != "confidence"
+
+    def stop_early(self, rollouts: int, correct: int) -> bool:
+        """Whether a tree with ``rollouts`` rollouts and ``correct`` correct answers is done."""
+        if self.stop_at_correct and correct >= self.stop_at_correct:
+            return True
+        return bool(self.stop_after_rollouts and rollouts >= self.stop_after_rollouts
+                    and correct >= self.stop_min_correct)
+
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
@@ -61,6 +98,7 @@ class JobConfig:
     final: str = "most_visited"  # "most_visited", "max_value" or "vote"
     stop: tuple[str, ...] = ("</Output>",)
     description: str = ""
+    action_tree: ActionTree | None = None
 
     def __post_init__(self):
         if self.final not in FINALS:
@@ -70,6 +108,15 @@ class JobConfig:
                              f"got {self.template!r}")
         if not all(self.stop):
             raise MarcoError(f"stop must be a list of non-empty strings, got {list(self.stop)!r}")
+        if (self.search.action == "tagged") != (self.action_tree is not None):
+            raise MarcoError('an action_tree section goes with "action": "tagged" in search, '
+                             'and only with it')
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """Stop strings for the engine: the config's, and every closing tag of the action tree."""
+        extra = self.action_tree.stops if self.action_tree else ()
+        return tuple(dict.fromkeys(self.stop + extra))
 
 
 def load_job_config(name_or_path: str, overrides: Sequence[str] = (),

@@ -17,7 +17,7 @@ from typing import Iterable
 from marco_jax.answers import extract_answer, majority_answer
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
-from marco_jax.search.mcts import SearchResult
+from marco_jax.search.results import SearchResult
 
 
 def finished_ids(output: pathlib.Path) -> set[str]:

@@ -6,7 +6,8 @@ once all of them are back adds the children, backs up their values and
 selects again at once, whatever the other trees are doing. Problems stream
 through: when a tree finishes its iterations its result is handed out and the
 next problem starts, so the slots stay full for the whole input, not per
-batch. Each continuation is a plain request for the path's tokens: the
+batch (each tree is a generator program that :func:`driver.drive`
+multiplexes over the engine). Each continuation is a plain request for the path's tokens: the
 engine's prefix cache finds the blocks that earlier requests of the tree
 wrote, so the search never handles KV blocks. A row's seed derives from
 (config seed, problem seed, node, child), so a tree does not depend on what
@@ -15,7 +16,6 @@ else is in flight.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -23,44 +23,11 @@ import numpy as np
 
 from marco_jax.engine.engine import Completion, Engine
 from marco_jax.search.config import SearchConfig
+from marco_jax.search.driver import Call, Program, drive, engine_stats, row_seed, stats_line
 from marco_jax.search.environment import ReasoningEnv
-from marco_jax.search.tree import (ANSWER, CUT, Tree, backup, most_visited_path, select_leaf)
-
-
-@dataclasses.dataclass
-class Candidate:
-    """A complete answer the search produced: a node's path plus its rollout."""
-
-    node: int
-    tokens: list[int]  # generated tokens (after the prompt)
-    value: float
-    finished: bool  # ended by EOS or a stop string, not cut off by the token budget
-
-
-@dataclasses.dataclass
-class SearchResult:
-    tree: Tree
-    best_path: list[int]
-    best_tokens: list[int]  # generated tokens of the chosen answer (after the prompt)
-    best_value: float
-    candidates: list[Candidate]
-    generated_tokens: int
-
-
-def row_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-@dataclasses.dataclass
-class _TreeRun:
-    key: Any
-    tree: Tree
-    seed: int
-    prompt_len: int
-    iteration: int = 0
-    leaf: int = -1
-    results: list[Completion | None] = dataclasses.field(default_factory=list)
-    generated: int = 0
+from marco_jax.search.results import Candidate, Problem, SearchResult, choose_best
+from marco_jax.search.rewards import Reward
+from marco_jax.search.tree import ANSWER, CUT, Tree, backup, select_leaf
 
 
 class Search:
@@ -70,139 +37,111 @@ class Search:
                  max_trees: int | None = None):
         self.engine, self.cfg = engine, cfg
         self.env = ReasoningEnv(tokenizer, cfg)
+        self.reward = Reward(cfg)
+        self.decode = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
         self.max_trees = max_trees or math.ceil(2 * engine.config.slots / cfg.children)
         self.generated_tokens = 0
         self.requests = 0
 
     def stats(self) -> dict:
-        """Engine figures of the run so far: slot utilisation, prefilled and cached
-        context tokens per generated token, compile/prefill/decode seconds."""
-        stats = self.engine.stats
-        generated = max(stats.kept_tokens, 1)
-        return {"slot_utilisation": round(stats.utilisation, 4),
-                "generated_tokens": stats.kept_tokens, "requests": self.requests,
-                "prefilled_per_generated": round(stats.prefilled_tokens / generated, 4),
-                "cached_per_generated": round(stats.cached_tokens / generated, 4),
-                "decode_calls": stats.decode_calls, "prefill_calls": stats.prefill_calls,
-                "compile_s": round(stats.compile_s, 2), "prefill_s": round(stats.prefill_s, 2),
-                "decode_s": round(stats.decode_s, 2), "programs": self.engine.num_programs}
+        """Engine figures of the run so far (see :func:`driver.engine_stats`)."""
+        return engine_stats(self.engine, self.requests)
 
     def summary(self) -> str:
-        s = self.stats()
-        return (f"slot utilisation {s['slot_utilisation']:.2f}, {s['generated_tokens']} tokens "
-                f"generated, {s['prefilled_per_generated']:.2f} prefilled per generated, "
-                f"{s['decode_calls']} decode calls")
+        return stats_line(self.stats())
 
     def run(self, prompts: Sequence[list[int]], problem_seeds: Sequence[int] | None = None,
-            ) -> list[SearchResult]:
+            golds: Sequence[str | None] | None = None) -> list[SearchResult]:
         """Search every prompt; results in input order."""
         seeds = list(range(len(prompts))) if problem_seeds is None else list(problem_seeds)
-        out = dict(self.stream(zip(range(len(prompts)), prompts, seeds)))
+        golds = [None] * len(prompts) if golds is None else list(golds)
+        out = dict(self.stream(Problem(i, list(p), s, g)
+                               for i, (p, s, g) in enumerate(zip(prompts, seeds, golds))))
         return [out[i] for i in range(len(prompts))]
 
-    def stream(self, problems: Iterable[tuple[Any, list[int], int]],
-               on_start: Callable[[Any], None] | None = None,
+    def stream(self, problems: Iterable[Problem], on_start: Callable[[Any], None] | None = None,
                ) -> Iterator[tuple[Any, SearchResult]]:
-        """Search ``(key, prompt tokens, problem seed)`` triples, yielding
-        ``(key, result)`` as each tree finishes (not in input order)."""
-        source = iter(problems)
-        active: list[_TreeRun] = []
-        owners: dict[int, tuple[_TreeRun, int]] = {}
-        exhausted = False
-        while True:
-            while not exhausted and len(active) < self.max_trees:
-                item = next(source, None)
-                if item is None:
-                    exhausted = True
-                    break
-                key, prompt, seed = item
-                run = _TreeRun(key, Tree.new(prompt, self.cfg.children * (1 + self.cfg.reflection)),
-                               int(seed), len(prompt))
-                if on_start:
-                    on_start(key)
-                active.append(run)
-                self._advance(run, owners)
-            for run in [r for r in active if r.iteration == self.cfg.iterations]:
-                active.remove(run)
-                yield run.key, self._result(run)
-            if not active:
-                if exhausted:
-                    return
-                continue
-            for completion in self.engine.step():
-                run, k = owners.pop(completion.request_id)
-                run.results[k] = completion
-            for run in active:
-                if run.results and all(r is not None for r in run.results):
-                    self._expand(run)
-                    self._advance(run, owners)
+        """Search problems, yielding ``(key, result)`` as each tree finishes (not in
+        input order)."""
+        def programs():
+            for problem in problems:
+                self.reward.check_gold(problem.key, problem.gold)
+                yield problem.key, self._tree(problem)
+        return drive({"policy": self.engine}, programs(), self.max_trees, on_start)
 
-    def _advance(self, run: _TreeRun, owners: dict[int, tuple[_TreeRun, int]]) -> None:
-        """Select leaves until one is expanded (its continuations submitted) or
-        the tree has run all its iterations."""
-        cfg, tree = self.cfg, run.tree
-        while run.iteration < cfg.iterations:
+    def _tree(self, problem: Problem) -> Program:
+        """One problem's search: select a leaf, ask for its children, expand and
+        back up, ``iterations`` times (a terminal leaf counts its own value again)
+        or until a stopping rule holds."""
+        cfg, prompt = self.cfg, problem.prompt
+        tree = Tree.new(prompt, cfg.children * (1 + cfg.reflection))
+        generated, iteration, correct = 0, 0, 0
+        while iteration < cfg.iterations and not cfg.stop_early(iteration, correct):
+            iteration += 1
             leaf = select_leaf(tree, cfg.c_uct)
             length = tree.path_length(leaf)
-            room = min(cfg.max_tokens - (length - run.prompt_len),
+            room = min(cfg.max_tokens - (length - len(prompt)),
                        self.engine.config.max_model_len - length)
             if not tree.terminal_n[leaf] and room <= 0:  # e.g. a reflection at the budget
                 tree.terminal_n[leaf] = True
                 tree.finish_n[leaf] = CUT
                 tree.rollout_value_n[leaf] = 0.0
-            if tree.terminal_n[leaf]:  # nothing to expand: count its own value again
+            if tree.terminal_n[leaf]:
                 backup(tree, leaf, float(tree.rollout_value_n[leaf]))
-                run.iteration += 1
                 continue
             path = tree.path_tokens(leaf)
-            run.leaf, run.results = leaf, [None] * cfg.children
-            for k in range(cfg.children):
-                rid = self.engine.submit(path, min(cfg.call_tokens, room),
-                                         temperature=cfg.temperature, top_k=cfg.top_k,
-                                         top_p=cfg.top_p, seed=row_seed(cfg.seed, run.seed, leaf, k))
-                owners[rid] = (run, k)
             self.requests += cfg.children
-            return
+            completions = yield [Call(path, min(cfg.call_tokens, room),
+                                      row_seed(cfg.seed, problem.seed, leaf, k), cfg.temperature,
+                                      cfg.top_k, cfg.top_p) for k in range(cfg.children)]
+            correct += self._expand(tree, leaf, problem, completions)
+            generated += sum(len(c.tokens) for c in completions)
+        self.generated_tokens += generated
+        candidates = self._candidates(tree, problem)
+        path, tokens, value = choose_best(tree, candidates, len(prompt))
+        return SearchResult(tree, path, tokens, value, candidates, generated,
+                            rollouts=int(tree.visits_n[0]), correct=correct,
+                            stopped_early=iteration < cfg.iterations)
 
-    def _expand(self, run: _TreeRun) -> None:
-        tree, leaf = run.tree, run.leaf
-        used_before = tree.path_length(leaf) - run.prompt_len
-        for completion in run.results:
+    def _expand(self, tree: Tree, leaf: int, problem: Problem,
+                completions: list[Completion]) -> int:
+        """Add the children (and reflections) of ``leaf``; returns how many of their
+        rollouts the verifier accepted."""
+        context = tree.path_tokens(leaf)
+        used_before = len(context) - len(problem.prompt)
+        correct = 0
+        for completion in completions:
             step = self.env.step(completion.tokens, completion.confidences,
                                  completion.finish_reason)
+            value, verdict = step.value, None
+            if self.cfg.needs_gold or problem.gold is not None:
+                text = self.decode(context[len(problem.prompt):] + completion.tokens)
+                value, verdict = self.reward(step.value, text if step.ended else None,
+                                             problem.gold)
+            correct += bool(verdict)
             whole = not step.rollout
             at_budget = used_before + len(step.action) >= self.cfg.max_tokens
             terminal = (whole and step.ended) or at_budget
             child = tree.add_child(leaf, step.action, terminal)
             tree.finish_n[child] = (ANSWER if whole and step.ended else CUT) if terminal else 0
             tree.rollouts[child] = step.rollout
-            tree.rollout_value_n[child] = step.value
+            tree.rollout_value_n[child] = value
             tree.rollout_finished_n[child] = step.ended
-            backup(tree, child, step.value)
+            tree.correct_n[child] = -1 if verdict is None else int(verdict)
+            backup(tree, child, value)
             if step.reflection is not None:
                 tree.add_child(leaf, step.reflection, False, kind="reflection")
-            run.generated += len(completion.tokens)
-        self.generated_tokens += sum(len(c.tokens) for c in run.results)
-        run.results = []
-        run.iteration += 1
+        return correct
 
-    def _result(self, run: _TreeRun) -> SearchResult:
-        tree = run.tree
-        candidates = []
+    def _candidates(self, tree: Tree, problem: Problem) -> list[Candidate]:
+        """Every valued action node: its path plus the rollout that valued it."""
+        out = []
         for node in range(1, tree.size):
-            if tree.kind_n[node] == 1 and not np.isnan(tree.rollout_value_n[node]):
-                path = tree.path_tokens(node)[run.prompt_len:]
-                candidates.append(Candidate(node, path + tree.rollouts[node],
-                                            float(tree.rollout_value_n[node]),
-                                            bool(tree.rollout_finished_n[node])))
-        path = most_visited_path(tree)
-        by_node = {c.node: c for c in candidates}
-        best = by_node.get(path[-1])
-        finished = [c for c in candidates if c.finished]
-        if (best is None or not best.finished) and finished:
-            # A path the budget cut off is never the answer while a finished one exists.
-            best = max(finished, key=lambda c: (tree.visits_n[c.node], c.value))
-            path = tree.path(best.node)
-        tokens = best.tokens if best else tree.path_tokens(path[-1])[run.prompt_len:]
-        return SearchResult(tree, path, tokens, best.value if best else 0.0, candidates,
-                            run.generated)
+            if tree.kind(node) == "action" and not np.isnan(tree.rollout_value_n[node]):
+                path = tree.path_tokens(node)[len(problem.prompt):]
+                verdict = int(tree.correct_n[node])
+                out.append(Candidate(node, path + tree.rollouts[node],
+                                     float(tree.rollout_value_n[node]),
+                                     bool(tree.rollout_finished_n[node]),
+                                     None if verdict < 0 else bool(verdict)))
+        return out

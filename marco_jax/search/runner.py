@@ -13,14 +13,18 @@ from tqdm import tqdm
 
 from marco_jax import prompts as prompt_lib
 from marco_jax import stops
-from marco_jax.files import lines
-from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.answers import answers_match, extract_answer, majority_answer
+from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.errors import MarcoError
+from marco_jax.files import lines
 from marco_jax.loading import LoadedModel
 from marco_jax.search import job as job_lib
 from marco_jax.search.config import JobConfig
-from marco_jax.search.mcts import Search, SearchResult
-from marco_jax.search.tree import FINISHES, KINDS
+from marco_jax.search.mcts import Search
+from marco_jax.search.results import Problem, SearchResult
+from marco_jax.search.tagged import TaggedSearch
+from marco_jax.search.tree import FINISHES
+from marco_jax.search.verifiers import verifier
 
 
 def wrap(template: str, question: str) -> str:
@@ -40,9 +44,11 @@ def tree_json(problem: dict, result: SearchResult, decode, chosen: str | None) -
         nodes.append({"id": n, "parent": int(tree.parent_n[n]), "text": decode(tree.tokens[n]),
                       "visits": int(tree.visits_n[n]), "value": None if value != value else value,
                       "depth": int(tree.depth_n[n]), "terminal": bool(tree.terminal_n[n]),
-                      "kind": KINDS[tree.kind_n[n]], "finish": FINISHES[tree.finish_n[n]],
+                      "kind": tree.kind(n), "finish": FINISHES[tree.finish_n[n]],
                       "rollout_text": decode(tree.rollouts[n]),
-                      "rollout_value": None if rollout_value != rollout_value else rollout_value})
+                      "rollout_value": None if rollout_value != rollout_value else rollout_value,
+                      "rollout_finished": bool(tree.rollout_finished_n[n]),
+                      "correct": None if tree.correct_n[n] < 0 else bool(tree.correct_n[n])})
     return {"id": problem["id"], "question": problem["question"], "answer": problem["answer"],
             "chosen_answer": chosen, "nodes": nodes, "best_path": result.best_path}
 
@@ -53,26 +59,61 @@ def record(problem: dict, result: SearchResult, job: JobConfig, decode) -> dict:
     gold = problem["answer"]
     answers = list(job_lib.candidate_answers(result, decode))
     tree = result.tree
+    if gold is None:
+        correct = test_at_n = status = None
+    elif job.search.verifier == "numeric":
+        correct = answers_match(chosen, gold)
+        test_at_n = any(answers_match(a, gold) for a in answers)
+    else:
+        correct = verifier(job.search.verifier)(text, gold)
+        test_at_n = any(c.correct for c in result.candidates)
+    if gold is not None:
+        status = "solved" if result.correct else "unsolved"
     return {
         "id": problem["id"], "question": problem["question"], "answer": gold,
-        "chosen_answer": chosen, "correct": None if gold is None else answers_match(chosen, gold),
-        "test_at_n": None if gold is None else any(answers_match(a, gold) for a in answers),
+        "chosen_answer": chosen, "correct": correct, "test_at_n": test_at_n,
         "n": len(answers), "reward": reward, "text": text, "candidate_answers": answers,
         "generated_tokens": result.generated_tokens, "config": job.name,
+        "status": status, "rollouts": result.rollouts, "correct_answers": result.correct,
+        "stopped_early": result.stopped_early,
         "tree": {"nodes": tree.size, "max_depth": int(tree.depth_n[:tree.size].max()),
                  "root_visits": int(tree.visits_n[0])},
     }
 
 
+def make_search(job: JobConfig, engines: dict[str, Engine], tokenizer,
+                max_trees: int | None = None) -> Search | TaggedSearch:
+    """The job's search algorithm over its engines: v2's tagged tree or v1's MCTS."""
+    if job.action_tree is not None:
+        return TaggedSearch(engines, tokenizer, job.search, job.action_tree, max_trees)
+    return Search(engines["policy"], tokenizer, job.search, max_trees)
+
+
+def question_text(job: JobConfig, question: str) -> str:
+    """The user turn: an action tree's instruction goes before the question."""
+    return (job.action_tree.instruction if job.action_tree else "") + question
+
+
 def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathlib.Path,
             tree_dir: pathlib.Path | None = None, engine_config: EngineConfig = EngineConfig(),
-            mesh: Mesh | None = None, max_trees: int | None = None) -> Search:
-    """Search ``todo`` through one engine, appending each problem's line to
-    ``output`` (and writing its tree) as soon as its tree finishes."""
+            mesh: Mesh | None = None, max_trees: int | None = None,
+            checker: LoadedModel | None = None) -> Search | TaggedSearch:
+    """Search ``todo`` through the engines, appending each problem's line to
+    ``output`` (and writing its tree) as soon as its tree finishes. ``checker``
+    serves the node types an action tree assigns to a second model."""
     tokenizer = loaded.tokenizer
-    table = stops.build_stop_table(tokenizer, job.stop, loaded.cfg.vocab_size)
-    engine = Engine(loaded.model, loaded.eos_ids, engine_config, stop_table=table, mesh=mesh)
-    search = Search(engine, tokenizer, job.search, max_trees)
+    engines = {"policy": loaded}
+    if checker is not None:
+        if checker.cfg.vocab_size != loaded.cfg.vocab_size or \
+                checker.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise MarcoError("the checker model must share the policy's tokenizer: contexts "
+                             "are token ids")
+        engines["checker"] = checker
+    engines = {name: Engine(m.model, m.eos_ids, engine_config, mesh=mesh,
+                            stop_table=stops.build_stop_table(tokenizer, job.stops,
+                                                              m.cfg.vocab_size))
+               for name, m in engines.items()}
+    search = make_search(job, engines, tokenizer, max_trees)
     eos = set(loaded.eos_ids)
 
     def decode(tokens: list[int]) -> str:
@@ -81,11 +122,15 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
     output.parent.mkdir(parents=True, exist_ok=True)
     if tree_dir:
         tree_dir.mkdir(parents=True, exist_ok=True)
-    problems = ((p["id"], tokenizer.encode(wrap(job.template, p["question"]),
-                                           add_special_tokens=False), zlib.crc32(p["id"].encode()))
-                for p in todo)
+    def encode(question: str) -> list[int]:
+        text = wrap(job.template, question_text(job, question))
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    problems = (Problem(p["id"], encode(p["question"]), zlib.crc32(p["id"].encode()),
+                        p.get("answer")) for p in todo)
     by_id = {p["id"]: p for p in todo}
     start = time.perf_counter()
+    solved = tokens = 0
     with tqdm(total=len(todo), desc=f"search {job.name}", unit="problem") as bar:
         for problem_id, result in search.stream(problems):
             problem = by_id[problem_id]
@@ -95,8 +140,12 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
                 tree = tree_json(problem, result, decode, line["chosen_answer"])
                 (tree_dir / f"{problem_id}.json").write_text(
                     json.dumps(tree, ensure_ascii=False), encoding="utf-8")
+            solved += line["status"] == "solved"
+            tokens += result.generated_tokens
             bar.update(1)
-            bar.set_postfix(slots=f"{engine.stats.utilisation:.2f}")
+            bar.set_postfix(solved=f"{solved / bar.n:.2f}",
+                            tok_s=f"{tokens / (time.perf_counter() - start):.0f}",
+                            slots=f"{search.stats()['slot_utilisation']:.2f}")
     search.seconds = time.perf_counter() - start
     return search
 

@@ -3,7 +3,9 @@
 Node 0 is the root (the prompt). A node is a reasoning state: the token ids its
 action appended to its parent's path. ``visits_n`` and ``value_sum_n`` hold the
 backed-up rollout values; ``children_nc`` lists child ids (-1: empty slot).
-Arrays grow by doubling, so a tree never needs a size up front.
+``kind_n`` indexes ``kinds``: v1's root/action/reflection, or a v2 action
+tree's node types. Arrays grow by doubling (nodes, and children per node), so
+a tree never needs a size up front.
 """
 
 from __future__ import annotations
@@ -34,17 +36,19 @@ class Tree:
     rollouts: list[list[int]]  # per node: the rollout that valued it (may be empty)
     rollout_value_n: np.ndarray
     rollout_finished_n: np.ndarray  # the node's rollout ended the answer (not cut off)
+    correct_n: np.ndarray  # the verifier on the node's answer: 1 right, 0 wrong, -1 unchecked
     size: int = 1
+    kinds: tuple[str, ...] = KINDS
 
     @classmethod
-    def new(cls, prompt: list[int], max_children: int, capacity: int = 64) -> "Tree":
-        tree = cls(max_children, np.full(capacity, -1, np.int32),
+    def new(cls, prompt: list[int], max_children: int, capacity: int = 64,
+            kinds: tuple[str, ...] = KINDS) -> "Tree":
+        return cls(max_children, np.full(capacity, -1, np.int32),
                    np.full((capacity, max_children), -1, np.int32), np.zeros(capacity, np.int32),
                    np.zeros(capacity, np.float64), np.zeros(capacity, np.int32),
                    np.zeros(capacity, bool), np.zeros(capacity, np.int8),
                    np.zeros(capacity, np.int8), [list(prompt)], [[]], np.full(capacity, np.nan),
-                   np.zeros(capacity, bool))
-        return tree
+                   np.zeros(capacity, bool), np.full(capacity, -1, np.int8), kinds=tuple(kinds))
 
     def _grow(self) -> None:
         def grow(a: np.ndarray, fill) -> np.ndarray:
@@ -60,12 +64,16 @@ class Tree:
         self.finish_n = grow(self.finish_n, OPEN)
         self.rollout_value_n = grow(self.rollout_value_n, np.nan)
         self.rollout_finished_n = grow(self.rollout_finished_n, False)
+        self.correct_n = grow(self.correct_n, -1)
 
     def add_child(self, parent: int, tokens: list[int], terminal: bool,
                   kind: str = "action") -> int:
         slots = np.flatnonzero(self.children_nc[parent] < 0)
-        if not len(slots):
-            raise ValueError(f"node {parent} already has {self.max_children} children")
+        if not len(slots):  # e.g. v2's reflections, added after a wrong answer
+            slots = [self.max_children]
+            self.children_nc = np.concatenate(
+                [self.children_nc, np.full_like(self.children_nc, -1)], axis=1)
+            self.max_children *= 2
         if self.size == len(self.parent_n):
             self._grow()
         node = self.size
@@ -74,7 +82,7 @@ class Tree:
         self.children_nc[parent, slots[0]] = node
         self.depth_n[node] = self.depth_n[parent] + 1
         self.terminal_n[node] = terminal
-        self.kind_n[node] = KINDS.index(kind)
+        self.kind_n[node] = self.kinds.index(kind)
         self.tokens.append(list(tokens))
         self.rollouts.append([])
         return node
@@ -97,6 +105,16 @@ class Tree:
     def path_length(self, node: int) -> int:
         """Tokens in ``node``'s full context (the length of :meth:`path_tokens`)."""
         return sum(len(self.tokens[n]) for n in self.path(node))
+
+    def kind(self, node: int) -> str:
+        return self.kinds[self.kind_n[node]]
+
+    def nearest(self, node: int, kind: str) -> int | None:
+        """The closest proper ancestor of ``node`` of type ``kind``, if any."""
+        while (node := int(self.parent_n[node])) >= 0:
+            if self.kind(node) == kind:
+                return node
+        return None
 
     def mean_value(self, node: int) -> float:
         return self.value_sum_n[node] / self.visits_n[node] if self.visits_n[node] else math.nan

@@ -1,24 +1,34 @@
-"""Render one MCTS search tree (JSON written by the search) as a self-contained HTML page.
+"""Render one search tree (JSON written by the search) as a self-contained HTML page.
 
     python scripts/show_tree.py TREE.json [--output OUT.html]
 
-The page is a nested collapsible tree: each node shows its kind, visits, mean value,
-terminal marker and text; children are ordered by visits, the best path is highlighted
-and expanded. Default output: TREE with the suffix .html.
+The page is a nested collapsible tree: each node shows its kind (v1: action or
+reflection; v2: sub_task, thinking, double_check, answer, reflection,
+thinking_from_scratch, each in its own colour), visits, mean value, terminal
+marker, the verifier's verdict on an answer (correct / wrong) and text;
+everything grown under a reflection is marked as its branch. Children are
+ordered by visits, the best path is highlighted and expanded. Default output:
+TREE with the suffix .html.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import html
 import json
 import pathlib
+import re
 
 from marco_jax.cli import run
 from marco_jax.errors import MarcoError
 
-KINDS = ("root", "action", "reflection")
+# Node types in their colours; any other type gets one of PALETTE by its name.
+KIND_COLOURS = {"root": "#0550ae", "action": "#24292f", "reflection": "#8250df",
+                "sub_task": "#0969da", "thinking": "#1a7f37", "double_check": "#9a6700",
+                "answer": "#cf222e", "thinking_from_scratch": "#bf3989"}
+PALETTE = ("#0a3069", "#116329", "#953800", "#6639ba", "#8c6d00", "#a40e26")
 LONG_CHARS = 400  # longer texts (or more lines) are folded behind their own <summary>
 LONG_LINES = 8
 PREVIEW_CHARS = 80
@@ -42,6 +52,9 @@ details.kind-reflection.best { background: #eef5f0; }
 .kind-root > summary .kind { color: #0550ae; }
 .stats { color: #555; font-family: monospace; }
 .terminal { color: #9a6700; font-weight: bold; }
+.verdict-correct { color: #1a7f37; font-weight: bold; }
+.verdict-wrong { color: #cf222e; font-weight: bold; }
+details.reflection-branch { border-left-style: dashed; border-left-color: #c297ff; }
 .preview { color: #777; }
 .fold > summary { color: #555; cursor: pointer; font-size: .9em; }
 .toolbar button { margin-right: .5em; }
@@ -69,6 +82,7 @@ class Node:
     kind: str
     rollout_text: str | None
     rollout_value: float | None
+    correct: bool | None = None
 
 
 def parse_args() -> argparse.Namespace:
@@ -114,8 +128,11 @@ def parse_node(raw: object, index: int, path: pathlib.Path) -> Node:
     for key in ("text", "kind", "rollout_text"):
         if key in raw and not isinstance(raw[key], str):
             raise MarcoError(f"{name}: {key} must be a string")
+    if raw.get("correct") not in (None, True, False):
+        raise MarcoError(f"{name}: correct must be true, false or null")
     return Node(raw["id"], parent, raw.get("text", ""), visits, value, bool(raw.get("terminal")),
-                raw.get("kind", "action"), raw.get("rollout_text"), rollout_value)
+                raw.get("kind", "action"), raw.get("rollout_text"), rollout_value,
+                raw.get("correct"))
 
 
 def build(tree: dict, path: pathlib.Path) -> tuple[dict[int, Node], dict[int, list[int]], list[int]]:
@@ -175,15 +192,26 @@ def preview(text: str) -> str:
     return line if len(line) <= PREVIEW_CHARS else line[:PREVIEW_CHARS - 1] + "…"
 
 
-def render_node_open(node: Node, best: set[int], is_root: bool) -> str:
+def kind_colour(kind: str) -> str:
+    if kind in KIND_COLOURS:
+        return KIND_COLOURS[kind]
+    return PALETTE[hashlib.sha256(kind.encode()).digest()[0] % len(PALETTE)]
+
+
+def render_node_open(node: Node, best: set[int], is_root: bool, in_reflection: bool) -> str:
     """A node's opening <details>, summary line and body, up to where its children go."""
-    classes = ["node"] + ([f"kind-{node.kind}"] if node.kind in KINDS else [])
-    classes += ["best"] if node.id in best else []
+    slug = re.sub(r"[^a-z0-9_-]", "", node.kind.lower())
+    classes = ["node", f"kind-{slug}"] + (["best"] if node.id in best else [])
+    classes += ["reflection-branch"] if in_reflection else []
     is_open = " open" if node.id in best or is_root else ""
     terminal = ' · <span class="terminal">terminal</span>' if node.terminal else ""
+    if node.correct is not None:
+        verdict = "correct" if node.correct else "wrong"
+        terminal += f' · <span class="verdict-{verdict}">{verdict}</span>'
     parts = [
         f'<details class="{" ".join(classes)}" data-id="{node.id}"{is_open}>',
-        f'<summary><span class="kind">{html.escape(node.kind)}</span> '
+        f'<summary><span class="kind" style="color: {kind_colour(node.kind)}">'
+        f'{html.escape(node.kind)}</span> '
         f'<span class="stats">#{node.id} · visits {node.visits} · value {fmt_value(node.value)}'
         f'</span>{terminal} <span class="preview">{html.escape(preview(node.text))}</span></summary>',
         text_block(node.text, "text"),
@@ -201,12 +229,16 @@ def render_nodes(nodes: dict[int, Node], children: dict[int, list[int]], roots: 
     out: list[str] = []
     stack: list[int | None] = list(reversed(roots))  # None closes the innermost open node
     root_set = set(roots)
+    in_reflection: set[int] = set()  # a reflection node and everything under it
     while stack:
         i = stack.pop()
         if i is None:
             out.append("</details>")
             continue
-        out.append(render_node_open(nodes[i], best, i in root_set))
+        node = nodes[i]
+        if node.kind == "reflection" or node.parent in in_reflection:
+            in_reflection.add(i)
+        out.append(render_node_open(node, best, i in root_set, i in in_reflection))
         stack.append(None)
         stack.extend(reversed(children[i]))
     return out

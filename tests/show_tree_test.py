@@ -3,6 +3,7 @@
 import html.parser
 import json
 import pathlib
+import re
 
 from cli_test import assert_one_line_error, run_script
 
@@ -125,3 +126,23 @@ def test_node_errors(tmp_path):
     assert_one_line_error(run_script("show_tree.py", str(path)), "not reachable from a root")
     path = write_tree(tmp_path, TREE | {"best_path": [0, 3, 8]})
     assert_one_line_error(run_script("show_tree.py", str(path)), "best_path node 8 does not exist")
+
+
+def test_v2_types_verdicts_and_reflection_branch(tmp_path):
+    def node(i, parent, kind, correct=None, terminal=False):
+        return {"id": i, "parent": parent, "text": f"<{kind}>{i}</{kind}>", "visits": 1,
+                "value": 0.5, "kind": kind, "terminal": terminal, "correct": correct}
+    tree = {"id": "v2", "question": "q", "answer": "3", "best_path": [0, 1, 2, 3, 4], "nodes": [
+        node(0, -1, "root"), node(1, 0, "sub_task"), node(2, 1, "thinking"),
+        node(3, 2, "double_check"), node(4, 3, "answer", True, True),
+        node(5, 3, "answer", False, True), node(6, 3, "reflection"),
+        node(7, 6, "thinking_from_scratch"), node(8, 7, "thinking")]}
+    page = render(tmp_path, tree)
+    found = DetailsCollector()
+    found.feed(page)
+    assert "kind-double_check" in found.nodes[3][0] and "kind-answer" in found.nodes[4][0]
+    branch = {i for i, (classes, _) in found.nodes.items() if "reflection-branch" in classes}
+    assert branch == {6, 7, 8}
+    assert page.count('class="verdict-correct"') == 1 and page.count('class="verdict-wrong"') == 1
+    colours = set(re.findall(r'<span class="kind" style="color: (#[0-9a-f]{6})">', page))
+    assert len(colours) == 7  # root, sub_task, thinking, double_check, answer, reflection, tfs

@@ -14,6 +14,7 @@ from marco_jax.search.runner import tree_json
 from marco_jax.search.tagged import TaggedSearch
 from marco_jax.search.verifiers import verifier
 from marco_jax.train.data import read_records, tokenize_record
+from cli_test import assert_one_line_error, run_script
 from tagged_test import TextEngine, writer
 
 MGSM_EN_1 = ("Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and "
@@ -127,3 +128,20 @@ def test_trees_from_the_tagged_search_export(tok, tmp_path):
     assert 1 <= len(texts) == len(set(texts)) <= result.correct  # identical chains once
     assert prefs and all(p["chosen_node"] != p["rejected_node"] for p in prefs)
     assert sft[0]["messages"][1]["content"].endswith("\\boxed{3}\n</Output>")
+
+
+def test_export_cli(tmp_path):
+    trees = tmp_path / "trees"
+    trees.mkdir()
+    (trees / "p1.json").write_text(json.dumps(tree()))
+    proc = run_script("export_data.py", "--trees", str(trees), "--sft", str(tmp_path / "s.jsonl"),
+                      "--pairs", str(tmp_path / "p.jsonl"), "--select", "all")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"trees": 1, "solved": 1, "chains": 3, "correct": 2,
+                                       "sft_records": 2, "pairs": 2}
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
+    (trees / "p2.json").write_text(json.dumps({**tree(question=MGSM_EN_1), "id": "p2"}))
+    proc = run_script("export_data.py", "--trees", str(trees), "--sft", str(tmp_path / "s.jsonl"))
+    assert_one_line_error(proc, "evaluation (MGSM) question")
+    assert_one_line_error(run_script("export_data.py", "--trees", str(tmp_path), "--sft", "x"),
+                          "no tree files")

@@ -201,3 +201,23 @@ def test_step_actions_and_reflection_text(tiny):
     assert env.reflection(a_b) is None
     with pytest.raises(MarcoError, match="action must be"):
         SearchConfig(action="leap")
+
+
+def test_verifier_reward_and_early_stop_in_the_v1_search(tiny):
+    tok = tiny.tokenizer
+    texts = [ids(tok, "so it is 7."), ids(tok, "so it is 8.")]
+
+    def script(prompt, budget):  # children alternate right and wrong answers, each finished
+        script.calls += 1
+        return texts[script.calls % 2 == 0][:budget], "eos"
+    script.calls = 0
+    cfg = SearchConfig(action="mini_step", mini_step_tokens=4, children=2, iterations=6,
+                       call_tokens=16, max_tokens=64, reward="verifier", stop_at_correct=2)
+    [result] = Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
+    values = {c.value for c in result.candidates}
+    assert values == {0.0, 1.0}
+    assert all(c.correct == (c.value == 1.0) for c in result.candidates)
+    assert result.correct == 2 and result.stopped_early  # 2 right answers after 2 iterations
+    assert result.tree.visits_n[0] == 2 * cfg.children
+    with pytest.raises(MarcoError, match="has no answer"):
+        Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")])

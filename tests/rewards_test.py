@@ -25,6 +25,8 @@ def test_stopping_rules():
     cfg = SearchConfig(stop_at_correct=8, stop_after_rollouts=32, stop_min_correct=4)
     assert cfg.stop_early(3, 8) and not cfg.stop_early(3, 7)
     assert cfg.stop_early(32, 4) and not cfg.stop_early(31, 4) and not cfg.stop_early(40, 3)
-    assert not SearchConfig().stop_early(10_000, 10_000)
+    assert not SearchConfig().stop_early(10_000, 10_000, 10_000)
+    budget = SearchConfig(token_budget=500)
+    assert budget.stop_early(1, 0, 500) and not budget.stop_early(1, 0, 499)
     with pytest.raises(MarcoError, match="reward must be one of"):
         SearchConfig(reward="votes")

@@ -184,3 +184,11 @@ def test_a_node_at_the_token_budget_ends_its_path(tok):
                for n in range(1, tree.size))  # nodes start only inside the budget
     with pytest.raises(MarcoError, match="has no answer"):
         run(tok, engine, job(), gold=None)
+
+
+def test_token_budget_stops_new_rollouts(tok):
+    result = run(tok, TextEngine(tok, alternating()), job(iterations=50, token_budget=400))
+    assert result.generated_tokens >= 400 and result.stopped_early
+    shorter = run(tok, TextEngine(tok, alternating()),
+                  job(iterations=result.rollouts - 1, token_budget=400))
+    assert shorter.generated_tokens < 400  # the budget was crossed in the last rollout

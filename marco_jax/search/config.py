@@ -52,6 +52,9 @@ class SearchConfig:
     stop_at_correct: int = 0
     stop_after_rollouts: int = 0
     stop_min_correct: int = 0
+    # Generated tokens one problem may use (0: no cap): no new expansion starts
+    # once a tree has generated this many, so methods compare at equal cost.
+    token_budget: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -64,8 +67,10 @@ class SearchConfig:
                                          f"got {self.verifier!r}"),
             (0 <= self.reward_weight <= 1, f"reward_weight must be in [0, 1], "
                                            f"got {self.reward_weight}"),
-            (min(self.stop_at_correct, self.stop_after_rollouts, self.stop_min_correct) >= 0,
-             "stop_at_correct, stop_after_rollouts and stop_min_correct must be >= 0"),
+            (min(self.stop_at_correct, self.stop_after_rollouts, self.stop_min_correct,
+                 self.token_budget) >= 0,
+             "stop_at_correct, stop_after_rollouts, stop_min_correct and token_budget "
+             "must be >= 0"),
             (self.reward_tokens in ("rollout", "action", "both"),
              f"reward_tokens must be rollout, action or both, got {self.reward_tokens!r}"),
             (self.children >= 1, f"children must be >= 1, got {self.children}"),
@@ -82,9 +87,12 @@ class SearchConfig:
         """Whether the reward reads the problems' gold answers."""
         return self.reward != "confidence"
 
-    def stop_early(self, rollouts: int, correct: int) -> bool:
-        """Whether a tree with ``rollouts`` rollouts and ``correct`` correct answers is done."""
+    def stop_early(self, rollouts: int, correct: int, generated: int = 0) -> bool:
+        """Whether a tree with ``rollouts`` rollouts, ``correct`` correct answers and
+        ``generated`` tokens is done."""
         if self.stop_at_correct and correct >= self.stop_at_correct:
+            return True
+        if self.token_budget and generated >= self.token_budget:
             return True
         return bool(self.stop_after_rollouts and rollouts >= self.stop_after_rollouts
                     and correct >= self.stop_min_correct)

@@ -76,7 +76,7 @@ class Search:
         cfg, prompt = self.cfg, problem.prompt
         tree = Tree.new(prompt, cfg.children * (1 + cfg.reflection))
         generated, iteration, correct = 0, 0, 0
-        while iteration < cfg.iterations and not cfg.stop_early(iteration, correct):
+        while iteration < cfg.iterations and not cfg.stop_early(iteration, correct, generated):
             iteration += 1
             leaf = select_leaf(tree, cfg.c_uct)
             length = tree.path_length(leaf)

@@ -73,6 +73,8 @@ def record(problem: dict, result: SearchResult, job: JobConfig, decode) -> dict:
         "id": problem["id"], "question": problem["question"], "answer": gold,
         "chosen_answer": chosen, "correct": correct, "test_at_n": test_at_n,
         "n": len(answers), "reward": reward, "text": text, "candidate_answers": answers,
+        "candidate_tokens": [len(c.tokens) for c in result.candidates],
+        "candidate_correct": [c.correct for c in result.candidates],
         "generated_tokens": result.generated_tokens, "config": job.name,
         "status": status, "rollouts": result.rollouts, "correct_answers": result.correct,
         "stopped_early": result.stopped_early,

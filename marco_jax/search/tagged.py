@@ -86,7 +86,7 @@ class TaggedSearch:
         grown: set[int] = set()  # nodes whose children exist
         reached: set[int] = set()  # answers already counted
         generated, rollouts, correct = 0, 0, 0
-        while rollouts < cfg.iterations and not cfg.stop_early(rollouts, correct):
+        while rollouts < cfg.iterations and not cfg.stop_early(rollouts, correct, generated):
             node = ROOT
             while not tree.terminal_n[node]:
                 if node not in grown:

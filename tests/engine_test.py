@@ -13,7 +13,7 @@ from marco_jax.sharding import make_mesh
 from model_test import random_tokens
 
 SMALL = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=256, kv_cache_gb=0.01,
-                     prefill_tokens=64, prefill_chunks=(16, 64))
+                     prefill_shapes=((4, 16), (1, 64)))
 
 
 def hf_greedy(hf_model, prompt, new_tokens):
@@ -123,7 +123,7 @@ def test_a_full_pool_makes_requests_wait_and_one_that_never_fits_is_refused(tiny
 def test_compiled_programs_are_fixed_after_warmup(tiny):
     engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
     count = engine.warmup()
-    assert count == 3 * (1 + 2)  # table widths 8, 16, 32 blocks: decode, prefill chunks 16, 64
+    assert count == 3 * (1 + 2)  # table widths 8, 16, 32 blocks: decode, prefill 4x16, 1x64
     for n, budget in ((1, 1), (60, 3), (17, 200), (200, 40)):
         engine.generate([random_tokens((n,), seed=n).tolist()] * 3, budget, temperature=0.7,
                         top_k=5, seed=1)

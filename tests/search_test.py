@@ -21,7 +21,7 @@ from marco_jax.sharding import make_mesh
 CFG = SearchConfig(action="mini_step", mini_step_tokens=3, children=2, iterations=3,
                    call_tokens=8, max_tokens=20, temperature=1.0, top_p=0.95)
 ENGINE = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=2048,
-                      kv_cache_gb=0.02, prefill_tokens=64, prefill_chunks=(16, 64))
+                      kv_cache_gb=0.02, prefill_shapes=((4, 16), (1, 64)))
 
 
 @pytest.fixture(scope="module")

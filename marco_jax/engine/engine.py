@@ -3,10 +3,10 @@
 ``Engine`` keeps ``slots`` decode slots busy. Each ``step()`` retires the
 requests that finished (EOS, a stop string, their token budget), admits
 waiting ones into the free slots, writes their uncached context into their
-blocks in fixed-size prefill chunks, and runs one decode call of up to
-``decode_steps`` tokens for every slot. Shapes never depend on the requests:
-one decode program per block-table width bucket and one prefill program per
-chunk size, compiled once each (``num_programs``; ``warmup()`` builds them all).
+blocks in fixed-shape prefill calls (the shape that pads least), and runs
+one decode call of up to ``decode_steps`` tokens for every slot. Shapes never
+depend on the requests: one decode program per block-table width bucket and
+one prefill program per (rows, chunk) shape and width, compiled once each (``num_programs``; ``warmup()`` builds them all).
 
 A request's sample depends only on its own tokens, settings and seed (the
 random number of its i-th token comes from ``fold_in(key(seed), i)``), not on
@@ -51,8 +51,10 @@ class EngineConfig:
     # kv_memory_fraction of free device memory.
     kv_cache_gb: float | None = None
     kv_memory_fraction: float = 0.5
-    prefill_tokens: int = 512  # tokens per prefill call (rows x chunk)
-    prefill_chunks: tuple[int, ...] = (32, 256)  # chunk lengths, one program each
+    # Prefill programs as (rows, chunk): many short pieces at once when many
+    # requests arrive together, one longer piece for a lone admission, so a call
+    # pads as little as it can (each call picks the shape that wastes least).
+    prefill_shapes: tuple[tuple[int, int], ...] = ((16, 32), (1, 128), (1, 512))
     top_logprobs: int = 5
     policy: str = "fcfs"  # or "longest_first" (offline batches: fewer idle slots at the end)
     use_kernel: bool = True  # the TPU paged-attention kernel for decode, where it applies
@@ -63,10 +65,9 @@ class EngineConfig:
             (self.decode_steps >= 1, f"decode_steps must be >= 1, got {self.decode_steps}"),
             (self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}"),
             (self.max_model_len >= 2, f"max_model_len must be >= 2, got {self.max_model_len}"),
-            (all(c >= 1 and self.prefill_tokens % c == 0 for c in self.prefill_chunks)
-             and self.prefill_chunks == tuple(sorted(self.prefill_chunks)),
-             f"prefill_chunks {self.prefill_chunks} must be ascending divisors of "
-             f"prefill_tokens {self.prefill_tokens}"),
+            (bool(self.prefill_shapes) and len(set(self.prefill_shapes)) == len(self.prefill_shapes)
+             and all(len(s) == 2 and min(s) >= 1 for s in self.prefill_shapes),
+             f"prefill_shapes {self.prefill_shapes} must be distinct (rows, chunk) pairs >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -259,13 +260,16 @@ class Engine:
 
     def _run_prefills(self) -> None:
         """Write every admitted request's uncached context, one chunk per request
-        per call, with the chunk size that covers the most tokens this call."""
+        per call, in the shape that pads least this call (then: covers most)."""
         size = self.config.block_size
+
+        def covered(shape: tuple[int, int]) -> int:
+            rows, chunk = shape
+            return sum(min(chunk, r.context_end - r.prefilled) for r in self._prefill_queue[:rows])
+
         while self._prefill_queue:
-            chunk, rows = max(
-                ((c, self.config.prefill_tokens // c) for c in self.config.prefill_chunks),
-                key=lambda cr: (sum(min(cr[0], r.context_end - r.prefilled)
-                                    for r in self._prefill_queue[:cr[1]]), -cr[0]))
+            rows, chunk = max(self.config.prefill_shapes,
+                              key=lambda s: (covered(s) / (s[0] * s[1]), covered(s)))
             batch = self._prefill_queue[:rows]
             tokens = np.zeros((rows, chunk), np.int32)
             positions = np.zeros((rows, chunk), np.int32)
@@ -386,14 +390,13 @@ class Engine:
 
     def warmup(self) -> int:
         """Compile every program this engine can run (decode at each table width,
-        prefill at each chunk size and width), so that no request triggers a
+        prefill at each shape and width), so that no request triggers a
         compile later; returns the count."""
         widths = sorted({min(self.max_blocks, max(MIN_TABLE_WIDTH, 1 << i))
                          for i in range(self.max_blocks.bit_length() + 1)})
         for width in widths:
             self._decode_program(width)
-            for chunk in self.config.prefill_chunks:
-                rows = self.config.prefill_tokens // chunk
+            for rows, chunk in self.config.prefill_shapes:
                 self._prefill_program(np.zeros((rows, chunk), np.int32),
                                       np.zeros((rows, chunk), np.int32),
                                       np.zeros((rows, chunk), bool),

@@ -1,0 +1,31 @@
+#!/bin/bash
+# Marco-o1 v2's data engine on the demo checkpoint (issue 14): tagged tree
+# search with dynamic reflection vs plain sampling, verified against the gold
+# answers, and v2's own letter-counting demo. Every run appends to its
+# per-problem file in benchmarks/synth/ (committed) and resumes where it stopped.
+#   bash benchmarks/synthesis_runs.sh MODEL_DIR DATA_DIR [RUN ...]
+# RUN: gsm8k-v2 (first 100 GSM8K train problems), gsm8k-sc (the same, 8 samples),
+#      letters-v2 (first 50 letter-count problems); default: all three.
+# Budget per problem: a tree starts no rollout after 2048 generated tokens, a
+# node writes at most 256 tokens, a path at most 1536; sampling draws 8 chains of
+# at most 512 tokens and is compared at the tree's own token count
+# (benchmarks/synthesis_vs_sampling.py).
+set -euo pipefail
+model=${1:?model directory}; data=${2:?directory with gsm8k/ and marco/}
+shift 2
+out=benchmarks/synth
+runs=("$@")
+[ ${#runs[@]} -eq 0 ] && runs=(gsm8k-v2 gsm8k-sc letters-v2)
+budget=(--set search.token_budget=2048 --set search.call_tokens=256 --set search.max_tokens=1536)
+for run in "${runs[@]}"; do
+  case $run in
+    gsm8k-v2) args=(--config v2-gsm8k --input "$data/gsm8k/train.jsonl" --limit 100 "${budget[@]}");;
+    gsm8k-sc) args=(--config sc --input "$data/gsm8k/train.jsonl" --limit 100 --set template=chat
+                    --set search.max_tokens=512 --set search.call_tokens=512);;
+    letters-v2) args=(--config v2-letters --input "$data/marco/letter_count_hard.json" --limit 50
+                      "${budget[@]}");;
+    *) echo "unknown run $run" >&2; exit 2;;
+  esac
+  python scripts/search.py --model "$model" "${args[@]}" --slots 64 --max-model-len 2048 \
+    --output "$out/$run.jsonl" --tree-dir "$out/trees-$run" 2> "$out/$run.log" | tee -a "$out/$run.summary"
+done

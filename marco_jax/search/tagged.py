@@ -56,10 +56,11 @@ class TaggedSearch:
         self.encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
         self.decode = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
         self.max_model_len = min(e.config.max_model_len for e in self.engines.values())
-        per_call = max([*(sum(t.children.values()) for t in plan.types.values()),
-                        sum(plan.root.values())])
+        # the most children one expansion adds: calls per expansion, and a tree's width
+        self.widest = max([*(sum(t.children.values()) for t in plan.types.values()),
+                           sum(plan.root.values())])
         slots = self.engines["policy"].config.slots
-        self.max_trees = max_trees or math.ceil(2 * slots / per_call)
+        self.max_trees = max_trees or math.ceil(2 * slots / self.widest)
         self.requests = 0
         self.generated_tokens = 0
 
@@ -80,8 +81,7 @@ class TaggedSearch:
 
     def _tree(self, problem: Problem) -> Program:
         cfg, plan = self.cfg, self.plan
-        width = max([*(sum(t.children.values()) for t in plan.types.values()),
-                     sum(plan.root.values())]) + sum(plan.reflection.values())
+        width = self.widest + sum(plan.reflection.values())
         tree = Tree.new(problem.prompt, width, kinds=self.kinds)
         grown: set[int] = set()  # nodes whose children exist
         reached: set[int] = set()  # answers already counted

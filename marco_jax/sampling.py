@@ -9,8 +9,12 @@ the common case:
 - a draw is one uniform number per row, inverted through the CDF in two levels
   (chunk masses, then one chunk), instead of Gumbel noise over the vocabulary;
 - top-k and top-p thresholds come from ``lax.top_k`` over ``width`` candidates;
-  when a row's nucleus is wider, the step retries with 16x the candidates and
-  then with a full sort, so the result is always the exact nucleus.
+  when a row's nucleus is wider, that row (with the other undecided ones, a
+  few at a time) retries with 16x the candidates and then finds the threshold
+  by bisection over the logits' bit patterns (32 masked sums, no sort), so the
+  result is always the exact nucleus. A full sort of the vocabulary cost 1.3 s
+  per step at 32 rows on CPU, and a weak model at temperature 0.7 often has a
+  nucleus wider than the first tier.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 
 CHUNK = 128  # tokens per chunk of the two-level CDF
 WIDER = 16  # candidates of the second try, as a multiple of the first
+GROUP = 8  # rows per pass of the wider tiers
 _MASKED = -jnp.inf
 
 
@@ -65,22 +70,72 @@ def _thresholds(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array, wi
     return thresh_b, decided_b
 
 
+def _sort_keys(x_bv: jax.Array) -> jax.Array:
+    """int32 keys in the order of the float32 values (-inf lowest, then -0 < +0)."""
+    bits_bv = jax.lax.bitcast_convert_type(x_bv.astype(jnp.float32), jnp.int32)
+    return jnp.where(bits_bv < 0, bits_bv ^ 0x7FFFFFFF, bits_bv)
+
+
+def _nucleus_thresholds(scaled_bv: jax.Array, top_p_b: jax.Array) -> jax.Array:
+    """Each row's top-p threshold without sorting: the largest logit ``v`` whose
+    tokens ``>= v`` hold at least ``top_p`` of the mass, found by bisection over
+    the sort keys of the logits (the mass above a key only falls as it grows)."""
+    prob_bv = jnp.exp(scaled_bv - scaled_bv.max(-1, keepdims=True))
+    prob_bv = prob_bv / prob_bv.sum(-1, keepdims=True)
+    key_bv = _sort_keys(scaled_bv)
+
+    def halve(_, bounds):  # invariant: the answer lies in [low, high], mass(>= low) >= p
+        low_b, high_b = bounds
+        # ceil((low + high) / 2) without int32 overflow
+        mid_b = (low_b >> 1) + (high_b >> 1) + ((low_b & 1) + (high_b & 1) + 1) // 2
+        enough_b = jnp.sum(jnp.where(key_bv >= mid_b[:, None], prob_bv, 0.0), -1) >= top_p_b
+        return jnp.where(enough_b, mid_b, low_b), jnp.where(enough_b, high_b, mid_b - 1)
+
+    bounds = (key_bv.min(-1), key_bv.max(-1))
+    low_b, _ = jax.lax.fori_loop(0, 32, halve, bounds)
+    # the largest logit whose key is <= the found key: that key itself
+    return jnp.max(jnp.where(key_bv <= low_b[:, None], scaled_bv, _MASKED), -1)
+
+
+def _tiered_thresholds(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array,
+                       widths: list[int]) -> jax.Array:
+    """Thresholds from the narrowest candidate width that decides every row, then
+    by bisection where even the widest does not."""
+    thresh_b, decided_b = _thresholds(scaled_bv, top_k_b, top_p_b, widths[0])
+    if len(widths) > 1:
+        wider = lambda: _tiered_thresholds(scaled_bv, top_k_b, top_p_b, widths[1:])
+    elif widths[0] < scaled_bv.shape[-1]:  # undecided rows have top-p and no top-k
+        wider = lambda: jnp.where(decided_b, thresh_b, _nucleus_thresholds(scaled_bv, top_p_b))
+    else:
+        return thresh_b
+    return jax.lax.cond(jnp.all(decided_b), lambda: thresh_b, wider)
+
+
 def filter_logits(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array,
                   width: int) -> jax.Array:
     """Mask (to -inf) the tokens outside each row's top-k, then outside its nucleus.
 
     ``width`` must be at least every row's ``top_k``; top_k 0 and top_p 1 mean off.
+    All rows try ``width`` candidates; the few rows it leaves undecided go through
+    the wider tiers ``GROUP`` at a time, so they do not cost every row a wide pass.
     """
-    vocab = scaled_bv.shape[-1]
-    widths = sorted({min(w, vocab) for w in (width, WIDER * width, vocab)})
+    b, vocab = scaled_bv.shape
+    widths = sorted({min(w, vocab) for w in (width, WIDER * width)})
+    thresh_b, decided_b = _thresholds(scaled_bv, top_k_b, top_p_b, widths[0])
+    if widths[0] < vocab:
+        group = min(GROUP, b)
 
-    def threshold(tier: int) -> jax.Array:
-        thresh_b, decided_b = _thresholds(scaled_bv, top_k_b, top_p_b, widths[tier])
-        if tier + 1 == len(widths):
-            return thresh_b
-        return jax.lax.cond(jnp.all(decided_b), lambda: thresh_b, lambda: threshold(tier + 1))
+        def next_group(carry):
+            thresh_b, todo_b = carry
+            rows_g = jnp.nonzero(todo_b, size=group, fill_value=b)[0]  # b: no row
+            take = lambda x: jnp.take(x, rows_g, axis=0, mode="clip")
+            thresh_g = _tiered_thresholds(take(scaled_bv), take(top_k_b), take(top_p_b),
+                                          widths[1:])
+            return (thresh_b.at[rows_g].set(thresh_g, mode="drop"),
+                    todo_b.at[rows_g].set(False, mode="drop"))
 
-    thresh_b = threshold(0)
+        thresh_b, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[1]), next_group,
+                                         (thresh_b, ~decided_b))
     return jnp.where(scaled_bv >= thresh_b[:, None], scaled_bv, _MASKED)
 
 

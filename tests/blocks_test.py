@@ -53,3 +53,18 @@ def test_scheduler_admits_in_order_and_waits_for_room():
     assert requests[2].cached_tokens == 4  # the first block of the shared prompt
     with pytest.raises(MarcoError, match="need 9 KV blocks, the pool has 8"):
         scheduler.add(Request(9, [1] * 30, 7, 0.0, 0, 1.0, 0))
+
+
+def test_scheduler_admits_lower_priority_first_then_in_arrival_order():
+    scheduler = Scheduler(slots=2, blocks=BlockManager(num_blocks=64, block_size=4),
+                          max_blocks_per_request=8)
+    requests = [Request(i, [1, 2, 3], 4, 0.0, 0, 1.0, i, priority=p)
+                for i, p in enumerate([3, 1, 3, 0, 1])]
+    for r in requests:
+        scheduler.add(r)
+    assert [r.id for r in scheduler.waiting] == [3, 1, 4, 0, 2]
+    assert [r.id for r in scheduler.admit()] == [3, 1]
+    scheduler.retire(requests[3])
+    scheduler.add(Request(5, [1, 2], 4, 0.0, 0, 1.0, 5, priority=2))
+    assert [r.id for r in scheduler.admit()] == [4]
+    assert [r.id for r in scheduler.waiting] == [5, 0, 2]

@@ -38,6 +38,37 @@ def test_filter_equals_sorting_reference_including_wide_nuclei(width):
         np.testing.assert_array_equal(np.isfinite(got[i]), np.isfinite(expected), err_msg=str(i))
 
 
+def test_wide_nuclei_of_real_scale_logits_need_no_sort():
+    """The last tier bisects over the float bit patterns: logits of both signs,
+    far apart, with masked (-inf) tokens and ties, as a real vocabulary has; more
+    undecided rows than one group, between rows the first tier decides."""
+    rng = np.random.default_rng(1)
+    vocab, rows = 5000, 3 * sampling.GROUP + 3
+    logits = rng.normal(size=(rows, vocab)) * rng.choice([0.2, 0.5, 1, 2], rows)[:, None]
+    logits[:, :10] += 8.0  # a few large logits, the rest around 0: keys of both signs
+    logits[:, 10:60] = -1e30
+    logits[1, 100:400] = logits[1, 99]  # ties inside the nucleus
+    logits[2, ::3] = -np.inf
+    top_p = rng.choice([0.95, 0.99, 0.999, 0.9999], rows)
+    top_p[::4] = 0.3  # decided by the first tier
+    got = np.asarray(sampling.filter_logits(jnp.asarray(logits, jnp.float32),
+                                            jnp.zeros(rows, int),
+                                            jnp.asarray(top_p, jnp.float32), 4))
+    wide = 0
+    for i in range(rows):
+        row = logits[i].astype(np.float32)
+        expected = reference_filter(row, 0, top_p[i])
+        wide += np.isfinite(expected).sum() > 4 * sampling.WIDER  # reaches the bisection
+        # Unordered float32 sums may place the boundary token differently from a
+        # sorted cumulative sum: only where the mass before it is top_p within rounding.
+        probs = np.exp(row.astype(np.float64) - row.max())
+        probs /= probs.sum()
+        for token in np.flatnonzero(np.isfinite(got[i]) != np.isfinite(expected)):
+            before = probs[row > row[token]].sum()
+            assert abs(before - top_p[i]) < 1e-5, (i, token, before)
+    assert wide > 2 * sampling.GROUP
+
+
 def test_inverse_cdf_follows_softmax_and_never_draws_masked_tokens():
     vocab = 300  # three chunks, the last one partial
     rng = np.random.default_rng(0)

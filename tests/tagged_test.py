@@ -192,3 +192,20 @@ def test_token_budget_stops_new_rollouts(tok):
     shorter = run(tok, TextEngine(tok, alternating()),
                   job(iterations=result.rollouts - 1, token_budget=400))
     assert shorter.generated_tokens < 400  # the budget was crossed in the last rollout
+
+
+def test_a_node_that_runs_into_another_tag_ends_before_it(tok):
+    """The demo model writes ``<thinking>…<double-check>…`` without closing its
+    node: the node ends before the first tag it writes, and the engine stops there."""
+    def write(context):
+        tag = open_tag(context).split(">")[0][1:]
+        if tag == "answer":
+            return " \\boxed{3}</answer>"
+        return f" my {tag}<double-check> runaway</double-check><answer>9</answer>"
+    result = run(tok, TextEngine(tok, write), job(iterations=1))
+    tree = result.tree
+    sub = tree.children(0)[0]
+    assert tok.decode(tree.tokens[sub]).endswith(" my sub-task</sub-task>\n")
+    assert all("runaway" not in tok.decode(tree.tokens[n]) for n in range(tree.size))
+    assert result.correct == 1
+    assert {"<double-check>", "</thinking>", "<answer>"} <= set(job().stops)

@@ -168,8 +168,9 @@ class Engine:
     # ---- requests -------------------------------------------------------------------
 
     def submit(self, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> int:
-        """Queue a request; returns its id. Invalid settings are refused here."""
+               top_k: int = 0, top_p: float = 1.0, seed: int = 0, priority: int = 0) -> int:
+        """Queue a request; returns its id. Invalid settings are refused here.
+        Waiting requests are admitted by ``priority`` (lower first), then in order."""
         vocab = self.cfg.vocab_size
         rid = self._next_id
         prompt = [int(t) for t in prompt]
@@ -193,7 +194,7 @@ class Engine:
         if not 0 <= seed < 2 ** 31:
             raise MarcoError(f"request {rid}: seed must be in [0, 2**31), got {seed}")
         self.scheduler.add(Request(rid, prompt, int(max_new_tokens), float(temperature),
-                                   int(top_k), float(top_p), int(seed)))
+                                   int(top_k), float(top_p), int(seed), int(priority)))
         self._next_id += 1
         return rid
 

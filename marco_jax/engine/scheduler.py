@@ -10,9 +10,10 @@ not fit now waits; one that can never fit is refused when submitted.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import heapq
 import math
+
 import numpy as np
 
 from marco_jax.engine.blocks import BlockManager
@@ -32,6 +33,7 @@ class Request:
     top_k: int
     top_p: float
     seed: int
+    priority: int = 0  # lower is admitted first; equal priorities in arrival order
     slot: int = -1
     blocks: list[int] = dataclasses.field(default_factory=list)
     cached_tokens: int = 0  # context tokens whose keys/values came from the prefix cache
@@ -63,13 +65,18 @@ class Scheduler:
             raise MarcoError(f"scheduling policy must be one of {POLICIES}, got {policy!r}")
         self.blocks = blocks
         self.policy = policy
-        self.waiting: collections.deque[Request] = collections.deque()
+        self._queue: list[tuple[tuple[int, int, int], Request]] = []  # a heap by admission order
         self.running: list[Request | None] = [None] * slots
         self.table_sm = np.zeros((slots, max_blocks_per_request), np.int32)
 
     @property
+    def waiting(self) -> list[Request]:
+        """Waiting requests in the order they will be admitted."""
+        return [request for _, request in sorted(self._queue, key=lambda item: item[0])]
+
+    @property
     def idle(self) -> bool:
-        return not self.waiting and not any(self.running)
+        return not self._queue and not any(self.running)
 
     def add(self, request: Request) -> None:
         need = blocks_needed(len(request.prompt), request.max_new_tokens, self.blocks.block_size)
@@ -78,24 +85,23 @@ class Scheduler:
                 f"request {request.id}: {len(request.prompt)} prompt tokens + "
                 f"{request.max_new_tokens} new need {need} KV blocks, the pool has "
                 f"{self.blocks.capacity}; give the engine a larger KV cache")
-        self.waiting.append(request)
+        longest = -request.max_new_tokens if self.policy == "longest_first" else 0
+        heapq.heappush(self._queue, ((request.priority, longest, request.id), request))
 
     def admit(self) -> list[Request]:
-        """Move waiting requests into free slots while their blocks fit."""
-        if self.policy == "longest_first" and len(self.waiting) > 1:
-            self.waiting = collections.deque(sorted(self.waiting,
-                                                    key=lambda r: -r.max_new_tokens))
+        """Move waiting requests into free slots, in order (priority, then the
+        policy's order, then arrival), while their blocks fit."""
         admitted = []
         free_slots = [s for s, r in enumerate(self.running) if r is None]
-        while self.waiting and free_slots:
-            request = self.waiting[0]
+        while self._queue and free_slots:
+            request = self._queue[0][1]
             size = self.blocks.block_size
             max_hit = request.context_end // size
             need = blocks_needed(len(request.prompt), request.max_new_tokens, size)
             cached = self.blocks.cached_prefix(request.prompt, max_hit)
             if not self.blocks.can_allocate(need - len(cached), cached):
                 break  # the head of the queue waits for room; nothing overtakes it
-            self.waiting.popleft()
+            heapq.heappop(self._queue)
             self.blocks.hold(cached)
             request.blocks = cached + self.blocks.allocate(need - len(cached))
             request.cached_tokens = request.prefilled = len(cached) * size

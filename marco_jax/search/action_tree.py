@@ -54,10 +54,9 @@ class NodeType:
     def prefill(self, rng: random.Random) -> str:
         return rng.choice(self.prefills) if self.prefills else ""
 
-    def text(self, prefill: str, generated: str) -> str:
-        """The node's text in the path: tags around prefill and generation, then a
-        newline (v2's layout). A generation is cut at its closing tag."""
-        body = generated.split(self.close, 1)[0]
+    def text(self, prefill: str, body: str) -> str:
+        """The node's text in the path: tags around prefill and generated body, then
+        a newline (v2's layout)."""
         return f"{self.open}{prefill}{body}{self.close}\n"
 
 
@@ -93,8 +92,16 @@ class ActionTree:
 
     @property
     def stops(self) -> tuple[str, ...]:
-        """Every closing tag: a generated node stops at its own."""
-        return tuple(t.close for t in self.types.values() if not t.fixed)
+        """Every tag of every type: a generated node ends at its own closing tag,
+        and also where it starts another node (small models run on into
+        ``<double-check>`` without closing ``<thinking>``)."""
+        return tuple(tag for t in self.types.values() for tag in (t.open, t.close))
+
+    def node_body(self, generated: str) -> str:
+        """A generation cut before the first tag it writes (see ``stops``)."""
+        cut = min((i for tag in self.stops if (i := generated.find(tag)) >= 0),
+                  default=len(generated))
+        return generated[:cut]
 
     @property
     def models(self) -> set[str]:

@@ -122,7 +122,7 @@ class JobConfig:
 
     @property
     def stops(self) -> tuple[str, ...]:
-        """Stop strings for the engine: the config's, and every closing tag of the action tree."""
+        """Stop strings for the engine: the config's, and every tag of the action tree."""
         extra = self.action_tree.stops if self.action_tree else ()
         return tuple(dict.fromkeys(self.stop + extra))
 

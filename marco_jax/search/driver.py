@@ -13,12 +13,22 @@ tree) never see slots, blocks or other trees, and the device stays full.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Generator, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from marco_jax.engine.engine import Completion, Engine
 from marco_jax.errors import MarcoError
+
+
+def default_trees_in_flight(slots: int, calls_per_step: int) -> int:
+    """Trees searched at once: enough that their calls fill the slots 8 times
+    over. A tree waits for its own calls between steps, so fewer leave slots
+    idle at the end of a file (the last trees running alone, one sequential
+    step after another); waiting calls hold no KV blocks, and the oldest
+    trees' calls go first, so results still come out in order."""
+    return math.ceil(8 * slots / calls_per_step)
 
 
 def row_seed(*parts: int) -> int:
@@ -47,13 +57,18 @@ class _Running:
     key: Any
     program: Program
     results: list[Completion | None]
+    order: int  # start order: the engine priority of its calls
 
 
 def drive(engines: Mapping[str, Engine], programs: Iterable[tuple[Any, Program]],
           max_in_flight: int, on_start: Callable[[Any], None] | None = None,
           ) -> Iterator[tuple[Any, Any]]:
     """Run ``(key, program)`` pairs, at most ``max_in_flight`` at a time, yielding
-    ``(key, returned value)`` as each program finishes (not in input order)."""
+    ``(key, returned value)`` as each program finishes (not in input order).
+
+    An earlier program's calls are admitted before a later one's: the oldest
+    trees finish first (results stream out in input order, more or less), and
+    the later ones fill whatever slots the older ones leave free."""
     source = iter(programs)
     active: list[_Running] = []
     owners: dict[tuple[str, int], tuple[_Running, int]] = {}
@@ -75,10 +90,11 @@ def drive(engines: Mapping[str, Engine], programs: Iterable[tuple[Any, Program]]
                                  f"engines: {', '.join(engines)}")
             rid = engines[call.model].submit(call.prompt, call.max_new_tokens,
                                              temperature=call.temperature, top_k=call.top_k,
-                                             top_p=call.top_p, seed=call.seed)
+                                             top_p=call.top_p, seed=call.seed,
+                                             priority=run.order)
             owners[call.model, rid] = (run, index)
 
-    exhausted = False
+    exhausted, started = False, 0
     while True:
         yield from finished  # before admitting more: a finished tree's slot goes to the next
         finished.clear()
@@ -87,7 +103,8 @@ def drive(engines: Mapping[str, Engine], programs: Iterable[tuple[Any, Program]]
             if item is None:
                 exhausted = True
                 break
-            run = _Running(item[0], item[1], [])
+            run = _Running(item[0], item[1], [], started)
+            started += 1
             if on_start:
                 on_start(run.key)
             active.append(run)

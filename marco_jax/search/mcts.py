@@ -16,14 +16,14 @@ else is in flight.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from marco_jax.engine.engine import Completion, Engine
 from marco_jax.search.config import SearchConfig
-from marco_jax.search.driver import Call, Program, drive, engine_stats, row_seed, stats_line
+from marco_jax.search.driver import (Call, Program, default_trees_in_flight, drive,
+                                     engine_stats, row_seed, stats_line)
 from marco_jax.search.environment import ReasoningEnv
 from marco_jax.search.results import Candidate, Problem, SearchResult, choose_best
 from marco_jax.search.rewards import Reward
@@ -39,7 +39,7 @@ class Search:
         self.env = ReasoningEnv(tokenizer, cfg)
         self.reward = Reward(cfg)
         self.decode = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
-        self.max_trees = max_trees or math.ceil(2 * engine.config.slots / cfg.children)
+        self.max_trees = max_trees or default_trees_in_flight(engine.config.slots, cfg.children)
         self.generated_tokens = 0
         self.requests = 0
 

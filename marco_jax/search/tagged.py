@@ -3,7 +3,7 @@ checked against the ground truth, reflection added where an answer was wrong.
 
 One rollout descends from the root: a node not yet expanded gets all its
 children at once (per child type one prefill and ``count`` samples, each stopping
-at the type's closing tag), then the first unvisited child is taken, else the
+at the type's closing tag or at any other tag it starts), then the first unvisited child is taken, else the
 UCT best; this repeats until an answer node. Its reward (by default the
 verifier's 1/0) is backed up to the root. A wrong answer, the first time it is
 reached, gives its nearest ancestor of type ``reflect_under`` the configured
@@ -23,7 +23,6 @@ and node, so a tree does not depend on what else runs.
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -33,7 +32,8 @@ from marco_jax.engine.engine import Completion, Engine
 from marco_jax.errors import MarcoError
 from marco_jax.search.action_tree import ActionTree
 from marco_jax.search.config import SearchConfig
-from marco_jax.search.driver import Call, Program, drive, engine_stats, row_seed, stats_line
+from marco_jax.search.driver import (Call, Program, default_trees_in_flight, drive,
+                                     engine_stats, row_seed, stats_line)
 from marco_jax.search.results import Candidate, Problem, SearchResult, choose_best
 from marco_jax.search.rewards import Reward
 from marco_jax.search.tree import ANSWER, CUT, ROOT, Tree, backup, uct_scores
@@ -60,7 +60,7 @@ class TaggedSearch:
         self.widest = max([*(sum(t.children.values()) for t in plan.types.values()),
                            sum(plan.root.values())])
         slots = self.engines["policy"].config.slots
-        self.max_trees = max_trees or math.ceil(2 * slots / self.widest)
+        self.max_trees = max_trees or default_trees_in_flight(slots, self.widest)
         self.requests = 0
         self.generated_tokens = 0
 
@@ -165,7 +165,8 @@ class TaggedSearch:
         for name, prefill, index in plans:
             kind = self.plan.types[name]
             done = completions[index] if index >= 0 else None
-            text = kind.text(prefill, self.decode(done.tokens) if done else "")
+            body = self.plan.node_body(self.decode(done.tokens)) if done else ""
+            text = kind.text(prefill, body)
             child = tree.add_child(parent, self.encode(text), kind.terminal, kind=name)
             if kind.terminal:
                 answer = self.decode(tree.path_tokens(child)[len(problem.prompt):])

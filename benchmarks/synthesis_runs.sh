@@ -6,8 +6,8 @@
 #   bash benchmarks/synthesis_runs.sh MODEL_DIR DATA_DIR [RUN ...]
 # RUN: gsm8k-v2 (first 100 GSM8K train problems), gsm8k-sc (the same, 8 samples),
 #      letters-v2 (first 50 letter-count problems); default: all three.
-# Budget per problem: a tree starts no rollout after 2048 generated tokens, a
-# node writes at most 256 tokens, a path at most 1536; sampling draws 8 chains of
+# Budget per problem: a tree starts no rollout after 1024 generated tokens, a
+# node writes at most 256 tokens, a path at most 1024; sampling draws 8 chains of
 # at most 512 tokens and is compared at the tree's own token count
 # (benchmarks/synthesis_vs_sampling.py).
 set -euo pipefail
@@ -16,7 +16,7 @@ shift 2
 out=benchmarks/synth
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(gsm8k-v2 gsm8k-sc letters-v2)
-budget=(--set search.token_budget=2048 --set search.call_tokens=256 --set search.max_tokens=1536)
+budget=(--set search.token_budget=1024 --set search.call_tokens=256 --set search.max_tokens=1024)
 for run in "${runs[@]}"; do
   case $run in
     gsm8k-v2) args=(--config v2-gsm8k --input "$data/gsm8k/train.jsonl" --limit 100 "${budget[@]}");;

@@ -81,13 +81,13 @@ def main() -> None:
     if not todo:
         print(f"all {len(problems)} problems already in {args.output}")
         return
+    if job.action_tree and "checker" in job.action_tree.models and args.checker_model is None:
+        raise MarcoError(f"config {job.name} gives node types to the 'checker' model: "
+                         "pass --checker-model")
     loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
     engine_config, mesh = engine_setup(args)
     checker = None if args.checker_model is None else \
         load(args.checker_model, param_dtype=args.dtype, compute_dtype=args.dtype)
-    if job.action_tree and "checker" in job.action_tree.models and checker is None:
-        raise MarcoError(f"config {job.name} gives node types to the 'checker' model: "
-                         "pass --checker-model")
     search = run_job(loaded, job, todo, args.output, args.tree_dir, engine_config, mesh,
                      args.trees_in_flight, checker)
     print(f"{len(todo)} problems in {search.seconds:.1f}s; {search.summary()} -> {args.output}")

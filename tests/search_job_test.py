@@ -74,6 +74,17 @@ def test_bad_lines_are_reported_with_their_number(tmp_path):
     assert [p["id"] for p in problems_lib.read_problems(tmp_path / "m.tsv")] == ["m-1"]
 
 
+def test_a_checker_config_without_a_checker_model_is_refused_before_loading(tmp_path):
+    config = json.loads((ROOT / "marco_jax/configs/search/v2-gsm8k.json").read_text())
+    config["action_tree"]["types"]["double_check"]["model"] = "checker"
+    (tmp_path / "checked.json").write_text(json.dumps(config))
+    write_problems(tmp_path / "in.jsonl", 1)
+    proc = run_script("search.py", "--config", str(tmp_path / "checked.json"), "--model",
+                      str(tmp_path / "no-such-model"), "--input", str(tmp_path / "in.jsonl"),
+                      "--output", str(tmp_path / "o.jsonl"))
+    assert_one_line_error(proc, "pass --checker-model")
+
+
 def test_configs_and_shards():
     for name in ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32", "translation",
                  "v2-gsm8k", "v2-letters"):

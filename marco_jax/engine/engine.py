@@ -52,9 +52,11 @@ class EngineConfig:
     kv_cache_gb: float | None = None
     kv_memory_fraction: float = 0.5
     # Prefill programs as (rows, chunk): many short pieces at once when many
-    # requests arrive together, one longer piece for a lone admission, so a call
-    # pads as little as it can (each call picks the shape that wastes least).
-    prefill_shapes: tuple[tuple[int, int], ...] = ((16, 32), (1, 128), (1, 512))
+    # requests arrive together, a few when slots free up one by one (a search's
+    # steady state: short uncached suffixes), one longer piece for a lone long
+    # admission, so a call pads as little as it can (each picks the shape that
+    # wastes least).
+    prefill_shapes: tuple[tuple[int, int], ...] = ((16, 32), (4, 32), (1, 128), (1, 512))
     top_logprobs: int = 5
     policy: str = "fcfs"  # or "longest_first" (offline batches: fewer idle slots at the end)
     use_kernel: bool = True  # the TPU paged-attention kernel for decode, where it applies

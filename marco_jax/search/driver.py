@@ -57,7 +57,13 @@ class _Running:
     key: Any
     program: Program
     results: list[Completion | None]
-    order: int  # start order: the engine priority of its calls
+    order: int  # start order
+    rounds: int = 0  # rounds of calls made so far
+
+    @property
+    def priority(self) -> int:
+        """Engine priority of its next calls: by round, then by start order."""
+        return (self.rounds << 32) + self.order
 
 
 def drive(engines: Mapping[str, Engine], programs: Iterable[tuple[Any, Program]],
@@ -66,9 +72,11 @@ def drive(engines: Mapping[str, Engine], programs: Iterable[tuple[Any, Program]]
     """Run ``(key, program)`` pairs, at most ``max_in_flight`` at a time, yielding
     ``(key, returned value)`` as each program finishes (not in input order).
 
-    An earlier program's calls are admitted before a later one's: the oldest
-    trees finish first (results stream out in input order, more or less), and
-    the later ones fill whatever slots the older ones leave free."""
+    Calls are admitted breadth-first over programs: a program's k-th round of
+    calls goes before any program's (k+1)-th, then the older program first. So
+    every tree takes its next step before any takes two, and no tree is left to
+    run its last rounds alone at the end of a file (with older-trees-first the
+    youngest tree's two 384-token rounds ran nearly alone for 8 minutes)."""
     source = iter(programs)
     active: list[_Running] = []
     owners: dict[tuple[str, int], tuple[_Running, int]] = {}
@@ -91,8 +99,9 @@ def drive(engines: Mapping[str, Engine], programs: Iterable[tuple[Any, Program]]
             rid = engines[call.model].submit(call.prompt, call.max_new_tokens,
                                              temperature=call.temperature, top_k=call.top_k,
                                              top_p=call.top_p, seed=call.seed,
-                                             priority=run.order)
+                                             priority=run.priority)
             owners[call.model, rid] = (run, index)
+        run.rounds += 1
 
     exhausted, started = False, 0
     while True:

@@ -35,6 +35,8 @@ V2_FAST = ["--set", "search.call_tokens=12", "--set", "search.max_tokens=400",
 def test_killed_job_restarts_and_writes_each_id_once(tmp_path, config, extra):
     write_problems(tmp_path / "in.jsonl", 4)
     out = tmp_path / "out.jsonl"
+    # two trees at a time: the kill after the first line leaves problems to resume
+    extra = [*extra, "--trees-in-flight", "2"]
     cmd = [sys.executable, str(ROOT / "scripts" / "search.py"), "--config", config,
            "--input", str(tmp_path / "in.jsonl"), "--output", str(out), *FAST, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -50,6 +52,7 @@ def test_killed_job_restarts_and_writes_each_id_once(tmp_path, config, extra):
     assert done.returncode == 0, done.stderr
     ids = [json.loads(line)["id"] for line in lines(out.read_text())]
     assert sorted(ids) == ["p0", "p1", "p2", "p3"]
+    assert "already in" not in done.stdout  # the second run had problems left
     record = json.loads(lines(out.read_text())[0])
     if config == "mcts-mini32":
         assert record["tree"]["root_visits"] == 2 * 4 and record["n"] == 8

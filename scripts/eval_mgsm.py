@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="the first N problems")
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("results/eval"))
     parser.add_argument("--trees-in-flight", type=int,
-                        help="trees searched at once (default: 8 x slots / children; older trees go first)")
+                        help="trees searched at once (default: 8 x slots / children, "
+                             "advanced breadth-first)")
     parser.add_argument("--iterations", type=int, help="override the method's iterations")
     parser.add_argument("--max-tokens", type=int,
                         help="override the generated-token cap of a path (and of one call)")

@@ -49,7 +49,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--input", required=True, type=pathlib.Path)
     parser.add_argument("--output", required=True, type=pathlib.Path)
     parser.add_argument("--trees-in-flight", type=int,
-                        help="trees searched at once (default: 8 x slots / children; older trees go first)")
+                        help="trees searched at once (default: 8 x slots / children, "
+                             "advanced breadth-first)")
     parser.add_argument("--limit", type=int, help="only the first N problems of the input")
     parser.add_argument("--tree-dir", type=pathlib.Path, help="write each tree as JSON here")
     parser.add_argument("--on-bad-line", choices=["skip", "error"], default="skip")

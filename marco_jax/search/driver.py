@@ -26,8 +26,9 @@ def default_trees_in_flight(slots: int, calls_per_step: int) -> int:
     """Trees searched at once: enough that their calls fill the slots 8 times
     over. A tree waits for its own calls between steps, so fewer leave slots
     idle at the end of a file (the last trees running alone, one sequential
-    step after another); waiting calls hold no KV blocks, and the oldest
-    trees' calls go first, so results still come out in order."""
+    step after another); waiting calls hold no KV blocks. With breadth-first
+    admission (``drive``) the trees in flight finish close together, so a
+    killed job loses up to this many trees of work."""
     return math.ceil(8 * slots / calls_per_step)
 
 

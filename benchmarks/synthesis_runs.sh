@@ -2,7 +2,8 @@
 # Marco-o1 v2's data engine on the demo checkpoint (issue 14): tagged tree
 # search with dynamic reflection vs plain sampling, verified against the gold
 # answers, and v2's own letter-counting demo. Every run appends to its
-# per-problem file in benchmarks/synth/ (committed) and resumes where it stopped.
+# per-problem file in benchmarks/synth/ (committed) and resumes where it stopped;
+# 32 trees in flight bounds what a killed run loses.
 #   bash benchmarks/synthesis_runs.sh MODEL_DIR DATA_DIR [RUN ...]
 # RUN: gsm8k-v2 (first 100 GSM8K train problems), gsm8k-sc (the same, 8 samples),
 #      letters-v2 (first 50 letter-count problems); default: all three.
@@ -26,6 +27,6 @@ for run in "${runs[@]}"; do
                       "${budget[@]}");;
     *) echo "unknown run $run" >&2; exit 2;;
   esac
-  python scripts/search.py --model "$model" "${args[@]}" --slots 64 --max-model-len 2048 \
+  python scripts/search.py --model "$model" "${args[@]}" --slots 64 --max-model-len 2048 --trees-in-flight 32 \
     --output "$out/$run.jsonl" --tree-dir "$out/trees-$run" 2> "$out/$run.log" | tee -a "$out/$run.summary"
 done

@@ -46,7 +46,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     from marco_jax.train.layout import init_params
 
     cfg = load_train_config(CONFIG, [
-        "model.compute_dtype=float32", "model.remat=false", f"data.seq_len={args.seq_len}",
+        "model.compute_dtype=float32", "model.remat=none", f"data.seq_len={args.seq_len}",
         f"train.global_batch={args.batch}", "train.micro_batches=1", "mesh.fsdp=1"])
     setup = trainer.set_up(cfg, jax.devices()[:1])
     program = setup.program
@@ -129,7 +129,7 @@ def main() -> None:
     tokens = args.batch * args.seq_len
     flops = flops_per_token(args.seq_len)
     results = {"settings": {"config": CONFIG, "batch": args.batch, "seq_len": args.seq_len,
-                            "dtype": "float32", "remat": False, "tokens_per_step": tokens},
+                            "dtype": "float32", "remat": "none", "tokens_per_step": tokens},
                "machine": peaks}
     for side in ("ours", "hf"):
         cmd = [sys.executable, __file__, "--child", side, "--batch", str(args.batch),

@@ -12,8 +12,10 @@ turns them into safetensors). Metrics: console, <output_dir>/metrics.jsonl and
 <output_dir>/tensorboard.
 
 ``--dry-run`` compiles the real step from abstract arrays (nothing allocated)
-and prints per-device parameter, optimizer, activation and total bytes; with
-``--simulate-devices N`` on N simulated CPU devices.
+and prints per-device parameter, optimizer, activation and total bytes, and the
+host memory this process will need (``host_bytes``: loading, offloaded optimizer
+state, async checkpoint copy; on a CPU run the devices' memory too); with
+``--simulate-devices N`` on N simulated CPU devices standing for accelerators.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def main() -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
-    from marco_jax.train import trainer
+    from marco_jax.train import memory, trainer
     from marco_jax.train.config import load_train_config
 
     if args.distributed:
@@ -79,12 +81,13 @@ def main() -> None:
     if args.simulate_devices and not args.dry_run:
         raise MarcoError("--simulate-devices is only for --dry-run")
     if args.dry_run:
-        plan = trainer.memory_plan(cfg, jax.devices())
+        plan = memory.memory_plan(cfg, jax.devices(), simulated=bool(args.simulate_devices))
         print(json.dumps(plan, indent=1))
+        where = " (offloaded to the host)" if plan["optimizer_offloaded"] else ""
         print(f"per device: params {gib(plan['param_bytes'])}, optimizer "
-              f"{gib(plan['optimizer_bytes'])}, activations+temp "
-              f"{gib(plan['activation_and_temp_bytes'])}, total {gib(plan['total_bytes'])}",
-              file=sys.stderr)
+              f"{gib(plan['optimizer_bytes'])}{where}, activations+temp "
+              f"{gib(plan['activation_and_temp_bytes'])}, total {gib(plan['total_bytes'])}; "
+              f"host, this process: peak {gib(plan['host_bytes']['peak'])}", file=sys.stderr)
         return
     trainer.train(cfg, resume=args.resume, peak_tflops=args.peak_tflops,
                   progress=not args.no_progress)

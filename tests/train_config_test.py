@@ -9,7 +9,7 @@ from marco_jax.train.config import load_train_config, to_dict
 def test_named_configs_load_and_overrides_apply():
     cfg = load_train_config("qwen2_7b_sft", ["train.learning_rate=2e-5", "mesh.fsdp=8",
                                              "model.init_from=ckpt/qwen2-7b", "train.clip_norm=2"])
-    assert cfg.model.preset == "qwen2-7b" and cfg.data.seq_len == 4096 and cfg.model.remat
+    assert cfg.model.preset == "qwen2-7b" and cfg.data.seq_len == 4096 and cfg.model.remat == "full"
     assert cfg.train.learning_rate == 2e-5 and cfg.mesh.fsdp == 8
     assert cfg.model.init_from == "ckpt/qwen2-7b" and cfg.train.clip_norm == 2.0
     assert isinstance(cfg.train.clip_norm, float)
@@ -22,7 +22,10 @@ def test_named_configs_load_and_overrides_apply():
     ("train.learnig_rate=1", "unknown key(s) learnig_rate"),
     ("trian.steps=1", "unknown key(s) trian"),
     ("train.steps=many", "steps must be int, got 'many'"),
-    ("model.remat=1", "remat must be bool"),
+    ("model.remat=1", "remat must be str"),
+    ("model.remat=some", "model.remat must be one of none, full, dots"),
+    ("train.optimizer=sgd", "train.optimizer must be adamw or adafactor"),
+    ("train.moments_dtype=float16", "train.moments_dtype must be float32 or bfloat16"),
     ("train.micro_batches=3", "multiple of train.micro_batches"),
     ("data.overlong=cut", "data.overlong must be truncate or drop"),
     ("steps", "expected section.key=value"),

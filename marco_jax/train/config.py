@@ -14,6 +14,7 @@ from typing import Any
 
 from marco_jax.errors import MarcoError
 from marco_jax.files import named_config
+from marco_jax.model import REMAT_POLICIES
 from marco_jax.prompts import SYSTEM_PROMPTS
 from marco_jax.settings import apply_overrides, build
 
@@ -24,7 +25,8 @@ class ModelSection:
     init_from: str | None = None  # a checkpoint (HF, Orbax or GGUF) to fine-tune
     param_dtype: str = "float32"  # master weights and Adam state
     compute_dtype: str = "bfloat16"
-    remat: bool = True  # recompute each layer in the backward pass
+    remat: str = "full"  # backward pass: none (keep every activation), full (recompute each
+    # layer), dots (keep the layer's weight-matmul outputs, recompute the rest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,10 @@ class TrainSection:
     b2: float = 0.95
     eps: float = 1e-8
     clip_norm: float = 1.0
+    optimizer: str = "adamw"  # or adafactor (factored second moment, no first moment)
+    moments_dtype: str = "float32"  # AdamW's mu and nu: float32 or bfloat16
+    accumulate_dtype: str = "float32"  # micro-batch gradient sum: float32 or bfloat16
+    offload_optimizer: bool = False  # optimizer state in pinned host memory between steps
     seed: int = 0
     log_every: int = 1
 
@@ -68,7 +74,8 @@ class MeshSection:
 class CheckpointSection:
     every: int = 100  # steps between saves (and always the last step)
     keep: int = 3
-    async_save: bool = True
+    async_save: bool | None = None  # None: async unless the devices are CPUs (where the
+    # save's staging copy would sit beside the next step in the same memory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +99,14 @@ class TrainConfig:
             (self.train.micro_batches >= 1 and self.train.global_batch % self.train.micro_batches
              == 0, "train.global_batch must be a multiple of train.micro_batches"),
             (self.train.steps >= 1, "train.steps must be >= 1"),
+            (self.model.remat in REMAT_POLICIES,
+             f"model.remat must be one of {', '.join(REMAT_POLICIES)}"),
+            (self.train.optimizer in ("adamw", "adafactor"),
+             "train.optimizer must be adamw or adafactor"),
+            (self.train.moments_dtype in ("float32", "bfloat16"),
+             "train.moments_dtype must be float32 or bfloat16"),
+            (self.train.accumulate_dtype in ("float32", "bfloat16"),
+             "train.accumulate_dtype must be float32 or bfloat16"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1,
              "checkpoint.every and checkpoint.keep must be >= 1"),
         ]

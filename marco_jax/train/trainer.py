@@ -1,16 +1,14 @@
 """The SFT run: model and data set-up on a mesh, the step loop with checkpoints and
-metrics, the final export, and the compile-only memory plan (``--dry-run``)."""
+metrics, and the final export (the compile-only memory plan is in ``memory``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 import shutil
 import sys
 import time
-from typing import Any
 
 import jax
 import numpy as np
@@ -193,36 +191,3 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
         if lead:
             staging.rename(final)
     return logged
-
-
-def memory_plan(cfg: TrainConfig, devices: list) -> dict[str, Any]:
-    """Compile the real step for ``devices`` from abstract arrays and report the
-    per-device bytes XLA plans for it (nothing is allocated)."""
-    setup = set_up(cfg, devices)
-    program = setup.program
-    state = abstract_target(program.abstract_state, program.state_shardings)
-    m, rows = cfg.train.micro_batches, cfg.train.global_batch // cfg.train.micro_batches
-    shape = (m, rows, cfg.data.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, np.float32 if k == "loss_mask" else np.int32,
-                                     sharding=program.batch_sharding) for k in BATCH_KEYS}
-    start = time.perf_counter()
-    compiled = program.step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-
-    def per_device(tree) -> int:
-        return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-                   for x in jax.tree.leaves(tree))
-
-    total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-    return {"devices": len(devices), "mesh": dict(setup.mesh.shape),
-            "params": setup.layout.cfg.num_params(),
-            "param_bytes": per_device(state.params),
-            "optimizer_bytes": per_device(state.opt_state),
-            "batch_bytes": per_device(batch),
-            "activation_and_temp_bytes": memory.temp_size_in_bytes,
-            "total_bytes": total, "compile_seconds": compile_s,
-            "tokens_per_step": cfg.train.global_batch * cfg.data.seq_len,
-            "micro_batches": m, "rows_per_device": rows // (setup.mesh.shape["data"]
-                                                            * setup.mesh.shape["fsdp"])}

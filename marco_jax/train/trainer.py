@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import resource
 import shutil
 import sys
 import time
@@ -173,7 +174,9 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
             seconds = time.perf_counter() - last
             rate = tokens_seen / seconds
             values.update(tokens_per_s=rate, mfu=None if peak is None else rate * flops / peak,
-                          step_seconds=seconds / cfg.train.log_every)
+                          step_seconds=seconds / cfg.train.log_every,
+                          host_peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                          / 2**20)
             log.write(done, values)
             logged.append({"step": done, **values})
             bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{rate:.0f}")

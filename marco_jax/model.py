@@ -252,8 +252,9 @@ class Qwen2(nnx.Module):
         every layer's parameters stacked on a leading axis, run by ``lax.scan``
         instead of ``self.layers``, so XLA gathers one layer's fsdp shards at a
         time and compiles one layer body (``remat`` names a :data:`REMAT_POLICIES`
-        entry: what of a layer's activations the backward pass recomputes). ``act_sharding`` pins the (b, t, d)
-        activations between layers to the batch mesh axes.
+        entry: what of a layer's activations the backward pass recomputes).
+        ``act_sharding`` pins the (b, t, d) activations between layers to the
+        batch mesh axes.
         """
         cfg = self.cfg
         b, t = tokens_bt.shape

@@ -5,9 +5,10 @@ One rollout descends from the root: a node not yet expanded gets all its
 children at once (per child type one prefill and ``count`` samples, each stopping
 at the type's closing tag or at any other tag it starts), then the first
 unvisited child is taken, else the UCT best; this repeats until an answer
-node. Its reward (by default the verifier's 1/0) is backed up to the root. A wrong answer, the first time it is
-reached, gives its nearest ancestor of type ``reflect_under`` the configured
-reflection children, so reflection grows only where a real mistake happened.
+node. Its reward (by default the verifier's 1/0) is backed up to the root. A
+wrong answer, the first time it is reached, gives its nearest ancestor of type
+``reflect_under`` the configured reflection children, so reflection grows only
+where a real mistake happened.
 A tree ends after ``iterations`` rollouts or when a stopping rule holds (v2: 8
 correct answers; or 4 after 32 rollouts).
 

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from marco_jax.train.checkpoint import abstract_target
+from marco_jax.train.checkpoint import abstract_target, saves_asynchronously
 from marco_jax.train.config import TrainConfig
 from marco_jax.train.step import BATCH_KEYS
 from marco_jax.train.trainer import set_up
@@ -29,18 +29,18 @@ from marco_jax.train.trainer import set_up
 RUNTIME_BASELINE_BYTES = 2**30 * 6 // 10
 
 
+def _shard_bytes(x: jax.ShapeDtypeStruct) -> int:
+    return math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+
+
 def _local_bytes(tree) -> int:
     """Bytes this process holds of ``tree``: every addressable shard, replicas included."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shard = math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-        total += shard * len(x.sharding.addressable_devices)
-    return total
+    return sum(_shard_bytes(x) * len(x.sharding.addressable_devices)
+               for x in jax.tree.leaves(tree))
 
 
 def _per_device(tree) -> int:
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-               for x in jax.tree.leaves(tree))
+    return sum(_shard_bytes(x) for x in jax.tree.leaves(tree))
 
 
 def host_plan(cfg: TrainConfig, state, device_total: int, devices: list,
@@ -49,9 +49,7 @@ def host_plan(cfg: TrainConfig, state, device_total: int, devices: list,
     CPU devices stand for accelerators: their memory is not counted as the host's."""
     local_devices = [d for d in devices if d.process_index == jax.process_index()]
     on_cpu = local_devices[0].platform == "cpu" and not simulated
-    async_save = cfg.checkpoint.async_save
-    if async_save is None:
-        async_save = not on_cpu
+    async_save = saves_asynchronously(cfg.checkpoint.async_save, on_cpu)
     loading = 2 * _local_bytes(state.params) if cfg.model.init_from else 0
     training = {
         "devices_in_host_memory": device_total * len(local_devices) if on_cpu else 0,

@@ -28,5 +28,5 @@ for run in "${runs[@]}"; do
     *) echo "unknown run $run" >&2; exit 2;;
   esac
   python scripts/search.py --model "$model" "${args[@]}" --slots 64 --max-model-len 2048 --trees-in-flight 32 \
-    --output "$out/$run.jsonl" --tree-dir "$out/trees-$run" 2> "$out/$run.log" | tee -a "$out/$run.summary"
+    --output "$out/$run.jsonl" --tree-dir "$out/trees-$run" 2>> "$out/$run.log" | tee -a "$out/$run.summary"
 done

@@ -58,7 +58,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "inputs": tokens[None, :, :-1], "targets": tokens[None, :, 1:],
         "loss_mask": ones.astype(np.float32), "segment_ids": ones.astype(np.int32),
         "positions": np.broadcast_to(np.arange(args.seq_len), ones.shape).astype(np.int32)},
-        program.batch_sharding)
+        program.batch_shardings)
     start = time.perf_counter()
     state, metrics = program.step(state, batch)
     jax.block_until_ready(metrics)

@@ -29,6 +29,10 @@ def test_named_configs_load_and_overrides_apply():
     ("train.micro_batches=3", "multiple of train.micro_batches"),
     ("data.overlong=cut", "data.overlong must be truncate or drop"),
     ("steps", "expected section.key=value"),
+    ("objective=ppo", "objective must be sft or dpo"),
+    ("dpo.loss=hinge", "dpo.loss must be sigmoid or ipo"),
+    ("dpo.label_smoothing=0.5", "dpo.label_smoothing must be >= 0 and < 0.5"),
+    ("dpo.reference=frozen", "dpo.reference must be precomputed or live"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(MarcoError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -36,5 +40,5 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 def test_unknown_config_lists_the_known_ones():
-    with pytest.raises(MarcoError, match="known: qwen2_05b_sft, qwen2_7b_sft, tiny_sft"):
+    with pytest.raises(MarcoError, match="known: qwen2_05b_dpo, qwen2_05b_sft, qwen2_7b_dpo, qwen2_7b_sft, tiny_dpo, tiny_sft"):
         load_train_config("qwen3")

@@ -13,6 +13,7 @@ from marco_jax.config import preset
 from marco_jax.sharding import make_mesh
 from marco_jax.train.config import TrainSection
 from marco_jax.train.layout import init_params, layout_of
+from marco_jax.train.objectives import SFT
 from marco_jax.train.optimizers import make_optimizer, scale_by_adam_in
 from marco_jax.train.step import build_step
 from train_step_test import micro, packed_batch
@@ -22,9 +23,9 @@ CFG = TrainSection(steps=10, learning_rate=1e-2, warmup_steps=1, weight_decay=0.
 
 def train(cfg: TrainSection, steps: int = 8) -> tuple[list[float], object]:
     layout = layout_of(preset("tiny"))
-    program = build_step(layout, cfg, make_mesh(fsdp=1, devices=jax.devices()[:1]), "full")
+    program = build_step(layout, cfg, make_mesh(fsdp=1, devices=jax.devices()[:1]), "full", SFT())
     state = program.init(jax.device_put(init_params(layout, 1), program.state_shardings.params))
-    batch = jax.device_put(micro(packed_batch(4, 32), 1), program.batch_sharding)
+    batch = jax.device_put(micro(packed_batch(4, 32), 1), program.batch_shardings)
     losses = []
     for _ in range(steps):
         state, metrics = program.step(state, batch)

@@ -94,7 +94,7 @@ def test_checkpoint_restores_on_another_mesh(finished_run):
     for config, devices in ((cfg, jax.devices()), (other, jax.devices()[:4])):
         setup = trainer.set_up(config, devices)
         program = setup.program
-        data = iter(trainer.dataset(config, trainer.run_tokenizer(config)))
+        data = iter(trainer.sft_batches(config, trainer.run_tokenizer(config)))
         target = abstract_target(program.abstract_state, program.state_shardings)
         states.append(saved.restore(16, target, data))
     saved.close()

@@ -15,6 +15,7 @@ from marco_jax.sharding import make_mesh
 from marco_jax.train.config import TrainSection
 from marco_jax.train.layout import (init_params, layout_of, stack_layers,
                                     unstack_layers)
+from marco_jax.train.objectives import SFT
 from marco_jax.train.optimizers import decay_mask
 from marco_jax.train.step import batch_gradients, build_step
 
@@ -41,7 +42,7 @@ def micro(batch, micro_batches):
 
 def setup(mesh, cfg=CFG):
     layout = layout_of(preset("tiny"))
-    program = build_step(layout, cfg, mesh, remat="full")
+    program = build_step(layout, cfg, mesh, remat="full", objective=SFT())
     return program, program.init(jax.device_put(init_params(layout, 1),
                                                 program.state_shardings.params))
 
@@ -49,7 +50,7 @@ def setup(mesh, cfg=CFG):
 def run(program, state, batches):
     losses = []
     for batch in batches:
-        state, metrics = program.step(state, jax.device_put(batch, program.batch_sharding))
+        state, metrics = program.step(state, jax.device_put(batch, program.batch_shardings))
         losses.append(float(metrics["loss"]))
     return state, losses
 
@@ -118,11 +119,11 @@ def test_bfloat16_accumulator_equals_the_big_batch_within_rounding():
     layout = layout_of(preset("tiny"))
     params = init_params(layout, 3)
     batch = packed_batch(8, 32, seed=7)
-    (loss, count), big = jax.jit(lambda p: batch_gradients(layout, p, micro(batch, 1), "full"))(
-        params)
+    (loss, count, _), big = jax.jit(lambda p: batch_gradients(
+        layout, SFT(), p, micro(batch, 1), "full"))(params)
     for dtype, tolerance in (("float32", 1e-5), ("bfloat16", 1e-2)):
-        (loss_m, count_m), summed = jax.jit(lambda p: batch_gradients(
-            layout, p, micro(batch, 4), "full", dtype))(params)
+        (loss_m, count_m, _), summed = jax.jit(lambda p: batch_gradients(
+            layout, SFT(), p, micro(batch, 4), "full", dtype))(params)
         assert float(count_m) == float(count) and abs(float(loss_m) - float(loss)) < 1e-3
         assert jax.tree.leaves(summed)[0].dtype == jnp.dtype(dtype)
         for a, b in zip(jax.tree.leaves(summed), jax.tree.leaves(big)):
@@ -134,7 +135,7 @@ def test_remat_policies_give_the_same_gradients():
     layout = layout_of(preset("tiny"))
     params = init_params(layout, 4)
     batch = micro(packed_batch(4, 32, seed=8), 1)
-    grads = {remat: jax.jit(lambda p, r=remat: batch_gradients(layout, p, batch, r)[1])(params)
+    grads = {remat: jax.jit(lambda p, r=remat: batch_gradients(layout, SFT(), p, batch, r)[1])(params)
              for remat in ("none", "full", "dots")}
     for remat in ("full", "dots"):
         for a, b in zip(jax.tree.leaves(grads[remat]), jax.tree.leaves(grads["none"])):

@@ -35,7 +35,7 @@ class DataSection:
     tokenizer: str = "builtin"  # "builtin" (tests) or a directory with tokenizer files
     system: str = "marco"  # system prompt for records without one: marco, default, none
     seq_len: int = 512
-    pack: bool = True
+    pack: bool = True  # SFT only: DPO rows hold one completion each
     overlong: str = "truncate"  # or "drop"
     on_bad_record: str = "error"  # or "skip"
     shuffle_seed: int = 0
@@ -79,14 +79,30 @@ class CheckpointSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class DPOSection:
+    """Preference training (``objective: dpo``); see :class:`marco_jax.train.objectives.DPO`."""
+
+    beta: float = 0.1
+    loss: str = "sigmoid"  # or ipo
+    label_smoothing: float = 0.0  # cDPO's epsilon (sigmoid loss only)
+    sft_weight: float = 0.0  # v2's joint term: NLL of the chosen completion, this weight
+    mask_shared_prefix: bool = False  # leave out the completions' common first tokens
+    reference: str = "precomputed"  # once, before training; or "live": a frozen copy
+    # of the initial weights beside the state, scored with every batch
+    reference_logps: str = ""  # precomputed file; "" = <output_dir>/reference_logps.jsonl
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     name: str
     output_dir: str = "results/train"
+    objective: str = "sft"  # sft (data: chat records) or dpo (data: preference pairs)
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()
     mesh: MeshSection = MeshSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    dpo: DPOSection = DPOSection()
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -109,6 +125,15 @@ class TrainConfig:
              "train.accumulate_dtype must be float32 or bfloat16"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1,
              "checkpoint.every and checkpoint.keep must be >= 1"),
+            (self.objective in ("sft", "dpo"), "objective must be sft or dpo"),
+            (self.dpo.beta > 0, "dpo.beta must be > 0"),
+            (self.dpo.loss in ("sigmoid", "ipo"), "dpo.loss must be sigmoid or ipo"),
+            (0.0 <= self.dpo.label_smoothing < 0.5, "dpo.label_smoothing must be >= 0 and < 0.5"),
+            (self.dpo.label_smoothing == 0.0 or self.dpo.loss == "sigmoid",
+             "dpo.label_smoothing applies to the sigmoid loss only"),
+            (self.dpo.sft_weight >= 0, "dpo.sft_weight must be >= 0"),
+            (self.dpo.reference in ("precomputed", "live"),
+             "dpo.reference must be precomputed or live"),
         ]
         for ok, message in checks:
             if not ok:

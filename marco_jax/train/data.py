@@ -22,7 +22,7 @@ import itertools
 import json
 import pathlib
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -41,40 +41,44 @@ HF_DATASET_SUFFIXES = (".parquet", ".arrow")
 _PACKED = ("inputs", "targets", "loss_mask")
 
 
-def read_records(path: pathlib.Path, on_bad_record: str = "error") -> tuple[list[dict], int]:
+def read_records(path: pathlib.Path, on_bad_record: str = "error",
+                 problem: Callable[[Any], str | None] | None = None) -> tuple[list[dict], int]:
     """The usable records of a JSON array or JSONL file (or a Hugging Face dataset:
     a ``save_to_disk`` directory, Parquet or Arrow file), and how many were skipped.
 
-    A record is Marco-o1's CoT format (``instruction`` + ``response``) or chat
+    A record is usable when ``problem`` finds nothing wrong with it; by default
+    it must be Marco-o1's CoT format (``instruction`` + ``response``) or chat
     ``messages``. A bad record stops the run (``"error"``) or is reported on stderr
     and skipped (``"skip"``), so one broken line in a large crawl need not cost the
     whole run; a file with no usable record is always an error.
     """
     if on_bad_record not in ON_BAD_RECORD:
         raise MarcoError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
+    problem = problem or _problem
     if path.is_dir() or path.suffix in HF_DATASET_SUFFIXES:
-        located = _hf_dataset_records(path)
+        located = _hf_dataset_records(path, problem)
     else:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise MarcoError(f"{path}: cannot read ({error})") from None
-        located = _located_records(path, text)
+        located = _located_records(path, text, problem)
     records, skipped = [], 0
-    for location, record, problem in located:
-        if problem is None:
+    for location, record, why in located:
+        if why is None:
             records.append(record)
             continue
         if on_bad_record == "error":
-            raise MarcoError(f"{location}: {problem}")
-        print(f"warning: skipping {location}: {problem}", file=sys.stderr)
+            raise MarcoError(f"{location}: {why}")
+        print(f"warning: skipping {location}: {why}", file=sys.stderr)
         skipped += 1
     if not records:
         raise MarcoError(f"{path}: no usable records" + (f" ({skipped} bad)" if skipped else ""))
     return records, skipped
 
 
-def _hf_dataset_records(path: pathlib.Path) -> Iterator[tuple[str, Any, str | None]]:
+def _hf_dataset_records(path: pathlib.Path, problem: Callable[[Any], str | None],
+                        ) -> Iterator[tuple[str, Any, str | None]]:
     """Records of a ``datasets.save_to_disk`` directory or a Parquet/Arrow file."""
     import datasets
 
@@ -89,10 +93,11 @@ def _hf_dataset_records(path: pathlib.Path) -> Iterator[tuple[str, Any, str | No
     except (OSError, ValueError, FileNotFoundError) as error:
         raise MarcoError(f"{path}: cannot read as a Hugging Face dataset ({error})") from None
     for index, record in enumerate(table):
-        yield f"{path}: row {index}", record, _problem(record)
+        yield f"{path}: row {index}", record, problem(record)
 
 
-def _located_records(path: pathlib.Path, text: str) -> Iterator[tuple[str, Any, str | None]]:
+def _located_records(path: pathlib.Path, text: str, problem: Callable[[Any], str | None],
+                     ) -> Iterator[tuple[str, Any, str | None]]:
     """(where, record, problem) per record; problem is None when the record is usable.
 
     Where is ``file:line`` for JSONL and ``file: record i`` (0-based) for a JSON array.
@@ -103,7 +108,7 @@ def _located_records(path: pathlib.Path, text: str) -> Iterator[tuple[str, Any, 
         except json.JSONDecodeError as error:
             raise MarcoError(f"{path}: not JSON ({error})") from None
         for index, record in enumerate(array):
-            yield f"{path}: record {index}", record, _problem(record)
+            yield f"{path}: record {index}", record, problem(record)
         return
     for number, line in enumerate(lines(text), 1):
         if not line.strip():
@@ -113,7 +118,7 @@ def _located_records(path: pathlib.Path, text: str) -> Iterator[tuple[str, Any, 
         except json.JSONDecodeError as error:
             yield f"{path}:{number}", None, f"not JSON ({error.msg})"
             continue
-        yield f"{path}:{number}", record, _problem(record)
+        yield f"{path}:{number}", record, problem(record)
 
 
 def _problem(record: Any) -> str | None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from marco_jax.train.checkpoint import abstract_target, saves_asynchronously
 from marco_jax.train.config import TrainConfig
-from marco_jax.train.step import BATCH_KEYS
+from marco_jax.train.objectives import FLOAT_FIELDS, objective_of
 from marco_jax.train.trainer import set_up
 
 # RSS of a training process before its first array (Python, JAX, XLA, tokenizer
@@ -68,10 +68,12 @@ def memory_plan(cfg: TrainConfig, devices: list, simulated: bool = False) -> dic
     setup = set_up(cfg, devices)
     program = setup.program
     state = abstract_target(program.abstract_state, program.state_shardings)
-    m, rows = cfg.train.micro_batches, cfg.train.global_batch // cfg.train.micro_batches
-    shape = (m, rows, cfg.data.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, np.float32 if k == "loss_mask" else np.int32,
-                                     sharding=program.batch_sharding) for k in BATCH_KEYS}
+    m = cfg.train.micro_batches
+    rows = cfg.train.global_batch * objective_of(cfg).rows_per_example // m
+    batch = {k: jax.ShapeDtypeStruct(
+        (m, rows) if k == "reference_logps" else (m, rows, cfg.data.seq_len),
+        np.float32 if k in FLOAT_FIELDS else np.int32, sharding=sharding)
+        for k, sharding in program.batch_shardings.items()}
     start = time.perf_counter()
     compiled = program.step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start

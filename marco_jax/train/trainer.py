@@ -1,5 +1,6 @@
-"""The SFT run: model and data set-up on a mesh, the step loop with checkpoints and
-metrics, and the final export (the compile-only memory plan is in ``memory``)."""
+"""A training run (SFT or DPO): model and data set-up on a mesh, the step loop with
+checkpoints and metrics, and the final export (the compile-only memory plan is in
+``memory``)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,13 @@ from marco_jax.loading import checkpoint_config, checkpoint_tokenizer, load
 from marco_jax.sharding import make_mesh
 from marco_jax.train import data as data_lib
 from marco_jax.train import metrics as metrics_lib
+from marco_jax.train import pairs as pairs_lib
+from marco_jax.train import reference as reference_lib
 from marco_jax.train.checkpoint import RunCheckpoints, abstract_target
 from marco_jax.train.config import TrainConfig, to_dict
 from marco_jax.train.layout import TrainLayout, init_params, layout_of, stack_layers, unstack_layers
-from marco_jax.train.step import BATCH_KEYS, StepProgram, build_step
+from marco_jax.train.objectives import objective_of
+from marco_jax.train.step import StepProgram, build_step
 
 
 @dataclasses.dataclass
@@ -55,14 +59,16 @@ def set_up(cfg: TrainConfig, devices: list | None = None) -> Setup:
     """Mesh, parameter shardings and the jitted step, without allocating parameters."""
     model_cfg = model_config_of(cfg)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
-    rows = cfg.train.global_batch // cfg.train.micro_batches
+    objective = objective_of(cfg)
+    rows = cfg.train.global_batch * objective.rows_per_example // cfg.train.micro_batches
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % batch_ways:
         raise MarcoError(
-            f"config {cfg.name}: train.global_batch / train.micro_batches = {rows} rows per "
-            f"micro-batch do not split over data x fsdp = {batch_ways} devices")
+            f"config {cfg.name}: {rows} rows per micro-batch (train.global_batch x "
+            f"{objective.rows_per_example} / train.micro_batches) do not split over data x "
+            f"fsdp = {batch_ways} devices")
     layout = layout_of(model_cfg)
-    return Setup(layout, mesh, build_step(layout, cfg.train, mesh, cfg.model.remat))
+    return Setup(layout, mesh, build_step(layout, cfg.train, mesh, cfg.model.remat, objective))
 
 
 def run_tokenizer(cfg: TrainConfig):
@@ -89,7 +95,7 @@ def _initial_params(cfg: TrainConfig, setup: Setup) -> dict:
     return jax.jit(lambda: init_params(setup.layout, cfg.train.seed), out_shardings=shardings)()
 
 
-def dataset(cfg: TrainConfig, tokenizer):
+def sft_batches(cfg: TrainConfig, tokenizer):
     """This process's batches of the configured data; what was cut goes to the log."""
     path = pathlib.Path(cfg.data.path)
     records, skipped = data_lib.read_records(path, cfg.data.on_bad_record)
@@ -108,12 +114,59 @@ def dataset(cfg: TrainConfig, tokenizer):
     return batches
 
 
-def _global_batch(batch: dict[str, np.ndarray], cfg: TrainConfig, program: StepProgram):
-    """This process's rows -> one (micro_batches, rows, seq) array per field over the mesh."""
+def dpo_batches(cfg: TrainConfig, setup: Setup, tokenizer, params: dict | None,
+                progress: bool = True):
+    """This process's batches of preference pairs, and the live reference's weights
+    (None when the reference log-probs are precomputed: they ride in the batches).
+
+    Precomputed log-probs come from the reference file when it matches this run,
+    else from ``params`` (the initial weights; loaded anew when None, as on a
+    resume) and are written to it.
+    """
+    path = pathlib.Path(cfg.data.path)
+    records, skipped = pairs_lib.read_pairs(path, cfg.data.on_bad_record)
+    system = prompts.SYSTEM_PROMPTS[cfg.data.system]
+    examples, counts = pairs_lib.pair_examples(records, tokenizer, system, cfg.data.seq_len,
+                                               cfg.data.overlong)
+    print(f"data: {path}: {counts.pairs} pairs ({counts.truncated} truncated, {counts.dropped} "
+          f"dropped, {skipped} bad records skipped)", file=sys.stderr)
+    program, live, logps = setup.program, None, None
+    if cfg.dpo.reference == "live":
+        live = _initial_params(cfg, setup)
+    else:
+        ref_path = pathlib.Path(cfg.dpo.reference_logps or pathlib.Path(cfg.output_dir)
+                                / "reference_logps.jsonl")
+        header = {"pairs": str(path), "pairs_sha256": reference_lib.file_sha256(path),
+                  "reference": cfg.model.init_from or f"random init, seed {cfg.train.seed}",
+                  "param_dtype": cfg.model.param_dtype, "compute_dtype": cfg.model.compute_dtype,
+                  "seq_len": cfg.data.seq_len, "system": cfg.data.system,
+                  "overlong": cfg.data.overlong, "mask_shared_prefix": cfg.dpo.mask_shared_prefix}
+        ids = [e["id"] for e in examples]
+        logps = reference_lib.read_reference(ref_path, header, ids)
+        if logps is None:
+            reference = _initial_params(cfg, setup) if params is None else params
+            logps = reference_lib.compute_reference(
+                examples, cfg.train.global_batch // cfg.train.micro_batches,
+                lambda b: _global_batch(b, program),
+                lambda b: program.reference_logps(reference, b), progress)
+            if jax.process_index() == 0:
+                reference_lib.write_reference(ref_path, header, ids, logps)
+    batches = pairs_lib.make_pair_dataset(
+        examples, logps, pairs_per_batch=cfg.train.global_batch // jax.process_count(),
+        seed=cfg.data.shuffle_seed, num_epochs=cfg.data.num_epochs,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    return batches, live
+
+
+def _micro_batches(batch: dict[str, np.ndarray], cfg: TrainConfig) -> dict[str, np.ndarray]:
     m = cfg.train.micro_batches
-    local = {k: batch[k].reshape(m, -1, *batch[k].shape[1:]) for k in BATCH_KEYS}
-    return {k: jax.make_array_from_process_local_data(program.batch_sharding, v)
-            for k, v in local.items()}
+    return {k: v.reshape(m, -1, *v.shape[1:]) for k, v in batch.items()}
+
+
+def _global_batch(local: dict[str, np.ndarray], program: StepProgram) -> dict[str, jax.Array]:
+    """This process's (micro_batches, rows, ...) fields -> arrays over the mesh."""
+    return {k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
+            for k, v in local.items() if k in program.batch_shardings}
 
 
 def export(params: dict, model_cfg: model_config.Qwen2Config, tokenizer,
@@ -141,13 +194,20 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
                          "continue that run, or choose another output_dir")
     setup = set_up(cfg)
     tokenizer = run_tokenizer(cfg)
-    data_iter = iter(dataset(cfg, tokenizer))
     checkpoints = RunCheckpoints(checkpoints_dir, cfg.checkpoint.every, cfg.checkpoint.keep,
                                  cfg.checkpoint.async_save)
     program = setup.program
     start = checkpoints.latest_step() if resume else None
+    params = _initial_params(cfg, setup) if start is None else None
+    live_reference = None
+    if cfg.objective == "dpo":
+        batches, live_reference = dpo_batches(cfg, setup, tokenizer, params, progress)
+    else:
+        batches = sft_batches(cfg, tokenizer)
+    data_iter = iter(batches)
     if start is None:
-        state = program.init(_initial_params(cfg, setup))
+        state = program.init(params)  # donated: the step's state is the only copy
+        del params
         start = 0
     else:
         target = abstract_target(program.abstract_state, program.state_shardings)
@@ -167,7 +227,11 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
     for step in bar:
         batch = next(data_iter)
         tokens_seen += int((batch["segment_ids"] > 0).sum()) * jax.process_count()
-        state, step_metrics = program.step(state, _global_batch(batch, cfg, program))
+        global_batch = _global_batch(_micro_batches(batch, cfg), program)
+        if live_reference is not None:
+            global_batch["reference_logps"] = program.reference_logps(live_reference,
+                                                                      global_batch)
+        state, step_metrics = program.step(state, global_batch)
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}

@@ -1,0 +1,165 @@
+"""Training objectives as plug-ins of one step: SFT (token cross-entropy) and DPO
+(preference pairs against a reference model).
+
+An objective turns a micro-batch into ``(loss sum, weight, metric sums)``; the step
+accumulates the three over micro-batches and divides once, so M micro-batches of
+B rows give the update of one batch of M*B rows for either objective. SFT's
+weight is the number of learned tokens, DPO's the number of pairs.
+
+DPO rows come in pairs, interleaved: row 2i is pair i's chosen completion and
+row 2i+1 its rejected one, so any even split into micro-batches or devices keeps
+a pair's two rows in one micro-batch. Besides SFT's fields a DPO batch has
+``shared_mask`` (the completion tokens both chains of the pair share, from the
+start of the completion) and ``reference_logps`` (each row's completion
+log-probability under the reference model, computed with the same masking).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+
+from marco_jax.train.layout import Params, TrainLayout
+
+LOSS_CHUNK = 1024  # sequence positions per head + loss chunk
+TOKEN_FIELDS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+FLOAT_FIELDS = ("loss_mask", "shared_mask", "reference_logps")
+Sums = tuple[jax.Array, jax.Array, dict[str, jax.Array]]
+
+
+def masked_logprob_sums(layout: TrainLayout, params: Params, batch: dict[str, jax.Array],
+                        masks_kbt: jax.Array, remat: str,
+                        act_sharding: NamedSharding | None = None) -> jax.Array:
+    """float32 (k, b): each row's summed target log-probabilities under each of k masks.
+
+    The (b, t, vocab) logits are never materialised whole: the head runs over
+    LOSS_CHUNK positions at a time, and with ``remat`` each chunk is recomputed
+    in the backward pass, so only one chunk's float32 logits (0.6 GB for Qwen2's
+    152k vocabulary at 1024 positions) are alive at once. ``remat`` names the
+    layers' policy (:data:`marco_jax.model.REMAT_POLICIES`); any policy but
+    ``none`` also recomputes the chunks.
+    """
+    model, layers = layout.model(params)
+    x_btd, _ = model.hidden_states(batch["inputs"], batch["positions"],
+                                   batch["segment_ids"] > 0, segment_ids_bt=batch["segment_ids"],
+                                   scanned_layers=layers, remat=remat, act_sharding=act_sharding)
+    b, t, _ = x_btd.shape
+    k = masks_kbt.shape[0]
+    chunk = LOSS_CHUNK if t % LOSS_CHUNK == 0 else t
+    n = t // chunk
+    x_nbcd = jnp.swapaxes(x_btd.reshape(b, n, chunk, -1), 0, 1)
+    targets_nbc = jnp.swapaxes(batch["targets"].reshape(b, n, chunk), 0, 1)
+    masks_nkbc = jnp.moveaxis(masks_kbt.astype(jnp.float32).reshape(k, b, n, chunk), 2, 0)
+
+    def chunk_sums(total_kb, chunk_inputs):
+        x_bcd, targets_bc, masks_kbc = chunk_inputs
+        logp_bc = -optax.softmax_cross_entropy_with_integer_labels(model.logits(x_bcd),
+                                                                   targets_bc)
+        return total_kb + jnp.einsum("kbc,bc->kb", masks_kbc, logp_bc), None
+
+    total_kb, _ = jax.lax.scan(chunk_sums if remat == "none" else jax.checkpoint(chunk_sums),
+                               jnp.zeros((k, b), jnp.float32),
+                               (x_nbcd, targets_nbc, masks_nkbc))
+    return total_kb
+
+
+class Objective(Protocol):
+    """What the step needs of a training objective."""
+
+    rows_per_example: ClassVar[int]  # batch rows per data-set example (a DPO pair is two)
+    fields: ClassVar[tuple[str, ...]]  # reference_logps is (rows,), the rest (rows, seq)
+
+    def sums(self, layout: TrainLayout, params: Params, batch: dict[str, jax.Array],
+             remat: str, act_sharding: NamedSharding | None) -> Sums:
+        """(loss sum, weight, metric sums) of one micro-batch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SFT:
+    """Mean cross-entropy over every learned token of the global batch."""
+
+    rows_per_example: ClassVar[int] = 1
+    fields: ClassVar[tuple[str, ...]] = TOKEN_FIELDS
+
+    def sums(self, layout, params, batch, remat, act_sharding=None) -> Sums:
+        logp_b = masked_logprob_sums(layout, params, batch, batch["loss_mask"][None], remat,
+                                     act_sharding)[0]
+        return -jnp.sum(logp_b), jnp.sum(batch["loss_mask"]), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class DPO:
+    """Direct preference optimisation (Rafailov et al. 2023) with Marco-o1 v2's options.
+
+    ``loss``: "sigmoid" with label smoothing ``label_smoothing`` (cDPO: the
+    preference is taken as flipped with that probability) or "ipo" (Azar et al.
+    2023: squared distance of the log-ratio margin from 1/(2 beta), on summed
+    log-probabilities). ``sft_weight`` adds v2's joint term: that weight times the
+    chosen completion's mean token negative log-likelihood. With
+    ``mask_shared_prefix`` every log-probability leaves out the tokens the pair's
+    two completions share from their start (v2's fine-grained masking): the
+    preference terms are unchanged, since those tokens have the same context and
+    so the same log-probability in both rows, but the SFT term counts only the
+    tokens after the branch point.
+    """
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    loss: str = "sigmoid"
+    sft_weight: float = 0.0
+    mask_shared_prefix: bool = False
+    rows_per_example: ClassVar[int] = 2
+    fields: ClassVar[tuple[str, ...]] = (*TOKEN_FIELDS, "shared_mask", "reference_logps")
+
+    def completion_mask(self, batch: dict[str, jax.Array]) -> jax.Array:
+        if self.mask_shared_prefix:
+            return batch["loss_mask"] * (1.0 - batch["shared_mask"])
+        return batch["loss_mask"]
+
+    def logps(self, layout, params, batch, remat, act_sharding=None) -> jax.Array:
+        """Each row's summed completion log-probability, (rows,) float32."""
+        return masked_logprob_sums(layout, params, batch, self.completion_mask(batch)[None],
+                                   remat, act_sharding)[0]
+
+    def sums(self, layout, params, batch, remat, act_sharding=None) -> Sums:
+        logp_pc = self.logps(layout, params, batch, remat, act_sharding).reshape(-1, 2)
+        ref_pc = batch["reference_logps"].reshape(-1, 2)
+        tokens_pc = jnp.sum(self.completion_mask(batch), axis=-1).reshape(-1, 2)
+        terms = pair_terms(logp_pc, ref_pc, tokens_pc, self)
+        return jnp.sum(terms["loss"]), jnp.asarray(logp_pc.shape[0], jnp.float32), {
+            name: jnp.sum(value) for name, value in terms.items() if name != "loss"}
+
+
+def pair_terms(logp_pc: jax.Array, ref_pc: jax.Array, tokens_pc: jax.Array,
+               dpo: DPO) -> dict[str, jax.Array]:
+    """Per-pair loss and metrics from (pairs, [chosen, rejected]) log-probabilities
+    of the policy and the reference, and completion token counts."""
+    ratio_pc = logp_pc - ref_pc
+    margin_p = ratio_pc[:, 0] - ratio_pc[:, 1]
+    if dpo.loss == "ipo":
+        preference_p = (margin_p - 1.0 / (2.0 * dpo.beta)) ** 2
+    else:
+        eps = dpo.label_smoothing
+        preference_p = (-(1.0 - eps) * jax.nn.log_sigmoid(dpo.beta * margin_p)
+                        - eps * jax.nn.log_sigmoid(-dpo.beta * margin_p))
+    sft_p = -logp_pc[:, 0] / jnp.maximum(tokens_pc[:, 0], 1.0)
+    rewards_pc = dpo.beta * ratio_pc
+    return {"loss": preference_p + dpo.sft_weight * sft_p,
+            "preference_loss": preference_p, "sft_loss": sft_p,
+            "reward_chosen": rewards_pc[:, 0], "reward_rejected": rewards_pc[:, 1],
+            "reward_margin": rewards_pc[:, 0] - rewards_pc[:, 1],
+            "preference_accuracy": (rewards_pc[:, 0] > rewards_pc[:, 1]).astype(jnp.float32)}
+
+
+def objective_of(cfg) -> Objective:
+    """The objective a :class:`marco_jax.train.config.TrainConfig` names."""
+    if cfg.objective == "dpo":
+        d = cfg.dpo
+        return DPO(beta=d.beta, label_smoothing=d.label_smoothing, loss=d.loss,
+                   sft_weight=d.sft_weight, mask_shared_prefix=d.mask_shared_prefix)
+    return SFT()

@@ -1,0 +1,88 @@
+"""DPO's reference log-probabilities, computed once with the run's own jitted forward
+(no second parameter copy during training) and kept in a JSONL file.
+
+The file's first line says what the numbers depend on (the pairs file and its
+sha256, the reference weights, sequence length, system prompt, truncation and
+masking); a run reuses the file only when all of it matches, so a resumed run
+or a second run on the same pairs skips the pass, and a stale file is an error
+naming what changed instead of silently wrong rewards. Each further line holds
+one pair: ``{"id", "chosen", "rejected"}``, summed completion log-probs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from marco_jax.errors import MarcoError
+from marco_jax.train.pairs import interleave
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_reference(path: pathlib.Path, header: dict[str, Any],
+                   ids: Sequence[str]) -> np.ndarray | None:
+    """(pairs, 2) reference log-probs from ``path``, None when there is no file yet."""
+    if not path.exists():
+        return None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    stored = json.loads(lines[0]) if lines else {}
+    changed = [k for k in header if stored.get(k) != header[k]]
+    if changed:
+        raise MarcoError(
+            f"{path} holds reference log-probs for other settings ({', '.join(changed)}: "
+            f"{', '.join(f'{stored.get(k)!r} != {header[k]!r}' for k in changed)}); delete it "
+            "or set dpo.reference_logps to another file")
+    rows = [json.loads(line) for line in lines[1:]]
+    if [r["id"] for r in rows] != list(ids):
+        raise MarcoError(f"{path}: its pairs ({len(rows)}) are not the data's ({len(ids)}) in "
+                         "order; delete it to recompute")
+    return np.asarray([[r["chosen"], r["rejected"]] for r in rows], np.float32)
+
+
+def write_reference(path: pathlib.Path, header: dict[str, Any], ids: Sequence[str],
+                    logps_p2: np.ndarray) -> None:
+    """Write aside and rename, so the file is complete whenever it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".partial")
+    with open(staging, "w", encoding="utf-8") as f:
+        f.write(json.dumps(header) + "\n")
+        for pair_id, (chosen, rejected) in zip(ids, logps_p2.tolist()):
+            f.write(json.dumps({"id": pair_id, "chosen": chosen, "rejected": rejected}) + "\n")
+    staging.rename(path)
+
+
+def compute_reference(examples: Sequence[dict[str, Any]], pairs_per_call: int,
+                      to_global: Callable[[dict], dict], score: Callable[[dict], jax.Array],
+                      progress: bool = True) -> np.ndarray:
+    """(pairs, 2) summed completion log-probs of every example, in order.
+
+    Each call scores one micro-batch of the training step (``pairs_per_call``
+    pairs, shaped (1, rows, seq)), each process feeding its slice through
+    ``to_global``; the last call is padded with copies of the final pair.
+    """
+    n, count, index = len(examples), jax.process_count(), jax.process_index()
+    per_process = pairs_per_call // count
+    out = []
+    for start in tqdm(range(0, n, pairs_per_call), desc="reference log-probs", unit="batch",
+                      disable=not progress or index != 0):
+        chunk = [examples[min(start + i, n - 1)]["rows"] for i in range(pairs_per_call)]
+        local = chunk[index * per_process:(index + 1) * per_process]
+        rows = interleave({k: np.stack([r[k] for r in local]) for k in local[0]})
+        batch = {k: v[None] for k, v in rows.items()}
+        logps = multihost_utils.process_allgather(score(to_global(batch)), tiled=True)
+        out.append(np.asarray(logps, np.float32).reshape(-1, 2))
+    return np.concatenate(out)[:n]

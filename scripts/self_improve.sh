@@ -1,0 +1,86 @@
+#!/bin/bash
+# Marco-o1's loop as one pipeline: search -> verified chains and pairs -> SFT -> DPO
+# -> MGSM evaluation. Every stage resumes where it stopped and is skipped when its
+# output exists, so rerunning the script after any interruption continues it.
+#
+#   bash scripts/self_improve.sh MODEL_DIR DATA_DIR WORK_DIR
+#
+# DATA_DIR holds gsm8k/train.jsonl and mgsm/mgsm_{en,zh}.tsv; WORK_DIR receives
+# everything. Sizes and settings come from the environment (defaults in brackets):
+#   PROBLEMS [100] GSM8K train problems searched; SEARCH [v2-gsm8k] search config;
+#   SEARCH_SET ["search.token_budget=1024 search.call_tokens=256 search.max_tokens=1024"];
+#   SELECT [shortest] SFT chains per tree; SFT_STEPS [60], SFT_BATCH [4], SEQ_LEN [1024];
+#   SFT_SET, DPO_SET extra "--set" items; RESEARCH [0] 1: search again with the SFT
+#   model for the DPO pairs; DPO_STEPS [30], DPO_BATCH [2];
+#   EVAL_LIMIT [40], EVAL_METHODS ["cot-marco cot-chat mcts-step"], SLOTS [64].
+set -euo pipefail
+model=${1:?model directory}; data=${2:?data directory}; work=${3:?work directory}
+problems=${PROBLEMS:-100}; search=${SEARCH:-v2-gsm8k}; select=${SELECT:-shortest}
+read -r -a search_set <<< "${SEARCH_SET:-search.token_budget=1024 search.call_tokens=256 search.max_tokens=1024}"
+seq_len=${SEQ_LEN:-1024}; slots=${SLOTS:-64}
+mkdir -p "$work"
+sets() { for item in "$@"; do printf -- '--set\0%s\0' "$item"; done; }
+stage() { echo "== $(date +%H:%M:%S) $*" >&2; }
+
+synthesize() {  # MODEL NAME: search GSM8K train with MODEL into WORK/NAME.jsonl + trees
+  stage "synthesize $2 ($problems problems, $search)"
+  mapfile -d '' extra < <(sets "${search_set[@]}")
+  python scripts/search.py --model "$1" --config "$search" --input "$data/gsm8k/train.jsonl" \
+    --limit "$problems" --slots "$slots" --output "$work/$2.jsonl" --tree-dir "$work/trees-$2" \
+    "${extra[@]}"
+}
+
+export_data() {  # NAME MODEL: SFT records and pairs of WORK/trees-NAME
+  if [ -s "$work/$1-sft.jsonl" ] && [ -s "$work/$1-pairs.jsonl" ]; then
+    stage "export $1: done"; return; fi
+  stage "export $1"
+  python scripts/export_data.py --trees "$work/trees-$1" --model "$2" --select "$select" \
+    --sft "$work/$1-sft.jsonl" --pairs "$work/$1-pairs.jsonl" \
+    --exclude "$data/mgsm/mgsm_en.tsv" --exclude "$data/mgsm/mgsm_zh.tsv"
+}
+
+train() {  # CONFIG OUT INIT DATA STEPS BATCH [SET...]: a resumable run into WORK/OUT/final
+  local config=$1 out=$work/$2 init=$3 path=$4 steps=$5 batch=$6; shift 6
+  if [ -d "$out/final" ]; then stage "$2: done"; return; fi
+  stage "$2 ($config, $steps steps of $batch)"
+  local resume=(); [ -d "$out/checkpoints" ] && [ -n "$(ls -A "$out/checkpoints")" ] && resume=(--resume)
+  mapfile -d '' extra < <(sets "model.init_from=$init" "data.path=$path" "output_dir=$out" \
+    "train.steps=$steps" "train.global_batch=$batch" "data.seq_len=$seq_len" "$@")
+  python scripts/train.py --config "$config" "${extra[@]}" "${resume[@]}" --no-progress
+}
+
+evaluate() {  # MODEL NAME: MGSM-En and -Zh, first EVAL_LIMIT problems, each method
+  for lang in en zh; do
+    for method in ${EVAL_METHODS:-cot-marco cot-chat mcts-step}; do
+      stage "evaluate $2 $lang $method"
+      case $method in
+        cot-marco) args=(--method cot --template marco --tag "$2-marco");;
+        cot-chat) args=(--method cot --template chat --tag "$2-chat");;
+        *) args=(--method "$method" --tag "$2");;
+      esac
+      python scripts/eval_mgsm.py --model "$1" --data "$data/mgsm/mgsm_$lang.tsv" \
+        --limit "${EVAL_LIMIT:-40}" --out-dir "$work/eval" --slots "$slots" "${args[@]}" \
+        > "$work/eval/summary-$lang-$method-$2.json"
+    done
+  done
+}
+
+read -r -a sft_set <<< "${SFT_SET:-}"
+read -r -a dpo_set <<< "${DPO_SET:-}"
+mkdir -p "$work/eval"
+synthesize "$model" base
+export_data base "$model"
+train qwen2_05b_sft sft "$model" "$work/base-sft.jsonl" "${SFT_STEPS:-60}" "${SFT_BATCH:-4}" \
+  ${sft_set[@]+"${sft_set[@]}"}
+pairs=$work/base-pairs.jsonl
+if [ "${RESEARCH:-0}" = 1 ]; then
+  synthesize "$work/sft/final" sft
+  export_data sft "$work/sft/final"
+  pairs=$work/sft-pairs.jsonl
+fi
+train qwen2_05b_dpo dpo "$work/sft/final" "$pairs" "${DPO_STEPS:-30}" "${DPO_BATCH:-2}" \
+  ${dpo_set[@]+"${dpo_set[@]}"}
+evaluate "$model" base
+evaluate "$work/sft/final" sft
+evaluate "$work/dpo/final" dpo
+stage "done: per-problem files and summaries in $work/eval"

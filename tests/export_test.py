@@ -63,7 +63,11 @@ def test_marco_rendering():
     assert export.render(text, "tags") == text
     assert export.render(text, "marco") == (
         "<Thought>\nsplit\n\n2+2=4\n</Thought>\n<Output>\nThe answer is: \\boxed{4}\n</Output>")
-    assert export.render("plain v1 text 4", "marco") == "plain v1 text 4"
+    assert export.render("2 + 2 is 4.\n", "marco") == (
+        "<Thought>\n2 + 2 is 4.\n</Thought>\n<Output>\nThe answer is: \\boxed{4}\n</Output>")
+    assert export.render("no number here", "marco") == "no number here"
+    marco = "<Thought>\n4\n</Thought>\n<Output>\n4\n</Output>"
+    assert export.render(marco, "marco") == marco
 
 
 def test_sft_records_load_through_the_sft_pipeline_and_mask_the_prompt(tok, tmp_path):

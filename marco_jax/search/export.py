@@ -18,6 +18,7 @@ import pathlib
 import re
 from typing import Any, Callable, Iterable, Sequence
 
+from marco_jax.answers import extract_answer
 from marco_jax.errors import MarcoError
 from marco_jax.prompts import OUTPUT_CLOSE, OUTPUT_OPEN, THOUGHT_CLOSE, THOUGHT_OPEN
 from marco_jax.search.problems import read_problems
@@ -82,12 +83,20 @@ def select(correct: list[Chain], how: str) -> list[Chain]:
 def render(text: str, form: str) -> str:
     """A chain as the assistant turn: raw v2 tags (``tags``), or Marco-o1's
     ``<Thought>…</Thought>\\n<Output>…</Output>`` (``marco``): the tagged
-    reasoning becomes the thought, the answer node the output. A chain without
-    v2 tags (a v1 tree's) is kept as it is."""
+    reasoning becomes the thought, the answer node the output. A plain chain
+    (a v1 or sampling tree's) becomes the thought, and its own final answer,
+    boxed, the output; one already in Marco-o1's format, or with no answer to
+    state, is kept as it is."""
     if form not in FORMATS:
         raise MarcoError(f"format must be one of {', '.join(FORMATS)}, got {form!r}")
-    if form == "tags" or "<answer>" not in text:
+    if form == "tags" or THOUGHT_OPEN in text:
         return text
+    if "<answer>" not in text:
+        answer = extract_answer(text)
+        if answer is None:
+            return text
+        return (f"{THOUGHT_OPEN}\n{text.strip()}\n{THOUGHT_CLOSE}\n{OUTPUT_OPEN}\n"
+                f"The answer is: \\boxed{{{answer}}}\n{OUTPUT_CLOSE}")
     head, _, answer = text.rpartition("<answer>")
     answer = answer.split("</answer>", 1)[0].strip()
     thought = "\n\n".join(part.strip() for part in _TAG.split(head)[::3] if part.strip())

@@ -1,10 +1,13 @@
 """Run checkpoints save on their interval only: never at the first step (Orbax's
-default), whose async copy would sit beside the next step in memory."""
+default), whose async copy would sit beside the next step in memory; compression
+and asynchronous saves are settings, off by default on CPU."""
 
 import grain
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-from marco_jax.train.checkpoint import RunCheckpoints
+from marco_jax.train.checkpoint import RunCheckpoints, abstract_target, on_unless_cpu
 from marco_jax.train.step import TrainState
 
 
@@ -17,3 +20,25 @@ def test_saves_only_on_the_interval_or_when_forced(tmp_path):
     checkpoints.close()
     assert saved == [3, 6, 7]
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3, 6, 7]
+
+
+def test_compression_is_a_setting_and_restores_the_same_state(tmp_path):
+    """A compressible state is smaller with compression; both restore exactly."""
+    state = TrainState(jnp.zeros((), jnp.int32), {"w": jnp.zeros((256, 1024))}, ())
+    sizes = {}
+    for compress in (True, False):
+        directory = tmp_path / str(compress)
+        checkpoints = RunCheckpoints(directory, every=1, keep=1, compress=compress)
+        data = iter(grain.MapDataset.range(10).to_iter_dataset())
+        checkpoints.save(1, state, data)
+        restored = checkpoints.restore(1, abstract_target(
+            jax.eval_shape(lambda: state), jax.tree.map(lambda a: a.sharding, state)), data)
+        checkpoints.close()
+        np.testing.assert_array_equal(restored.params["w"], state.params["w"])
+        sizes[compress] = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    assert sizes[True] < sizes[False] / 4, sizes
+
+
+def test_unset_settings_are_off_on_cpu_only():
+    assert [on_unless_cpu(None, cpu) for cpu in (True, False)] == [False, True]
+    assert on_unless_cpu(True, True) and not on_unless_cpu(False, False)

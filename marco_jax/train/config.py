@@ -76,6 +76,8 @@ class CheckpointSection:
     keep: int = 3
     async_save: bool | None = None  # None: async unless the devices are CPUs (where the
     # save's staging copy would sit beside the next step in the same memory)
+    compress: bool | None = None  # zstd; None: on unless the devices are CPUs (its
+    # buffers cost the demo fine-tune 3 GiB of peak RSS there)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from marco_jax.train.checkpoint import abstract_target, saves_asynchronously
+from marco_jax.train.checkpoint import abstract_target, on_unless_cpu
 from marco_jax.train.config import TrainConfig
 from marco_jax.train.objectives import FLOAT_FIELDS, objective_of
 from marco_jax.train.trainer import set_up
@@ -49,7 +49,7 @@ def host_plan(cfg: TrainConfig, state, device_total: int, devices: list,
     CPU devices stand for accelerators: their memory is not counted as the host's."""
     local_devices = [d for d in devices if d.process_index == jax.process_index()]
     on_cpu = local_devices[0].platform == "cpu" and not simulated
-    async_save = saves_asynchronously(cfg.checkpoint.async_save, on_cpu)
+    async_save = on_unless_cpu(cfg.checkpoint.async_save, on_cpu)
     loading = 2 * _local_bytes(state.params) if cfg.model.init_from else 0
     training = {
         "devices_in_host_memory": device_total * len(local_devices) if on_cpu else 0,

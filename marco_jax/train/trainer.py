@@ -195,7 +195,7 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
     setup = set_up(cfg)
     tokenizer = run_tokenizer(cfg)
     checkpoints = RunCheckpoints(checkpoints_dir, cfg.checkpoint.every, cfg.checkpoint.keep,
-                                 cfg.checkpoint.async_save)
+                                 cfg.checkpoint.async_save, cfg.checkpoint.compress)
     program = setup.program
     start = checkpoints.latest_step() if resume else None
     params = _initial_params(cfg, setup) if start is None else None

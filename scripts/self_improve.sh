@@ -9,7 +9,9 @@
 # everything. Sizes and settings come from the environment (defaults in brackets):
 #   PROBLEMS [100] GSM8K train problems searched; SEARCH [v2-gsm8k] search config;
 #   SEARCH_SET ["search.token_budget=1024 search.call_tokens=256 search.max_tokens=1024"];
-#   SELECT [shortest] SFT chains per tree; SFT_STEPS [60], SFT_BATCH [4], SEQ_LEN [1024];
+#   SELECT [shortest] SFT chains per tree; SAMPLING [0] 1: add the verified chains and
+#   pairs of 8 chat-template samples per problem (the sc config, 512 tokens each);
+#   SFT_STEPS [60], SFT_BATCH [4], SEQ_LEN [1024];
 #   SFT_SET, DPO_SET extra "--set" items; RESEARCH [0] 1: search again with the SFT
 #   model for the DPO pairs; DPO_STEPS [30], DPO_BATCH [2];
 #   EVAL_LIMIT [40], EVAL_METHODS ["cot-marco cot-chat mcts-step"], SLOTS [64].
@@ -22,19 +24,31 @@ mkdir -p "$work"
 sets() { for item in "$@"; do printf -- '--set\0%s\0' "$item"; done; }
 stage() { echo "== $(date +%H:%M:%S) $*" >&2; }
 
-synthesize() {  # MODEL NAME: search GSM8K train with MODEL into WORK/NAME.jsonl + trees
-  stage "synthesize $2 ($problems problems, $search)"
-  mapfile -d '' extra < <(sets "${search_set[@]}")
-  python scripts/search.py --model "$1" --config "$search" --input "$data/gsm8k/train.jsonl" \
-    --limit "$problems" --slots "$slots" --output "$work/$2.jsonl" --tree-dir "$work/trees-$2" \
-    "${extra[@]}"
+synthesize() {  # MODEL NAME CONFIG [SET...]: search GSM8K train into WORK/NAME.jsonl + trees
+  local model=$1 name=$2 config=$3; shift 3
+  stage "synthesize $name ($problems problems, $config)"
+  mapfile -d '' extra < <(sets "$@")
+  python scripts/search.py --model "$model" --config "$config" --input "$data/gsm8k/train.jsonl" \
+    --limit "$problems" --slots "$slots" --output "$work/$name.jsonl" \
+    --tree-dir "$work/trees-$name" "${extra[@]}"
 }
 
-export_data() {  # NAME MODEL: SFT records and pairs of WORK/trees-NAME
+search_data() {  # MODEL NAME: the trees (and samples) of MODEL, exported to WORK/NAME-{sft,pairs}
+  synthesize "$1" "$2" "$search" "${search_set[@]}"
+  export_data "$2" "$1" "$select"
+  if [ "${SAMPLING:-0}" = 1 ]; then
+    synthesize "$1" "$2-sc" sc template=chat search.max_tokens=512 search.call_tokens=512
+    export_data "$2-sc" "$1" all
+    cat "$work/$2-sft.jsonl" "$work/$2-sc-sft.jsonl" > "$work/$2-mix-sft.jsonl"
+    cat "$work/$2-pairs.jsonl" "$work/$2-sc-pairs.jsonl" > "$work/$2-mix-pairs.jsonl"
+  fi
+}
+
+export_data() {  # NAME MODEL SELECT: SFT records and pairs of WORK/trees-NAME
   if [ -s "$work/$1-sft.jsonl" ] && [ -s "$work/$1-pairs.jsonl" ]; then
     stage "export $1: done"; return; fi
   stage "export $1"
-  python scripts/export_data.py --trees "$work/trees-$1" --model "$2" --select "$select" \
+  python scripts/export_data.py --trees "$work/trees-$1" --model "$2" --select "$3" \
     --sft "$work/$1-sft.jsonl" --pairs "$work/$1-pairs.jsonl" \
     --exclude "$data/mgsm/mgsm_en.tsv" --exclude "$data/mgsm/mgsm_zh.tsv"
 }
@@ -49,17 +63,19 @@ train() {  # CONFIG OUT INIT DATA STEPS BATCH [SET...]: a resumable run into WOR
   python scripts/train.py --config "$config" "${extra[@]}" "${resume[@]}" --no-progress
 }
 
-evaluate() {  # MODEL NAME: MGSM-En and -Zh, first EVAL_LIMIT problems, each method
+evaluate() {  # MODEL NAME: MGSM-En and -Zh, first EVAL_LIMIT problems, each method, with
+  # the settings of BENCHMARKS.md's MGSM table (384 tokens a path; MCTS: 2 iterations, chat)
   for lang in en zh; do
     for method in ${EVAL_METHODS:-cot-marco cot-chat mcts-step}; do
       stage "evaluate $2 $lang $method"
       case $method in
-        cot-marco) args=(--method cot --template marco --tag "$2-marco");;
-        cot-chat) args=(--method cot --template chat --tag "$2-chat");;
-        *) args=(--method "$method" --tag "$2");;
+        cot-marco) args=(--method cot --template marco --tag "$2-marco384");;
+        cot-chat) args=(--method cot --template chat --tag "$2-chat384");;
+        *) args=(--method "$method" --iterations 2 --template chat --tag "$2-chat384");;
       esac
       python scripts/eval_mgsm.py --model "$1" --data "$data/mgsm/mgsm_$lang.tsv" \
-        --limit "${EVAL_LIMIT:-40}" --out-dir "$work/eval" --slots "$slots" "${args[@]}" \
+        --limit "${EVAL_LIMIT:-40}" --out-dir "$work/eval" --slots "$slots" --max-tokens 384 \
+        "${args[@]}" \
         > "$work/eval/summary-$lang-$method-$2.json"
     done
   done
@@ -68,15 +84,14 @@ evaluate() {  # MODEL NAME: MGSM-En and -Zh, first EVAL_LIMIT problems, each met
 read -r -a sft_set <<< "${SFT_SET:-}"
 read -r -a dpo_set <<< "${DPO_SET:-}"
 mkdir -p "$work/eval"
-synthesize "$model" base
-export_data base "$model"
-train qwen2_05b_sft sft "$model" "$work/base-sft.jsonl" "${SFT_STEPS:-60}" "${SFT_BATCH:-4}" \
+mix=; [ "${SAMPLING:-0}" = 1 ] && mix=-mix
+search_data "$model" base
+train qwen2_05b_sft sft "$model" "$work/base$mix-sft.jsonl" "${SFT_STEPS:-60}" "${SFT_BATCH:-4}" \
   ${sft_set[@]+"${sft_set[@]}"}
-pairs=$work/base-pairs.jsonl
+pairs=$work/base$mix-pairs.jsonl
 if [ "${RESEARCH:-0}" = 1 ]; then
-  synthesize "$work/sft/final" sft
-  export_data sft "$work/sft/final"
-  pairs=$work/sft-pairs.jsonl
+  search_data "$work/sft/final" sft
+  pairs=$work/sft$mix-pairs.jsonl
 fi
 train qwen2_05b_dpo dpo "$work/sft/final" "$pairs" "${DPO_STEPS:-30}" "${DPO_BATCH:-2}" \
   ${dpo_set[@]+"${dpo_set[@]}"}

@@ -3,17 +3,12 @@ precomputed vs live reference, sharding, accumulation, resume and bad pair files
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from cli_test import ROOT, assert_one_line_error, run_script
+from cli_test import assert_one_line_error, run_script
 from marco_jax.config import preset
 from marco_jax.errors import MarcoError
 from marco_jax.tokenizer import builtin_tokenizer
@@ -23,6 +18,7 @@ from marco_jax.train.layout import init_params, layout_of
 from marco_jax.train.objectives import DPO, masked_logprob_sums, pair_terms
 from marco_jax.train.pairs import interleave, pair_examples, pair_rows, tokenize_pair
 from marco_jax.train.step import batch_gradients
+from train_run_test import kill_after_checkpoint
 
 STEPS = 8
 
@@ -183,25 +179,14 @@ def test_sharded_dpo_step_equals_one_device(tmp_path):
 
 def test_killed_dpo_run_resumes_with_the_same_losses(finished_dpo):
     tmp_path, logged = finished_dpo
-    args = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", "tiny_dpo",
-            "--no-progress"]
-    for item in settings(tmp_path, "b"):
-        args += ["--set", item]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    checkpoints = tmp_path / "b" / "checkpoints"
-    deadline = time.time() + 180
-    while not (checkpoints / "4").is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    assert saved and max(saved) < STEPS, (saved, proc.stderr.read().decode()[-2000:])
+    last = kill_after_checkpoint("tiny_dpo", settings(tmp_path, "b"),
+                                 tmp_path / "b" / "checkpoints", 4)
+    assert last < STEPS
     cfg = load_train_config("tiny_dpo", settings(tmp_path, "b"))
     resumed = trainer.train(cfg, resume=True, progress=False)
-    assert resumed[0]["step"] == max(saved) + 1
+    assert resumed[0]["step"] == last + 1
     assert {m["step"]: m["loss"] for m in resumed} == {
-        s: m["loss"] for s, m in logged.items() if s > max(saved)}
+        s: m["loss"] for s, m in logged.items() if s > last}
 
 
 def test_stale_reference_file_is_refused(finished_dpo, tmp_path):

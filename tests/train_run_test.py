@@ -59,30 +59,39 @@ def test_loss_goes_down_and_metrics_are_written(finished_run):
     assert kept == [12, 14, 16]
 
 
-def test_killed_run_resumes_with_the_same_losses(finished_run):
-    tmp_path, _, losses = finished_run
-    args = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", "tiny_sft",
+def kill_after_checkpoint(config: str, overrides: list[str], checkpoints, step: int) -> int:
+    """Run scripts/train.py, SIGKILL it once checkpoint ``step`` exists, and return
+    the latest checkpoint it left."""
+    args = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", config,
             "--no-progress"]
-    for item in settings(tmp_path, "b"):
+    for item in overrides:
         args += ["--set", item]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    checkpoints = tmp_path / "b" / "checkpoints"
     deadline = time.time() + 180
-    while not (checkpoints / "4").is_dir() and proc.poll() is None and time.time() < deadline:
+    while not (checkpoints / str(step)).is_dir() and proc.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    assert saved and max(saved) < STEPS, (saved, proc.stderr.read().decode()[-2000:])
+    assert saved, proc.stderr.read().decode()[-2000:]
+    return max(saved)
+
+
+def test_killed_run_resumes_with_the_same_losses(finished_run):
+    tmp_path, _, losses = finished_run
+    last = kill_after_checkpoint("tiny_sft", settings(tmp_path, "b"),
+                                 tmp_path / "b" / "checkpoints", 4)
+    assert last < STEPS
 
     cfg = load_train_config("tiny_sft", settings(tmp_path, "b"))
     with pytest.raises(MarcoError, match="--resume"):
         trainer.train(cfg, progress=False)
     resumed = trainer.train(cfg, resume=True, progress=False)
-    assert resumed[0]["step"] == max(saved) + 1
+    assert resumed[0]["step"] == last + 1
     assert {m["step"]: m["loss"] for m in resumed} == {
-        s: l for s, l in losses.items() if s > max(saved)}
+        s: l for s, l in losses.items() if s > last}
 
 
 def test_checkpoint_restores_on_another_mesh(finished_run):

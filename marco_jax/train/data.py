@@ -121,17 +121,20 @@ def _located_records(path: pathlib.Path, text: str, problem: Callable[[Any], str
         yield f"{path}:{number}", record, problem(record)
 
 
+def well_formed_messages(messages: Any) -> bool:
+    """Whether ``messages`` is a list of {"role": system|user|assistant, "content": str}."""
+    return isinstance(messages, list) and all(
+        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+        for m in messages)
+
+
 def _problem(record: Any) -> str | None:
     """Why the record cannot be trained on, or None if it can."""
     if not isinstance(record, dict):
         return "not a JSON object"
     if "messages" in record:
         messages = record["messages"]
-        well_formed = isinstance(messages, list) and all(
-            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
-            for m in messages
-        )
-        if not well_formed:
+        if not well_formed_messages(messages):
             return '"messages" must be a list of {"role": system|user|assistant, "content": string}'
         if not any(m["role"] == "assistant" for m in messages):
             return '"messages" has no assistant turn to train on'

@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from marco_jax.errors import MarcoError
 from marco_jax.prompts import chatml
-from marco_jax.train.data import ROLES, read_records
+from marco_jax.train.data import chat_messages, read_records, well_formed_messages
 
 ROW_FIELDS = ("inputs", "targets", "loss_mask", "shared_mask", "segment_ids", "positions")
 
@@ -43,8 +43,7 @@ def pair_problem(record: Any) -> str | None:
         return f"{name}missing {', '.join(repr(k) for k in missing)}"
     prompt = record["prompt"]
     if isinstance(prompt, list):
-        if not prompt or not all(isinstance(m, dict) and m.get("role") in ROLES
-                                 and isinstance(m.get("content"), str) for m in prompt):
+        if not prompt or not well_formed_messages(prompt):
             return (f'{name}"prompt" must be a string or a non-empty list of '
                     '{"role": system|user|assistant, "content": string}')
     elif not isinstance(prompt, str) or not prompt.strip():
@@ -75,9 +74,8 @@ def tokenize_pair(record: dict, tokenizer: PreTrainedTokenizerBase,
     """Token ids of a pair, prompt and completions tokenized apart (as the engine
     generates: a completion's tokens follow the prompt's)."""
     prompt = record["prompt"]
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    if system is not None and not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": system}, *messages]
+    messages = chat_messages({"messages": [{"role": "user", "content": prompt}]
+                              if isinstance(prompt, str) else prompt}, system)
     encode = lambda text: np.asarray(  # noqa: E731
         tokenizer.encode(text, add_special_tokens=False), np.int32)
     chosen, rejected = (encode(record[k] + "<|im_end|>") for k in ("chosen", "rejected"))

@@ -130,7 +130,8 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, logits_bv:
         count_b = count_b + live_b
         c_b = jnp.exp(token_lp_b) / jnp.exp(top_lp_bk).sum(-1)
         conf_b = conf_b + jnp.where(live_b, c_b, 0.0)
-        stop_bs, hit_b = stops.advance(stop_sjv, stop_lengths_s, stop_bs, token_b)
+        stop_bs, hit_b = stops.advance(stop_sjv, stop_lengths_s, stop_bs, token_b,
+                                         jnp.ones_like(stop_bs, bool))
         ended_b = jnp.where(jnp.isin(token_b, eos_ids), EOS,
                             jnp.where(hit_b, STOP, jnp.where(count_b >= max_new_b, LENGTH,
                                                              RUNNING)))

@@ -114,8 +114,9 @@ def stop_table_from_bytes(pieces: Sequence[bytes], strings: Sequence[str]) -> St
 
 
 def advance(table_sjv: jax.Array, lengths_s: jax.Array, state_bs: jax.Array,
-            token_b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Feed one token per row; returns the new states and which rows hit a stop string."""
+            token_b: jax.Array, on_bs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Feed one token per row; returns the new states and which rows hit one of
+    the stop strings they use (``on_bs``: row b stops on string s)."""
     strings = jnp.arange(table_sjv.shape[0])
     state_bs = table_sjv[strings[None, :], state_bs, token_b[:, None]]
-    return state_bs, jnp.any(state_bs >= lengths_s[None, :], axis=-1)
+    return state_bs, jnp.any((state_bs >= lengths_s[None, :]) & on_bs, axis=-1)

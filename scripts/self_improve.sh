@@ -11,10 +11,13 @@
 #   SEARCH_SET ["search.token_budget=1024 search.call_tokens=256 search.max_tokens=1024"];
 #   SELECT [shortest] SFT chains per tree; SAMPLING [0] 1: add the verified chains and
 #   pairs of 8 chat-template samples per problem (the sc config, 512 tokens each);
-#   SFT_STEPS [60], SFT_BATCH [4], SEQ_LEN [1024];
+#   PAIRS_PER_TREE [1] preference pairs kept per tree (balanced problems, a short reference pass);
+#   SFT_STEPS [42], SFT_BATCH [2], SEQ_LEN [1024] (about one epoch of the SAMPLING=1 data);
 #   SFT_SET, DPO_SET extra "--set" items; RESEARCH [0] 1: search again with the SFT
-#   model for the DPO pairs; DPO_STEPS [30], DPO_BATCH [2];
+#   model for the DPO pairs; DPO_STEPS [24], DPO_BATCH [2];
 #   EVAL_LIMIT [40], EVAL_METHODS ["cot-marco cot-chat mcts-step"], SLOTS [64].
+# The evaluation runs method by method, language by language, each for the base, SFT
+# and DPO models, so the most telling rows (greedy CoT) come first.
 set -euo pipefail
 model=${1:?model directory}; data=${2:?data directory}; work=${3:?work directory}
 problems=${PROBLEMS:-100}; search=${SEARCH:-v2-gsm8k}; select=${SELECT:-shortest}
@@ -49,7 +52,7 @@ export_data() {  # NAME MODEL SELECT: SFT records and pairs of WORK/trees-NAME
     stage "export $1: done"; return; fi
   stage "export $1"
   python scripts/export_data.py --trees "$work/trees-$1" --model "$2" --select "$3" \
-    --sft "$work/$1-sft.jsonl" --pairs "$work/$1-pairs.jsonl" \
+    --sft "$work/$1-sft.jsonl" --pairs "$work/$1-pairs.jsonl" --max-pairs-per-tree "${PAIRS_PER_TREE:-1}" \
     --exclude "$data/mgsm/mgsm_en.tsv" --exclude "$data/mgsm/mgsm_zh.tsv"
 }
 
@@ -63,22 +66,21 @@ train() {  # CONFIG OUT INIT DATA STEPS BATCH [SET...]: a resumable run into WOR
   python scripts/train.py --config "$config" "${extra[@]}" "${resume[@]}" --no-progress
 }
 
-evaluate() {  # MODEL NAME: MGSM-En and -Zh, first EVAL_LIMIT problems, each method, with
-  # the settings of BENCHMARKS.md's MGSM table (384 tokens a path; MCTS: 2 iterations, chat)
-  for lang in en zh; do
-    for method in ${EVAL_METHODS:-cot-marco cot-chat mcts-step}; do
-      stage "evaluate $2 $lang $method"
-      case $method in
-        cot-marco) args=(--method cot --template marco --tag "$2-marco384");;
-        cot-chat) args=(--method cot --template chat --tag "$2-chat384");;
-        *) args=(--method "$method" --iterations 2 --template chat --tag "$2-chat384");;
-      esac
-      python scripts/eval_mgsm.py --model "$1" --data "$data/mgsm/mgsm_$lang.tsv" \
-        --limit "${EVAL_LIMIT:-40}" --out-dir "$work/eval" --slots "$slots" --max-tokens 384 \
-        "${args[@]}" \
-        > "$work/eval/summary-$lang-$method-$2.json"
-    done
-  done
+evaluate() {  # METHOD LANG MODEL NAME: the first EVAL_LIMIT MGSM problems, with the settings
+  # of BENCHMARKS.md's MGSM table (384 tokens a path; MCTS: 2 iterations, chat template)
+  local method=$1 lang=$2 model=$3 name=$4 args
+  local summary=$work/eval/summary-$lang-$method-$name.json
+  if [ -s "$summary" ]; then stage "evaluate $name $lang $method: done"; return; fi
+  stage "evaluate $name $lang $method"
+  case $method in
+    cot-marco) args=(--method cot --template marco --tag "$name-marco384");;
+    cot-chat) args=(--method cot --template chat --tag "$name-chat384");;
+    *) args=(--method "$method" --iterations 2 --template chat --tag "$name-chat384");;
+  esac
+  python scripts/eval_mgsm.py --model "$model" --data "$data/mgsm/mgsm_$lang.tsv" \
+    --limit "${EVAL_LIMIT:-40}" --out-dir "$work/eval" --slots "$slots" --max-tokens 384 \
+    "${args[@]}" > "$summary.partial"
+  mv "$summary.partial" "$summary"
 }
 
 read -r -a sft_set <<< "${SFT_SET:-}"
@@ -86,16 +88,27 @@ read -r -a dpo_set <<< "${DPO_SET:-}"
 mkdir -p "$work/eval"
 mix=; [ "${SAMPLING:-0}" = 1 ] && mix=-mix
 search_data "$model" base
-train qwen2_05b_sft sft "$model" "$work/base$mix-sft.jsonl" "${SFT_STEPS:-60}" "${SFT_BATCH:-4}" \
-  ${sft_set[@]+"${sft_set[@]}"}
+# Sized for a 2-CPU host (BENCHMARKS.md): float32 compute, a short warmup and a higher
+# learning rate than the configs' because the run is about one epoch of ~200 chains.
+train qwen2_05b_sft sft "$model" "$work/base$mix-sft.jsonl" "${SFT_STEPS:-42}" "${SFT_BATCH:-2}" \
+  model.compute_dtype=float32 train.learning_rate=2e-5 train.warmup_steps=4 \
+  train.min_learning_rate=2e-6 checkpoint.every=21 checkpoint.keep=1 ${sft_set[@]+"${sft_set[@]}"}
 pairs=$work/base$mix-pairs.jsonl
 if [ "${RESEARCH:-0}" = 1 ]; then
   search_data "$work/sft/final" sft
   pairs=$work/sft$mix-pairs.jsonl
 fi
-train qwen2_05b_dpo dpo "$work/sft/final" "$pairs" "${DPO_STEPS:-30}" "${DPO_BATCH:-2}" \
+# Pairs whose longer row exceeds 513 tokens are dropped: rows are padded to data.seq_len,
+# so this halves the cost of each step and of the reference pass.
+train qwen2_05b_dpo dpo "$work/sft/final" "$pairs" "${DPO_STEPS:-24}" "${DPO_BATCH:-2}" \
+  model.compute_dtype=float32 data.seq_len=512 data.overlong=drop train.learning_rate=2e-6 \
+  train.warmup_steps=2 train.min_learning_rate=2e-7 checkpoint.every=12 checkpoint.keep=1 \
   ${dpo_set[@]+"${dpo_set[@]}"}
-evaluate "$model" base
-evaluate "$work/sft/final" sft
-evaluate "$work/dpo/final" dpo
+for method in ${EVAL_METHODS:-cot-marco cot-chat mcts-step}; do
+  for lang in en zh; do
+    evaluate "$method" "$lang" "$model" base
+    evaluate "$method" "$lang" "$work/sft/final" sft
+    evaluate "$method" "$lang" "$work/dpo/final" dpo
+  done
+done
 stage "done: per-problem files and summaries in $work/eval"

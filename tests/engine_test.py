@@ -175,6 +175,45 @@ def test_eos_and_stop_strings_end_requests(tiny):
     assert len(ended.tokens) == first and ended.finish_reason == "eos"
 
 
+def test_a_request_stops_only_on_the_strings_it_names(tiny):
+    model = tiny.model
+    vocab = model.cfg.vocab_size
+    pieces = [bytes([97 + i % 26]) * (1 + i % 3) for i in range(vocab)]
+    [free] = Engine(model, (vocab - 1,), SMALL).generate([[5, 6, 7]], 16)
+    stop = pieces[free.tokens[2]].decode()
+    table = stops.stop_table_from_bytes(pieces, ["zzzzzzzz", stop])
+    engine = Engine(model, (vocab - 1,), SMALL, stop_table=table)
+    ids = [engine.submit([5, 6, 7], 16, stops=names) for names in (None, [stop], [], ["zzzzzzzz"])]
+    done = {}
+    while engine.has_work:
+        done.update((c.request_id, c) for c in engine.step())
+    ended = [(done[i].finish_reason, len(done[i].tokens)) for i in ids]
+    first = next(i for i, t in enumerate(free.tokens) if stop.encode() in pieces[t]) + 1
+    assert ended == [("stop", first), ("stop", first), ("length", 16), ("length", 16)]
+    with pytest.raises(MarcoError, match=r"stop strings \['nope'\] are not in the engine's"):
+        engine.submit([5], 4, stops=["nope"])
+
+
+def test_cancel_frees_the_slot_and_blocks_and_leaves_the_others_alone(tiny):
+    engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)  # 8 slots
+    prompts = [random_tokens((5 + i,), seed=i).tolist() for i in range(10)]
+    ids = [engine.submit(p, 40, temperature=1.0, seed=i) for i, p in enumerate(prompts)]
+    engine.step()  # 8 running, 2 waiting
+    running, waiting = ids[3], ids[9]
+    so_far = list(engine.in_flight(running).tokens)
+    assert so_far and engine.in_flight(waiting).tokens == []
+    assert engine.cancel(running) and engine.cancel(waiting)
+    assert engine.in_flight(running) is None and not engine.cancel(running)
+    done = {}
+    while engine.has_work:
+        done.update((c.request_id, c) for c in engine.step())
+    assert sorted(done) == [i for i in ids if i not in (running, waiting)]
+    assert engine.blocks.held == 0 and engine.blocks.available == engine.blocks.capacity
+    alone = Engine(tiny.model, eos_ids=(258,), config=SMALL)
+    [eight] = alone.generate([prompts[8]], 40, temperature=1.0, seed=8)  # took the freed slot
+    assert done[ids[8]].tokens == eight.tokens
+
+
 def test_sharded_engine_matches_one_device(tiny):
     prompts = [random_tokens((n,), seed=n).tolist() for n in (3, 18, 5, 12, 27, 4, 9, 6, 30)]
     settings = dict(max_new_tokens=[8, 20, 5, 12] * 2 + [9], temperature=[0.0, 1.0] * 4 + [1.0],

@@ -22,11 +22,13 @@ def first_stop(tokens, strings):
     return None
 
 
-def run(table, tokens):
-    state = jnp.zeros((1, table.table_sjv.shape[0]), jnp.int32)
+def run(table, tokens, on=None):
+    strings = table.table_sjv.shape[0]
+    state = jnp.zeros((1, strings), jnp.int32)
+    on = jnp.ones((1, strings), bool) if on is None else jnp.asarray([on])
     for i, token in enumerate(tokens):
         state, hit = stops.advance(jnp.asarray(table.table_sjv), jnp.asarray(table.lengths_s),
-                                   state, jnp.asarray([token]))
+                                   state, jnp.asarray([token]), on)
         if bool(hit[0]):
             return i + 1
     return None
@@ -49,6 +51,15 @@ def test_spellings_the_tokenizer_would_not_use():
     table = stops.stop_table_from_bytes(PIECES, ["\n\n"])
     assert run(table, [5, 10, 5]) == 3  # "\n" "" "\n": empty tokens keep the state
     assert run(table, [0, 6]) == 2  # ".\n\n" ends a step mid-token
+
+
+def test_a_row_stops_only_on_the_strings_it_uses():
+    table = stops.stop_table_from_bytes(PIECES, ["</Output>", "\n\n"])
+    tokens = [0, 6, 7, 8, 9]  # ".\n\n" at token 2, "</Output>" at token 5
+    assert run(table, tokens) == 2
+    assert run(table, tokens, on=[True, False]) == 5
+    assert run(table, tokens, on=[False, True]) == 2
+    assert run(table, tokens, on=[False, False]) is None
 
 
 def test_builtin_tokenizer_bytes_and_errors():

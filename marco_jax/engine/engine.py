@@ -11,7 +11,9 @@ one prefill program per (rows, chunk) shape and width, compiled once each (``num
 A request's sample depends only on its own tokens, settings and seed (the
 random number of its i-th token comes from ``fold_in(key(seed), i)``), not on
 its slot or what else is running. ``generate`` is the synchronous call;
-``submit`` and ``step`` stream completions as they finish.
+``submit`` and ``step`` stream completions as they finish, ``in_flight``
+shows a request's tokens so far and ``cancel`` drops it (a server whose
+client went away).
 """
 
 from __future__ import annotations
@@ -170,9 +172,11 @@ class Engine:
     # ---- requests -------------------------------------------------------------------
 
     def submit(self, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int = 0, priority: int = 0) -> int:
+               top_k: int = 0, top_p: float = 1.0, seed: int = 0, priority: int = 0,
+               stops: Sequence[str] | None = None) -> int:
         """Queue a request; returns its id. Invalid settings are refused here.
-        Waiting requests are admitted by ``priority`` (lower first), then in order."""
+        Waiting requests are admitted by ``priority`` (lower first), then in order.
+        ``stops``: which of the engine's stop strings end this request (None: all)."""
         vocab = self.cfg.vocab_size
         rid = self._next_id
         prompt = [int(t) for t in prompt]
@@ -196,9 +200,39 @@ class Engine:
         if not 0 <= seed < 2 ** 31:
             raise MarcoError(f"request {rid}: seed must be in [0, 2**31), got {seed}")
         self.scheduler.add(Request(rid, prompt, int(max_new_tokens), float(temperature),
-                                   int(top_k), float(top_p), int(seed), int(priority)))
+                                   int(top_k), float(top_p), int(seed), int(priority),
+                                   self._stop_mask(rid, stops)))
         self._next_id += 1
         return rid
+
+    def _stop_mask(self, rid: int, strings: Sequence[str] | None) -> np.ndarray:
+        known = self.stop_table.strings
+        mask = np.ones(self._stop_arrays[1].shape[0], bool)
+        if strings is not None:
+            unknown = sorted(set(strings) - set(known))
+            if unknown:
+                raise MarcoError(f"request {rid}: stop strings {unknown} are not in the engine's "
+                                 f"stop table {list(known)}")
+            mask[:len(known)] = [k in strings for k in known]
+        return mask
+
+    def in_flight(self, request_id: int) -> Request | None:
+        """A waiting or running request, with what it has generated so far (None
+        once it has finished or been cancelled); read it, do not change it."""
+        running = next((r for r in self.scheduler.running if r and r.id == request_id), None)
+        return running or next((r for r in self.scheduler.waiting if r.id == request_id), None)
+
+    def cancel(self, request_id: int) -> bool:
+        """Drop a waiting or running request: its slot and blocks are free for the
+        next step (the full blocks it wrote stay findable). False: not in flight."""
+        if self.scheduler.remove_waiting(request_id) is not None:
+            return True
+        request = next((r for r in self.scheduler.running if r and r.id == request_id), None)
+        if request is None:
+            return False
+        self.scheduler.retire(request)
+        self.state["reason_s"][request.slot] = programs.IDLE
+        return True
 
     @property
     def has_work(self) -> bool:
@@ -246,6 +280,7 @@ class Engine:
         state["max_new_s"][s] = request.max_new_tokens
         state["reason_s"][s] = programs.RUNNING
         state["stop_sj"][s] = 0
+        state["stop_on_sj"][s] = request.stop_on_j
         state["temperature_s"][s] = request.temperature
         state["top_k_s"][s] = request.top_k
         state["top_p_s"][s] = request.top_p
@@ -257,7 +292,8 @@ class Engine:
         return dict(token_s=np.zeros(s, np.int32), position_s=np.zeros(s, np.int32),
                     count_s=np.zeros(s, np.int32), max_new_s=np.ones(s, np.int32),
                     reason_s=np.full(s, programs.IDLE, np.int32),
-                    stop_sj=np.zeros((s, j), np.int32), temperature_s=np.zeros(s, np.float32),
+                    stop_sj=np.zeros((s, j), np.int32), stop_on_sj=np.zeros((s, j), bool),
+                    temperature_s=np.zeros(s, np.float32),
                     top_k_s=np.zeros(s, np.int32), top_p_s=np.ones(s, np.float32),
                     seed_s=np.zeros(s, np.int32))
 

@@ -42,6 +42,7 @@ class SlotState:
     max_new_s: jax.Array  # int32: the request's token budget
     reason_s: jax.Array  # int32: RUNNING, IDLE or a finish reason
     stop_sj: jax.Array  # int32: stop-string automaton states
+    stop_on_sj: jax.Array  # bool: the slot's request stops on string j
     temperature_s: jax.Array
     top_k_s: jax.Array
     top_p_s: jax.Array
@@ -81,7 +82,8 @@ def decode_steps(graphdef: nnx.GraphDef, params: nnx.State, pages: KVPages, stat
         token_lp_s, top_lp_sk, top_ids_sk = token_and_top_logprobs(logits_sv, token_s,
                                                                    top_logprobs)
         c_s = jnp.exp(token_lp_s) / jnp.exp(top_lp_sk).sum(-1)
-        stop_sj, hit_s = stops.advance(stop_sjv, stop_lengths_j, state.stop_sj, token_s)
+        stop_sj, hit_s = stops.advance(stop_sjv, stop_lengths_j, state.stop_sj, token_s,
+                                       state.stop_on_sj)
         count_s = state.count_s + live_s
         ended_s = jnp.where(jnp.isin(token_s, eos_ids), EOS,
                             jnp.where(hit_s, STOP, jnp.where(count_s >= state.max_new_s, LENGTH,

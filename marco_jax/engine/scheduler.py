@@ -34,6 +34,7 @@ class Request:
     top_p: float
     seed: int
     priority: int = 0  # lower is admitted first; equal priorities in arrival order
+    stop_on_j: np.ndarray | None = None  # bool: which of the engine's stop strings end it
     slot: int = -1
     blocks: list[int] = dataclasses.field(default_factory=list)
     cached_tokens: int = 0  # context tokens whose keys/values came from the prefix cache
@@ -87,6 +88,16 @@ class Scheduler:
                 f"{self.blocks.capacity}; give the engine a larger KV cache")
         longest = -request.max_new_tokens if self.policy == "longest_first" else 0
         heapq.heappush(self._queue, ((request.priority, longest, request.id), request))
+
+    def remove_waiting(self, request_id: int) -> Request | None:
+        """Take a waiting request out of the queue (None: it is not waiting)."""
+        for i, (_, request) in enumerate(self._queue):
+            if request.id == request_id:
+                self._queue[i] = self._queue[-1]
+                self._queue.pop()
+                heapq.heapify(self._queue)
+                return request
+        return None
 
     def admit(self) -> list[Request]:
         """Move waiting requests into free slots, in order (priority, then the

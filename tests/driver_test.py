@@ -7,7 +7,7 @@ import pytest
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
-from marco_jax.search.driver import Call, drive
+from marco_jax.search.driver import Call, Driver, drive
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,24 @@ def test_a_call_for_a_model_that_is_not_there_is_refused(tiny):
     with pytest.raises(MarcoError, match="asked for model 'checker'"):
         list(drive({"policy": one_slot_engine(tiny)}, [("p", asks_checker())], 1))
 
+
+
+def test_direct_requests_share_the_steps_and_a_cancelled_program_frees_its_calls(tiny):
+    config = EngineConfig(slots=4, decode_steps=4, block_size=8, max_model_len=256,
+                          kv_cache_gb=0.01, prefill_shapes=((4, 16),))
+    engine = Engine(tiny.model, tiny.eos_ids, config)
+    driver = Driver({"policy": engine})
+    log = []
+    driver.start("kept", program("kept", 2, log))
+    driver.start("dropped", program("dropped", 2, log))
+    direct = engine.submit([9, 8, 7], 5)
+    [(name, rid)] = driver.requests("dropped")
+    assert name == "policy" and engine.in_flight(rid) is not None
+    assert driver.cancel("dropped") and not driver.cancel("dropped")
+    assert engine.in_flight(rid) is None and driver.active == 1
+    foreign = []
+    while driver.has_work:
+        foreign += driver.step()
+    assert [c.request_id for c in foreign] == [direct]
+    assert driver.finished == [("kept", "kept")] and log == [("kept", 0), ("kept", 1)]
+    assert engine.blocks.held == 0

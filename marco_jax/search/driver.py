@@ -48,6 +48,7 @@ class Call:
     top_k: int = 0
     top_p: float = 1.0
     model: str = "policy"
+    stops: tuple[str, ...] | None = None  # the engine's stop strings that end it (None: all)
 
 
 Program = Generator[list[Call], list[Completion], Any]
@@ -67,69 +68,123 @@ class _Running:
         return (self.rounds << 32) + self.order
 
 
-def drive(engines: Mapping[str, Engine], programs: Iterable[tuple[Any, Program]],
-          max_in_flight: int, on_start: Callable[[Any], None] | None = None,
-          ) -> Iterator[tuple[Any, Any]]:
-    """Run ``(key, program)`` pairs, at most ``max_in_flight`` at a time, yielding
-    ``(key, returned value)`` as each program finishes (not in input order).
+class Driver:
+    """Programs in flight over named engines: ``start`` adds one, ``step`` steps
+    every engine once and resumes each program whose calls are all back.
 
     Calls are admitted breadth-first over programs: a program's k-th round of
     calls goes before any program's (k+1)-th, then the older program first. So
     every tree takes its next step before any takes two, and no tree is left to
     run its last rounds alone at the end of a file (with older-trees-first the
-    youngest tree's two 384-token rounds ran nearly alone for 8 minutes)."""
-    source = iter(programs)
-    active: list[_Running] = []
-    owners: dict[tuple[str, int], tuple[_Running, int]] = {}
-    finished: list[tuple[Any, Any]] = []
+    youngest tree's two 384-token rounds ran nearly alone for 8 minutes).
+    Requests submitted to the engines directly (a server's plain completions)
+    share the steps; ``step`` hands their completions back."""
 
-    def resume(run: _Running, completions: list[Completion] | None) -> None:
+    def __init__(self, engines: Mapping[str, Engine]):
+        self.engines = engines
+        self.finished: list[tuple[Any, Any]] = []  # (key, returned value), in finishing order
+        self._active: dict[Any, _Running] = {}
+        self._owners: dict[tuple[str, int], tuple[_Running, int]] = {}
+        self._started = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    @property
+    def has_work(self) -> bool:
+        return any(engine.has_work for engine in self.engines.values())
+
+    def start(self, key: Any, program: Program) -> None:
+        """Run a program up to its first calls (it may finish at once)."""
+        if key in self._active:
+            raise MarcoError(f"search program {key!r} is already running")
+        run = _Running(key, program, [], self._started)
+        self._started += 1
+        self._active[key] = run
+        self._resume(run, None)
+
+    def cancel(self, key: Any) -> bool:
+        """Stop a program and drop its calls in flight; False if it is not running."""
+        run = self._active.pop(key, None)
+        if run is None:
+            return False
+        for (name, rid), (owner, _) in list(self._owners.items()):
+            if owner is run:
+                self.engines[name].cancel(rid)
+                del self._owners[name, rid]
+        run.program.close()
+        return True
+
+    def requests(self, key: Any) -> list[tuple[str, int]]:
+        """The engine requests a running program is waiting for, in call order."""
+        owned = [(index, name, rid) for (name, rid), (owner, index) in self._owners.items()
+                 if owner.key == key]
+        return [(name, rid) for _, name, rid in sorted(owned)]
+
+    def step(self) -> list[Completion]:
+        """Step each engine with work once and resume the programs whose calls are
+        all back; returns the completions of requests no program made."""
+        foreign = []
+        for name, engine in self.engines.items():
+            if engine.has_work:
+                for completion in engine.step():
+                    owner = self._owners.pop((name, completion.request_id), None)
+                    if owner is None:
+                        foreign.append(completion)
+                    else:
+                        owner[0].results[owner[1]] = completion
+        for run in [r for r in self._active.values() if all(c is not None for c in r.results)]:
+            self._resume(run, run.results)
+        return foreign
+
+    def _resume(self, run: _Running, completions: list[Completion] | None) -> None:
         try:
             calls = run.program.send(completions)
         except StopIteration as stop:
-            active.remove(run)
-            finished.append((run.key, stop.value))
+            del self._active[run.key]
+            self.finished.append((run.key, stop.value))
             return
         if not calls:
             raise MarcoError(f"search program {run.key!r} asked for no continuations")
         run.results = [None] * len(calls)
         for index, call in enumerate(calls):
-            if call.model not in engines:
+            if call.model not in self.engines:
                 raise MarcoError(f"search program {run.key!r} asked for model {call.model!r}; "
-                                 f"engines: {', '.join(engines)}")
-            rid = engines[call.model].submit(call.prompt, call.max_new_tokens,
-                                             temperature=call.temperature, top_k=call.top_k,
-                                             top_p=call.top_p, seed=call.seed,
-                                             priority=run.priority)
-            owners[call.model, rid] = (run, index)
+                                 f"engines: {', '.join(self.engines)}")
+            rid = self.engines[call.model].submit(
+                call.prompt, call.max_new_tokens, temperature=call.temperature,
+                top_k=call.top_k, top_p=call.top_p, seed=call.seed, priority=run.priority,
+                stops=call.stops)
+            self._owners[call.model, rid] = (run, index)
         run.rounds += 1
 
-    exhausted, started = False, 0
+
+def drive(engines: Mapping[str, Engine], programs: Iterable[tuple[Any, Program]],
+          max_in_flight: int, on_start: Callable[[Any], None] | None = None,
+          ) -> Iterator[tuple[Any, Any]]:
+    """Run ``(key, program)`` pairs, at most ``max_in_flight`` at a time, yielding
+    ``(key, returned value)`` as each program finishes (not in input order)."""
+    driver = Driver(engines)
+    source = iter(programs)
+    exhausted = False
     while True:
-        yield from finished  # before admitting more: a finished tree's slot goes to the next
-        finished.clear()
-        while not exhausted and len(active) < max_in_flight:
+        yield from driver.finished  # before admitting more: a finished tree's slot goes on
+        driver.finished.clear()
+        while not exhausted and driver.active < max_in_flight:
             item = next(source, None)
             if item is None:
                 exhausted = True
                 break
-            run = _Running(item[0], item[1], [], started)
-            started += 1
             if on_start:
-                on_start(run.key)
-            active.append(run)
-            resume(run, None)
-        if not active and not finished:
+                on_start(item[0])
+            driver.start(*item)
+        if not driver.active and not driver.finished:
             if exhausted:
                 return
             continue
-        for name, engine in engines.items():
-            if engine.has_work:
-                for completion in engine.step():
-                    run, index = owners.pop((name, completion.request_id))
-                    run.results[index] = completion
-        for run in [r for r in active if all(c is not None for c in r.results)]:
-            resume(run, run.results)
+        if driver.step():
+            raise MarcoError("an engine returned a completion no search program asked for")
 
 
 def engine_stats(engine: Engine, requests: int) -> dict:

@@ -66,10 +66,10 @@ class Search:
         def programs():
             for problem in problems:
                 self.reward.check_gold(problem.key, problem.gold)
-                yield problem.key, self._tree(problem)
+                yield problem.key, self.program(problem)
         return drive({"policy": self.engine}, programs(), self.max_trees, on_start)
 
-    def _tree(self, problem: Problem) -> Program:
+    def program(self, problem: Problem) -> Program:
         """One problem's search: select a leaf, ask for its children, expand and
         back up, ``iterations`` times (a terminal leaf counts its own value again)
         or until a stopping rule holds."""

@@ -77,10 +77,10 @@ class TaggedSearch:
         def programs():
             for problem in problems:
                 self.reward.check_gold(problem.key, problem.gold)
-                yield problem.key, self._tree(problem)
+                yield problem.key, self.program(problem)
         return drive(self.engines, programs(), self.max_trees, on_start)
 
-    def _tree(self, problem: Problem) -> Program:
+    def program(self, problem: Problem) -> Program:
         cfg, plan = self.cfg, self.plan
         width = self.widest + sum(plan.reflection.values())
         tree = Tree.new(problem.prompt, width, kinds=self.kinds)

@@ -1,0 +1,102 @@
+"""Serve a model over an OpenAI-compatible HTTP API, tree search included.
+
+    python scripts/serve.py --model PATH [--mesh data=D,tensor=T] [--host 127.0.0.1] \
+        [--port 8000] [--kv-cache-gb G] [--search mcts-step ...] [--served-model-name NAME]
+
+PATH is an HF checkpoint directory, a marco-jax Orbax checkpoint, a GGUF file, or
+``builtin:tiny``. Every request runs on one engine (continuous batching);
+``/v1/chat/completions`` also takes ``"marco": {"search": CONFIG, "iterations": N}``
+or ``reasoning_effort`` (low / medium / high: --effort's configs) to answer with a
+tree search on the same engine. SIGTERM or Ctrl-C stop taking requests, let those
+in flight finish for --grace-s seconds, then cancel the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+
+import uvicorn
+
+from marco_jax import stops
+from marco_jax.cli import run
+from marco_jax.engine.engine import Engine
+from marco_jax.engine.options import add_engine_args, engine_setup
+from marco_jax.errors import MarcoError
+from marco_jax.loading import load
+from marco_jax.search.config import load_job_config
+from marco_jax.serve.app import ServerSettings, create_app
+from marco_jax.serve.worker import EngineWorker, engine_stop_strings
+
+EFFORTS = {"low": ("mcts-step", 2), "medium": ("mcts-step", 8), "high": ("mcts-step", 32)}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:tiny",
+                        help="HF dir, Orbax checkpoint, GGUF file or builtin:tiny (default)")
+    parser.add_argument("--served-model-name",
+                        help="the name clients put in 'model' (default: the model path's name)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--search", action="append", metavar="CONFIG",
+                        help="a search config requests may name (repeatable; default: "
+                             "mcts-step)")
+    parser.add_argument("--effort", action="append", metavar="LEVEL=CONFIG:ITERATIONS",
+                        help="what reasoning_effort LEVEL runs (default: "
+                             + ", ".join(f"{k}={c}:{n}" for k, (c, n) in EFFORTS.items()) + ")")
+    parser.add_argument("--top-logprobs", type=int, default=5,
+                        help="alternatives kept per token: the most a request may ask for")
+    parser.add_argument("--max-requests", type=int, default=512,
+                        help="requests in flight before new ones get 503")
+    parser.add_argument("--grace-s", type=float, default=30.0,
+                        help="on shutdown, how long in-flight requests may take to finish")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="compile the engine's programs on first use instead of at start")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_engine_args(parser)
+    return parser.parse_args()
+
+
+def efforts(items: list[str] | None) -> dict[str, tuple[str, int]]:
+    if not items:
+        return dict(EFFORTS)
+    out = {}
+    for item in items:
+        level, _, rest = item.partition("=")
+        config, _, iterations = rest.partition(":")
+        if level not in EFFORTS or not config or not iterations.isdigit():
+            raise MarcoError(f"--effort {item!r}: expected LEVEL=CONFIG:ITERATIONS with LEVEL in "
+                             f"{', '.join(EFFORTS)}")
+        out[level] = (config, int(iterations))
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    searches = {name: load_job_config(name) for name in args.search or ["mcts-step"]}
+    for level, (name, iterations) in efforts(args.effort).items():
+        searches[f"effort:{level}"] = load_job_config(name, iterations=iterations)
+    for name, config in searches.items():
+        if config.action_tree is not None and "checker" in config.action_tree.models:
+            raise MarcoError(f"search config {name!r} gives node types to a second (checker) "
+                             "model, which the server does not load")
+    loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
+    table = stops.build_stop_table(loaded.tokenizer, engine_stop_strings(searches.values()),
+                                   loaded.cfg.vocab_size)
+    config, mesh = engine_setup(args, top_logprobs=args.top_logprobs)
+    engine = Engine(loaded.model, loaded.eos_ids, config, stop_table=table, mesh=mesh)
+    if not args.no_warmup:
+        logging.info("compiled %d engine programs", engine.warmup())
+    worker = EngineWorker(engine, loaded.tokenizer, loaded.eos_ids, args.max_requests)
+    name = args.served_model_name or pathlib.Path(str(args.model)).name
+    settings = ServerSettings(name, config.max_model_len, args.top_logprobs, searches,
+                              args.grace_s)
+    uvicorn.run(create_app(worker, settings), host=args.host, port=args.port,
+                timeout_graceful_shutdown=int(args.grace_s), log_level="info")
+
+
+if __name__ == "__main__":
+    run(main)

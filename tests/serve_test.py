@@ -1,0 +1,255 @@
+"""The OpenAI-compatible server, live on 127.0.0.1, through the official client."""
+
+import concurrent.futures
+import json
+import threading
+import time
+import zlib
+
+import httpx2 as httpx
+import numpy as np
+import openai
+import pytest
+import uvicorn
+
+from marco_jax import stops
+from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.loading import load
+from marco_jax.scoring import score
+from marco_jax.search import runner
+from marco_jax.search.config import load_job_config
+from marco_jax.serve.app import ServerSettings, create_app
+from marco_jax.serve import protocol
+from marco_jax.serve.worker import EngineWorker, Job, engine_stop_strings
+
+CONFIG = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=320,
+                      kv_cache_gb=0.02, prefill_shapes=((8, 32), (1, 128)))
+SEARCH_SET = ["template=chat", "search.iterations=3", "search.call_tokens=24",
+              "search.max_tokens=48", "search.step_max_tokens=12"]
+
+
+def search_config():
+    return load_job_config("mcts-step", SEARCH_SET)
+
+
+class LiveServer:
+    """uvicorn in a thread on an ephemeral port, over a tiny model's engine."""
+
+    def __init__(self, loaded, max_jobs=256):
+        searches = {"mcts-step": search_config()}
+        table = stops.build_stop_table(loaded.tokenizer, engine_stop_strings(searches.values()),
+                                       loaded.cfg.vocab_size)
+        self.engine = Engine(loaded.model, loaded.eos_ids, CONFIG, stop_table=table)
+        self.idle_blocks = self.engine.blocks.available
+        self.worker = EngineWorker(self.engine, loaded.tokenizer, loaded.eos_ids, max_jobs)
+        settings = ServerSettings("tiny", CONFIG.max_model_len, 5, searches, grace_s=2)
+        config = uvicorn.Config(create_app(self.worker, settings), host="127.0.0.1", port=0,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load("builtin:tiny")
+
+
+@pytest.fixture(scope="module")
+def live(tiny):
+    server = LiveServer(tiny)
+    yield server
+    server.stop()
+
+
+def chat(live, content="Count to five.", **kwargs):
+    return live.client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": content}], **kwargs)
+
+
+def test_completion_and_chat_match_the_engine(live, tiny):
+    out = live.client.completions.create(model="tiny", prompt="Once upon", max_tokens=12,
+                                         temperature=0)
+    ids = tiny.tokenizer.encode("Once upon", add_special_tokens=False)
+    alone = Engine(tiny.model, tiny.eos_ids, CONFIG)
+    [expected] = alone.generate([ids], 12)
+    shown = [t for t in expected.tokens if t not in tiny.eos_ids]
+    assert out.choices[0].text == tiny.tokenizer.decode(shown)
+    assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == len(
+        expected.tokens)
+    reply = chat(live, max_tokens=10, temperature=0)
+    assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert [m.id for m in live.client.models.list().data] == ["tiny"]
+
+
+def test_streamed_chunks_concatenate_to_the_whole_text(live):
+    settings = dict(max_tokens=40, temperature=1.0, seed=11, top_p=0.9)
+    whole = chat(live, **settings)
+    chunks = list(chat(live, stream=True, stream_options={"include_usage": True}, **settings))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and len(text) > 0
+    assert sum(bool(c.choices) for c in chunks) > 2  # really streamed, not one piece
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason and not any(finishes[:-1])
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    streamed = list(live.client.completions.create(model="tiny", prompt="abc", stream=True,
+                                                   **settings))
+    plain = live.client.completions.create(model="tiny", prompt="abc", **settings)
+    assert "".join(c.choices[0].text for c in streamed) == plain.choices[0].text
+
+
+def test_logprobs_equal_teacher_forced_scores(live, tiny):
+    reply = chat(live, max_tokens=16, temperature=1.0, seed=3, logprobs=True, top_logprobs=5)
+    content = reply.choices[0].logprobs.content
+    prompt = tiny.tokenizer.encode(  # the server's rendering of the same messages
+        "<|im_start|>user\nCount to five.<|im_end|>\n<|im_start|>assistant\n",
+        add_special_tokens=False)
+    [alone] = Engine(tiny.model, tiny.eos_ids, CONFIG).generate([prompt], 16, temperature=1.0,
+                                                                seed=3)
+    generated = alone.tokens
+    assert [bytes(t.bytes) for t in content] == [live.worker.token_bytes[t] for t in generated]
+    scores = score(tiny.model, prompt + generated, top_k=5)
+    n = len(generated)
+    np.testing.assert_allclose([t.logprob for t in content], scores.logprobs[-n:], atol=2e-4)
+    for token, top_lp in zip(content, scores.top_logprobs[-n:]):
+        np.testing.assert_allclose([t.logprob for t in token.top_logprobs], top_lp, atol=2e-4)
+    legacy = live.client.completions.create(model="tiny", prompt="xyz", max_tokens=6,
+                                            temperature=0, logprobs=3)
+    block = legacy.choices[0].logprobs
+    assert len(block.tokens) == 6 and all(len(top) <= 3 for top in block.top_logprobs)
+    assert block.text_offset[0] == 0
+
+
+def test_n_choices_seeds_and_stop(live):
+    many = chat(live, n=3, max_tokens=20, temperature=1.0, seed=40)
+    texts = [c.message.content for c in many.choices]
+    assert [c.index for c in many.choices] == [0, 1, 2] and len(set(texts)) == 3
+    assert chat(live, max_tokens=20, temperature=1.0, seed=41).choices[0].message.content \
+        == texts[1]  # choice i uses seed + i
+    again = chat(live, n=3, max_tokens=20, temperature=1.0, seed=40)
+    assert [c.message.content for c in again.choices] == texts
+    base = texts[0]
+    stop = base[len(base) // 2:len(base) // 2 + 2]
+    cut = chat(live, max_tokens=20, temperature=1.0, seed=40, stop=[stop, "never-there"])
+    assert cut.choices[0].message.content == base[:base.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    solo = chat(live, max_tokens=20, temperature=1.0, seed=40)
+    assert solo.choices[0].message.content == base
+    assert cut.usage.completion_tokens < solo.usage.completion_tokens  # ended at the stop
+
+
+def test_32_concurrent_requests_each_equal_their_solo_result(live):
+    def ask(i):
+        return chat(live, f"question {i}", max_tokens=8 + i % 5, temperature=1.0,
+                    seed=100 + i).choices[0].message.content
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(ask, range(32)))
+    for i in (0, 13, 31):
+        assert ask(i) == together[i]
+
+
+def test_a_search_request_answers_like_the_search_job(live, tiny, tmp_path):
+    question = "Tom has 3 apples and buys 4 more. How many apples?"
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"id": "q1", "question": question, "answer": "7"}) + "\n")
+    output = tmp_path / "out.jsonl"
+    config = search_config()
+    runner.run_job(tiny, config, [{"id": "q1", "question": question, "answer": "7"}], output,
+                   engine_config=CONFIG)
+    expected = json.loads(output.read_text())
+    reply = chat(live, question, seed=zlib.crc32(b"q1"),
+                 extra_body={"marco": {"search": "mcts-step"}})
+    marco = reply.model_extra["marco"]
+    assert reply.choices[0].message.content == expected["text"]
+    assert marco["answer"] == expected["chosen_answer"]
+    assert [c["answer"] for c in marco["candidates"]] == expected["candidate_answers"]
+    tree = httpx.get(f"{live.url}/v1/trees/{marco['tree_id']}").json()
+    assert tree["nodes"][0]["parent"] == -1 and len(tree["nodes"]) == expected["tree"]["nodes"]
+    chunks = list(chat(live, question, seed=zlib.crc32(b"q1"), stream=True,
+                       extra_body={"marco": {"search": "mcts-step"}}))
+    progress = [c.model_extra["marco"]["progress"] for c in chunks
+                if not c.choices and "marco" in c.model_extra]
+    assert [p["round"] for p in progress] == list(range(1, len(progress) + 1)) and progress
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) \
+        == expected["text"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 9},
+     "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "x" * 400}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}, "max_tokens"),
+    ({"messages": "hi"}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 0}, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]},
+     "stop"),
+    ({"messages": [{"role": "user", "content": "hi"}], "marco": {"search": "nope"}},
+     "marco.search"),
+])
+def test_bad_requests_get_400_naming_the_field(live, body, param):
+    response = httpx.post(f"{live.url}/v1/chat/completions", json={"model": "tiny", **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and param.split(".")[0] in error["message"]
+
+
+def test_unknown_model_is_404_and_bad_json_is_400(live):
+    response = httpx.post(f"{live.url}/v1/completions", json={"model": "gpt-9", "prompt": "a"})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+    response = httpx.post(f"{live.url}/v1/completions", content=b"{not json",
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        live.client.completions.create(model="tiny", prompt="a", max_tokens=0)
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slots(live):
+    body = {"model": "tiny", "prompt": "a long story", "max_tokens": 250, "stream": True,
+            "temperature": 1.0, "seed": 1}
+    with httpx.stream("POST", f"{live.url}/v1/completions", json=body, timeout=120) as response:
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.startswith("data:"))
+        assert json.loads(first[5:])["choices"][0]["finish_reason"] is None
+    deadline = time.time() + 30
+    while time.time() < deadline and (live.engine.has_work
+                                      or live.engine.blocks.available != live.idle_blocks):
+        time.sleep(0.05)
+    assert not live.engine.has_work and live.engine.blocks.available == live.idle_blocks
+    assert live.worker.metrics.requests_cancelled >= 1
+
+
+def test_health_metrics_and_a_full_server_gets_503(live, tiny):
+    assert httpx.get(f"{live.url}/health").json() == {"status": "ok"}
+    metrics = httpx.get(f"{live.url}/metrics").text
+    assert "marco_requests_in_flight 0" in metrics
+    assert "marco_generated_tokens_total" in metrics
+    full = LiveServer(tiny, max_jobs=0)  # every request is one too many
+    try:
+        response = httpx.post(f"{full.url}/v1/completions",
+                              json={"model": "tiny", "prompt": "b", "max_tokens": 2})
+        assert response.status_code == 503 and "in flight" in response.json()["error"]["message"]
+    finally:
+        full.stop()
+
+
+def test_the_worker_refuses_jobs_over_its_limit(tiny):
+    engine = Engine(tiny.model, tiny.eos_ids, CONFIG)
+    worker = EngineWorker(engine, tiny.tokenizer, tiny.eos_ids, max_jobs=2)  # not started
+    request = protocol.parse_completion({"model": "tiny", "prompt": "a"}, 5)
+    jobs = [Job(request, [1, 2], 4, 0, lambda event: None) for _ in range(3)]
+    assert [worker.submit(job) for job in jobs[:2]] == [0, 1]
+    with pytest.raises(protocol.RequestError, match="2 requests in flight") as refused:
+        worker.submit(jobs[2])
+    assert refused.value.status == 503

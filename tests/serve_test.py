@@ -179,7 +179,8 @@ def test_a_search_request_answers_like_the_search_job(live, tiny, tmp_path):
                        extra_body={"marco": {"search": "mcts-step"}}))
     progress = [c.model_extra["marco"]["progress"] for c in chunks
                 if not c.choices and "marco" in c.model_extra]
-    assert [p["round"] for p in progress] == list(range(1, len(progress) + 1)) and progress
+    assert [p["step"] for p in progress] == list(range(1, len(progress) + 1)) and progress
+    assert progress[-1]["nodes"] == expected["tree"]["nodes"]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) \
         == expected["text"]
 

@@ -69,10 +69,12 @@ class Search:
                 yield problem.key, self.program(problem)
         return drive({"policy": self.engine}, programs(), self.max_trees, on_start)
 
-    def program(self, problem: Problem) -> Program:
+    def program(self, problem: Problem,
+                on_grow: Callable[[Tree], None] | None = None) -> Program:
         """One problem's search: select a leaf, ask for its children, expand and
         back up, ``iterations`` times (a terminal leaf counts its own value again)
-        or until a stopping rule holds."""
+        or until a stopping rule holds. ``on_grow`` sees the tree after each
+        expansion (a server showing it live)."""
         cfg, prompt = self.cfg, problem.prompt
         tree = Tree.new(prompt, cfg.children * (1 + cfg.reflection))
         generated, iteration, correct = 0, 0, 0
@@ -95,6 +97,8 @@ class Search:
                                       row_seed(cfg.seed, problem.seed, leaf, k), cfg.temperature,
                                       cfg.top_k, cfg.top_p) for k in range(cfg.children)]
             correct += self._expand(tree, leaf, problem, completions)
+            if on_grow is not None:
+                on_grow(tree)
             generated += sum(len(c.tokens) for c in completions)
         self.generated_tokens += generated
         candidates = self._candidates(tree, problem)

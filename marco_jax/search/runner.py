@@ -23,7 +23,7 @@ from marco_jax.search.config import JobConfig
 from marco_jax.search.mcts import Search
 from marco_jax.search.results import Problem, SearchResult
 from marco_jax.search.tagged import TaggedSearch
-from marco_jax.search.tree import FINISHES
+from marco_jax.search.tree import FINISHES, Tree
 from marco_jax.search.verifiers import verifier
 
 
@@ -36,7 +36,13 @@ def wrap(template: str, question: str) -> str:
 
 
 def tree_json(problem: dict, result: SearchResult, decode, chosen: str | None) -> dict:
-    tree = result.tree
+    return {"id": problem["id"], "question": problem["question"], "answer": problem["answer"],
+            "chosen_answer": chosen, "nodes": tree_nodes(result.tree, decode),
+            "best_path": result.best_path}
+
+
+def tree_nodes(tree: Tree, decode) -> list[dict]:
+    """Every node of a tree as JSON: text, statistics, kind, rollout, verdict."""
     nodes = []
     for n in range(tree.size):
         value = tree.mean_value(n)
@@ -49,8 +55,7 @@ def tree_json(problem: dict, result: SearchResult, decode, chosen: str | None) -
                       "rollout_value": None if rollout_value != rollout_value else rollout_value,
                       "rollout_finished": bool(tree.rollout_finished_n[n]),
                       "correct": None if tree.correct_n[n] < 0 else bool(tree.correct_n[n])})
-    return {"id": problem["id"], "question": problem["question"], "answer": problem["answer"],
-            "chosen_answer": chosen, "nodes": nodes, "best_path": result.best_path}
+    return nodes
 
 
 def record(problem: dict, result: SearchResult, job: JobConfig, decode) -> dict:

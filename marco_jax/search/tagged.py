@@ -80,7 +80,11 @@ class TaggedSearch:
                 yield problem.key, self.program(problem)
         return drive(self.engines, programs(), self.max_trees, on_start)
 
-    def program(self, problem: Problem) -> Program:
+    def program(self, problem: Problem,
+                on_grow: Callable[[Tree], None] | None = None) -> Program:
+        """One problem's tree: rollouts from the root down to an answer, growing
+        each node's children on first visit, until the stopping rules hold;
+        ``on_grow`` sees the tree after each rollout and reflection."""
         cfg, plan = self.cfg, self.plan
         width = self.widest + sum(plan.reflection.values())
         tree = Tree.new(problem.prompt, width, kinds=self.kinds)
@@ -102,6 +106,8 @@ class TaggedSearch:
                 node = self._select_child(tree, node)
             backup(tree, node, float(tree.rollout_value_n[node]))
             rollouts += 1
+            if on_grow is not None:
+                on_grow(tree)
             if node in reached or tree.finish_n[node] != ANSWER:
                 continue
             reached.add(node)
@@ -112,6 +118,8 @@ class TaggedSearch:
             anchor = tree.nearest(node, plan.reflect_under) if wrong and plan.reflect_under else None
             if anchor is not None:
                 generated += yield from self._grow(tree, anchor, plan.reflection, problem)
+                if on_grow is not None:
+                    on_grow(tree)
         self.generated_tokens += generated
         candidates = [Candidate(n, tree.path_tokens(n)[len(problem.prompt):],
                                 float(tree.rollout_value_n[n]), True,

@@ -15,16 +15,20 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import itertools
 import json
+import pathlib
 import random
 import time
 from typing import Any, AsyncIterator, Mapping
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (HTMLResponse, JSONResponse, PlainTextResponse, Response,
+                               StreamingResponse)
 
 from marco_jax.engine.engine import FILTER_WIDTH
 from marco_jax.search import runner
+from marco_jax.search import tree_html as tree_html_lib
 from marco_jax.search.config import JobConfig, load_job_config
 from marco_jax.serve import protocol
 from marco_jax.serve.protocol import GenerationRequest, RequestError
@@ -57,6 +61,7 @@ class _Handlers:
         self.worker, self.settings = worker, settings
         self.tokenizer = worker.tokenizer
         self.trees: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self.tree_ids = itertools.count()
 
     # ---- parsing ---------------------------------------------------------------------
 
@@ -93,7 +98,8 @@ class _Handlers:
                                f"prompt ({field}) has {len(prompt_ids)} and max_tokens asks "
                                f"for {max_tokens} more", "max_tokens")
         seed = request.seed if request.seed is not None else random.randrange(2 ** 31)
-        return Job(request, prompt_ids, max_tokens, seed, emit, search=search)
+        tree_id = None if search is None else f"tree-{next(self.tree_ids)}"
+        return Job(request, prompt_ids, max_tokens, seed, emit, search=search, tree_id=tree_id)
 
     def search_config(self, request: GenerationRequest) -> JobConfig | None:
         options = request.search
@@ -156,6 +162,8 @@ class _Handlers:
                     finishes[event.index] = event.finish
             elif event.kind == "search":
                 search = event.data
+            elif event.kind == "progress":
+                self.progress(job, event.data)
             elif event.kind == "error":
                 status = event.data.pop("status", 500)
                 return JSONResponse(event.data, status_code=status)
@@ -166,7 +174,7 @@ class _Handlers:
             choice = protocol.choice_body(kind, 0, search["text"], "stop", None)
             return JSONResponse(protocol.response_body(
                 kind, rid, request.model, [choice], event.data["usage"],
-                {"marco": self.search_extension(search)}))
+                {"marco": self.search_extension(job, search)}))
         choices = [protocol.choice_body(
             kind, i, "".join(texts[i]), finishes.get(i),
             None if request.logprobs is None
@@ -175,13 +183,23 @@ class _Handlers:
         return JSONResponse(protocol.response_body(kind, rid, request.model, choices,
                                                    event.data["usage"]))
 
-    def search_extension(self, search: dict) -> dict:
-        tree = search.pop("tree")
-        tree_id = f"tree-{len(self.trees)}-{int(time.time() * 1000)}"
+    def keep_tree(self, tree_id: str, tree: dict) -> None:
         self.trees[tree_id] = tree
+        self.trees.move_to_end(tree_id)
         while len(self.trees) > KEPT_TREES:
             self.trees.popitem(last=False)
-        return {**search, "tree_id": tree_id}
+
+    def search_extension(self, job: Job, search: dict) -> dict:
+        """The response's ``marco`` field; the tree goes to GET /v1/trees/{id}."""
+        self.keep_tree(job.tree_id, search.pop("tree"))
+        return {**search, "tree_id": job.tree_id}
+
+    def progress(self, job: Job, data: dict) -> dict:
+        """A growing tree is kept (the page fetches it); the event carries its size."""
+        nodes = data.pop("nodes")
+        self.keep_tree(job.tree_id, {"id": job.tree_id, "question": job.request.question,
+                                     "nodes": nodes, "best_path": []})
+        return {**data, "nodes": len(nodes), "tree_id": job.tree_id}
 
     async def stream(self, job: Job, queue: asyncio.Queue) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format; ``[DONE]`` ends them. If
@@ -207,10 +225,11 @@ class _Handlers:
                                                    role=event.index not in opened))
                     opened.add(event.index)
                 elif event.kind == "progress":
+                    progress = self.progress(job, event.data)
                     yield _sse(protocol.chunk_body(kind, rid, model, None,
-                                                   extra={"marco": {"progress": event.data}}))
+                                                   extra={"marco": {"progress": progress}}))
                 elif event.kind == "search":
-                    extension = self.search_extension(event.data)
+                    extension = self.search_extension(job, event.data)
                     yield _sse(protocol.chunk_body(kind, rid, model, 0, extension["text"],
                                                    "stop", role=True,
                                                    extra={"marco": extension}))
@@ -304,6 +323,13 @@ def create_app(worker: EngineWorker, settings: ServerSettings) -> FastAPI:
             return _error(RequestError(f"no tree '{tree_id}' (the server keeps the last "
                                        f"{KEPT_TREES})", "tree_id", status=404))
         return JSONResponse(found)
+
+    @app.get("/v1/trees/{tree_id}/html")
+    async def tree_html(tree_id: str) -> Response:
+        found = handlers.trees.get(tree_id)
+        if found is None:
+            return _error(RequestError(f"no tree '{tree_id}'", "tree_id", status=404))
+        return HTMLResponse(tree_html_lib.render_fragment(found, pathlib.Path(tree_id)))
 
     @app.get("/health")
     async def health() -> Response:

@@ -30,6 +30,7 @@ from marco_jax.search import runner
 from marco_jax.search.config import JobConfig
 from marco_jax.search.driver import Driver, Program
 from marco_jax.search.results import Problem, SearchResult
+from marco_jax.search.tree import Tree
 from marco_jax.serve.protocol import FINISH, GenerationRequest, RequestError, TokenInfo, usage
 from marco_jax.serve.text import ChoiceText
 
@@ -61,6 +62,7 @@ class Job:
     seed: int
     emit: Callable[[Event], None]
     search: JobConfig | None = None
+    tree_id: str | None = None  # a search's tree, as GET /v1/trees/{id} shows it
     id: int = -1
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     first_token: float | None = None
@@ -230,18 +232,21 @@ class EngineWorker:
         config = job.search
         search = runner.make_search(config, {"policy": self.engine}, self.tokenizer)
         problem = Problem(job.id, job.prompt_ids, job.seed)
-        rounds = itertools.count(1)
+        steps = itertools.count(1)
         generated = [0]
 
         def on_round(completions: list[Completion]) -> None:
             generated[0] += sum(len(c.tokens) for c in completions)
             if job.first_token is None:
                 self._first_token(job)
-            job.emit(Event("progress", data={"round": next(rounds),
-                                              "generated_tokens": generated[0]}))
+
+        def on_grow(tree: Tree) -> None:
+            job.emit(Event("progress", data={"step": next(steps), "generated_tokens": generated[0],
+                                              "nodes": runner.tree_nodes(tree, self._decode)}))
 
         self._searching[job.id] = (job, problem)
-        self.driver.start(job.id, _with_stops(search.program(problem), config.stops, on_round))
+        self.driver.start(job.id, _with_stops(search.program(problem, on_grow), config.stops,
+                                              on_round))
         self._collect_searches()
 
     def _step(self) -> None:
@@ -315,12 +320,13 @@ class EngineWorker:
                 len(job.prompt_ids), result.generated_tokens)}))
         self.driver.finished.clear()
 
-    def _search_result(self, job: Job, problem: Problem, result: SearchResult) -> dict:
-        def decode(tokens: list[int]) -> str:
-            return self.tokenizer.decode([t for t in tokens if t not in self.eos])
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode([t for t in tokens if t not in self.eos])
 
+    def _search_result(self, job: Job, problem: Problem, result: SearchResult) -> dict:
+        decode = self._decode
         text, value = job_lib.choose(result, job.search.final, decode)
-        question = {"id": f"request-{job.id}", "question": job.request.question, "answer": None}
+        question = {"id": job.tree_id, "question": job.request.question, "answer": None}
         return {"text": text, "answer": extract_answer(text), "value": value,
                 "config": job.search.name, "rollouts": result.rollouts,
                 "generated_tokens": result.generated_tokens,

@@ -1,7 +1,12 @@
 """The OpenAI-compatible server, live on 127.0.0.1, through the official client."""
 
 import concurrent.futures
+import contextlib
 import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -21,6 +26,7 @@ from marco_jax.search.config import load_job_config
 from marco_jax.serve.app import ServerSettings, create_app
 from marco_jax.serve import protocol
 from marco_jax.serve.worker import EngineWorker, Job, engine_stop_strings
+from cli_test import ROOT
 
 CONFIG = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=320,
                       kv_cache_gb=0.02, prefill_shapes=((8, 32), (1, 128)))
@@ -254,3 +260,36 @@ def test_the_worker_refuses_jobs_over_its_limit(tiny):
     with pytest.raises(protocol.RequestError, match="2 requests in flight") as refused:
         worker.submit(jobs[2])
     assert refused.value.status == 503
+
+
+def test_sigterm_lets_a_running_stream_finish_then_exits(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", "builtin:tiny",
+         "--port", str(port), "--no-warmup", "--slots", "4", "--max-model-len", "256",
+         "--grace-s", "20"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            time.sleep(0.3)
+        body = {"model": "builtin:tiny", "prompt": "a", "max_tokens": 200, "stream": True,
+                "temperature": 0}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+            lines = response.iter_lines()
+            next(line for line in lines if line.startswith("data:"))
+            server.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith("data:")]
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][5:])["choices"][0]["finish_reason"] == "length"
+        # uvicorn re-raises the signal once it has shut down cleanly
+        assert server.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        server.kill()
+    log = server.stdout.read()
+    assert "Application shutdown complete" in log and "Traceback" not in log

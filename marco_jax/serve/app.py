@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import html
 import itertools
 import json
 import pathlib
@@ -34,7 +35,8 @@ from marco_jax.serve import protocol
 from marco_jax.serve.protocol import GenerationRequest, RequestError
 from marco_jax.serve.worker import EngineWorker, Event, Job
 
-KEPT_TREES = 64  # finished search trees kept for GET /v1/trees/{id}
+KEPT_TREES = 64  # search trees kept for GET /v1/trees/{id}
+PAGE = pathlib.Path(__file__).with_name("page.html")
 
 
 @dataclasses.dataclass
@@ -252,6 +254,15 @@ class _Handlers:
 
     # ---- the rest ------------------------------------------------------------------------
 
+    def page(self) -> str:
+        """The page for people (``page.html``), with the tree styles of
+        ``show_tree.py``, the model's name and the offered search configs."""
+        searches = sorted(k for k in self.settings.searches if not k.startswith("effort:"))
+        return (PAGE.read_text(encoding="utf-8")
+                .replace("/*TREE_CSS*/", tree_html_lib.CSS).replace("/*TREE_JS*/", tree_html_lib.JS)
+                .replace("/*MODEL*/", html.escape(self.settings.model_name))
+                .replace("/*SEARCHES*/", json.dumps(searches)))
+
     def models(self) -> dict:
         return {"object": "list", "data": [{
             "id": self.settings.model_name, "object": "model", "created": int(time.time()),
@@ -323,6 +334,10 @@ def create_app(worker: EngineWorker, settings: ServerSettings) -> FastAPI:
             return _error(RequestError(f"no tree '{tree_id}' (the server keeps the last "
                                        f"{KEPT_TREES})", "tree_id", status=404))
         return JSONResponse(found)
+
+    @app.get("/")
+    async def page() -> Response:
+        return HTMLResponse(handlers.page())
 
     @app.get("/v1/trees/{tree_id}/html")
     async def tree_html(tree_id: str) -> Response:

@@ -1,0 +1,174 @@
+"""The OpenAI-compatible server under concurrent clients, against the same requests offline.
+
+    python benchmarks/serve_load.py --model HF_DIR --mgsm ../shared/data/mgsm/mgsm_en.tsv \
+        --clients 1,8,32 --requests-per-client 2 --max-tokens 64 --slots 32 \
+        --json-out benchmarks/results/serve_load.json
+
+Why: a server only earns its place if HTTP, JSON, streaming and the handoff to
+the engine thread cost little next to generation (issue 17: at 32 clients,
+served tokens/s >= 0.85x offline). For each client count C, C x K MGSM-En
+questions go as greedy streamed chat requests (``max_tokens``) from C
+concurrent loopback clients to a server started in this process (uvicorn in
+a thread, the engine thread behind it); then the same requests, rendered and
+tokenized the same way, go through ``Engine.generate`` all at once on a
+second engine of the same size (its own prefix cache, so neither side reuses
+the other's prompts). Both engines compile everything at warm-up. Reported:
+requests/s, output tokens/s, latency and time-to-first-token p50/p99 (served),
+offline tokens/s, the ratio, and whether the texts are identical (greedy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import pathlib
+import sys
+import threading
+import time
+
+import httpx2
+import numpy as np
+import uvicorn
+
+from report import report
+
+from marco_jax import prompts as prompt_lib
+from marco_jax.cli import enable_compilation_cache
+from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.loading import load
+from marco_jax.search.problems import read_problems
+from marco_jax.serve.app import ServerSettings, create_app
+from marco_jax.serve.worker import EngineWorker
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--mgsm", type=pathlib.Path, required=True)
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--slots", type=int, default=32)
+    parser.add_argument("--max-model-len", type=int, default=1024)
+    parser.add_argument("--time-limit", type=float, default=1800,
+                        help="stop starting client counts after this many seconds")
+    parser.add_argument("--json-out", type=pathlib.Path)
+    return parser.parse_args()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def one_request(client: httpx2.AsyncClient, question: str, max_tokens: int) -> dict:
+    body = {"model": "served", "messages": [{"role": "user", "content": question}],
+            "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first, text, tokens = None, [], 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk["choices"]:
+                if choice["delta"].get("content"):
+                    first = first or time.perf_counter()
+                    text.append(choice["delta"]["content"])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    end = time.perf_counter()
+    return {"latency": end - start, "ttft": (first or end) - start, "tokens": tokens,
+            "text": "".join(text)}
+
+
+async def served(url: str, questions: list[str], clients: int, max_tokens: int) -> dict:
+    queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+    for item in enumerate(questions):
+        queue.put_nowait(item)
+    results: dict[int, dict] = {}
+
+    async def client_loop(client: httpx2.AsyncClient) -> None:
+        while not queue.empty():
+            index, question = queue.get_nowait()
+            results[index] = await one_request(client, question, max_tokens)
+
+    limits = httpx2.Limits(max_connections=clients + 4)
+    async with httpx2.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    ordered = [results[i] for i in range(len(questions))]
+    tokens = sum(r["tokens"] for r in ordered)
+    latency = [r["latency"] for r in ordered]
+    ttft = [r["ttft"] for r in ordered]
+    return {"wall_s": round(wall, 2), "requests": len(ordered), "output_tokens": tokens,
+            "requests_per_s": round(len(ordered) / wall, 3),
+            "output_tokens_per_s": round(tokens / wall, 2),
+            "latency_p50_s": round(percentile(latency, 50), 2),
+            "latency_p99_s": round(percentile(latency, 99), 2),
+            "ttft_p50_s": round(percentile(ttft, 50), 2),
+            "ttft_p99_s": round(percentile(ttft, 99), 2),
+            "texts": [r["text"] for r in ordered]}
+
+
+def main() -> None:
+    args = parse_args()
+    enable_compilation_cache()
+    loaded = load(args.model)
+    tokenizer = loaded.tokenizer
+    config = EngineConfig(slots=args.slots, max_model_len=args.max_model_len)
+    counts = [int(c) for c in args.clients.split(",")]
+    questions = [p["question"] for p in read_problems(args.mgsm)]
+    server_engine = Engine(loaded.model, loaded.eos_ids, config)
+    offline_engine = Engine(loaded.model, loaded.eos_ids, config)
+    compile_start = time.perf_counter()
+    programs = server_engine.warmup() + offline_engine.warmup()
+    compile_s = time.perf_counter() - compile_start
+    worker = EngineWorker(server_engine, tokenizer, loaded.eos_ids)
+    settings = ServerSettings("served", config.max_model_len, config.top_logprobs, {})
+    server = uvicorn.Server(uvicorn.Config(create_app(worker, settings), host="127.0.0.1",
+                                           port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    runs, begun, used = [], time.perf_counter(), 0
+    for clients in counts:
+        if time.perf_counter() - begun > args.time_limit:
+            print(f"time limit: skipping {clients} clients", file=sys.stderr)
+            continue
+        batch = questions[used:used + clients * args.requests_per_client]
+        used += len(batch)  # fresh questions per client count: no prefix-cache reuse
+        side = asyncio.run(served(url, batch, clients, args.max_tokens))
+        ids = [tokenizer.encode(prompt_lib.chatml([{"role": "user", "content": q}]),
+                                add_special_tokens=False) for q in batch]
+        start = time.perf_counter()
+        done = offline_engine.generate(ids, args.max_tokens)
+        offline_wall = time.perf_counter() - start
+        offline_tokens = sum(len(c.tokens) for c in done)
+        offline_texts = [tokenizer.decode([t for t in c.tokens if t not in loaded.eos_ids])
+                         for c in done]
+        texts = side.pop("texts")
+        offline_rate = offline_tokens / offline_wall
+        runs.append({"clients": clients, "served": side,
+                     "offline": {"wall_s": round(offline_wall, 2),
+                                 "output_tokens": offline_tokens,
+                                 "output_tokens_per_s": round(offline_rate, 2)},
+                     "served_over_offline": round(side["output_tokens_per_s"] / offline_rate, 3),
+                     "identical_texts": sum(a == b for a, b in zip(texts, offline_texts))})
+        print(json.dumps(runs[-1]), file=sys.stderr)
+    server.should_exit = True
+    thread.join(timeout=60)
+    report({"date": datetime.date.today().isoformat(), "model": args.model,
+            "slots": args.slots, "max_tokens": args.max_tokens,
+            "requests_per_client": args.requests_per_client, "warmup_programs": programs,
+            "warmup_compile_s": round(compile_s, 1), "runs": runs}, args.json_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,9 +10,9 @@ served tokens/s >= 0.85x offline). For each client count C, C x K MGSM-En
 questions go as greedy streamed chat requests (``max_tokens``) from C
 concurrent loopback clients to a server started in this process (uvicorn in
 a thread, the engine thread behind it); then the same requests, rendered and
-tokenized the same way, go through ``Engine.generate`` all at once on a
-second engine of the same size (its own prefix cache, so neither side reuses
-the other's prompts). Both engines compile everything at warm-up. Reported:
+tokenized the same way, go straight to a second engine of the same size
+(its own prefix cache, so neither side reuses the other's prompts), C at a
+time as the clients keep them. Both engines compile everything at warm-up. Reported:
 requests/s, output tokens/s, latency and time-to-first-token p50/p99 (served),
 offline tokens/s, the ratio, and whether the texts are identical (greedy).
 """
@@ -115,6 +115,19 @@ async def served(url: str, questions: list[str], clients: int, max_tokens: int) 
             "texts": [r["text"] for r in ordered]}
 
 
+def offline(engine: Engine, ids: list[list[int]], max_tokens: int, concurrency: int) -> list:
+    """The requests through the engine directly, at most ``concurrency`` in flight
+    (a new one as each finishes), as the clients keep them; in input order."""
+    done, ids_left, owner = {}, list(enumerate(ids)), {}
+    while ids_left or engine.has_work:
+        while ids_left and len(owner) - len(done) < concurrency:
+            index, prompt = ids_left.pop(0)
+            owner[engine.submit(prompt, max_tokens)] = index
+        for completion in engine.step():
+            done[owner[completion.request_id]] = completion
+    return [done[i] for i in range(len(ids))]
+
+
 def main() -> None:
     args = parse_args()
     enable_compilation_cache()
@@ -148,7 +161,7 @@ def main() -> None:
         ids = [tokenizer.encode(prompt_lib.chatml([{"role": "user", "content": q}]),
                                 add_special_tokens=False) for q in batch]
         start = time.perf_counter()
-        done = offline_engine.generate(ids, args.max_tokens)
+        done = offline(offline_engine, ids, args.max_tokens, clients)
         offline_wall = time.perf_counter() - start
         offline_tokens = sum(len(c.tokens) for c in done)
         offline_texts = [tokenizer.decode([t for t in c.tokens if t not in loaded.eos_ids])

@@ -168,6 +168,7 @@ class Engine:
         self._programs: dict[tuple, Any] = {}
         self._next_id = 0
         self._prefill_queue: list[Request] = []
+        self._in_flight: dict[int, Request] = {}  # submitted, not finished or cancelled
 
     # ---- requests -------------------------------------------------------------------
 
@@ -199,9 +200,10 @@ class Engine:
             raise MarcoError(f"request {rid}: top_p must be in (0, 1] (1: off), got {top_p}")
         if not 0 <= seed < 2 ** 31:
             raise MarcoError(f"request {rid}: seed must be in [0, 2**31), got {seed}")
-        self.scheduler.add(Request(rid, prompt, int(max_new_tokens), float(temperature),
-                                   int(top_k), float(top_p), int(seed), int(priority),
-                                   self._stop_mask(rid, stops)))
+        request = Request(rid, prompt, int(max_new_tokens), float(temperature), int(top_k),
+                          float(top_p), int(seed), int(priority), self._stop_mask(rid, stops))
+        self.scheduler.add(request)
+        self._in_flight[rid] = request
         self._next_id += 1
         return rid
 
@@ -219,17 +221,17 @@ class Engine:
     def in_flight(self, request_id: int) -> Request | None:
         """A waiting or running request, with what it has generated so far (None
         once it has finished or been cancelled); read it, do not change it."""
-        running = next((r for r in self.scheduler.running if r and r.id == request_id), None)
-        return running or next((r for r in self.scheduler.waiting if r.id == request_id), None)
+        return self._in_flight.get(request_id)
 
     def cancel(self, request_id: int) -> bool:
         """Drop a waiting or running request: its slot and blocks are free for the
         next step (the full blocks it wrote stay findable). False: not in flight."""
-        if self.scheduler.remove_waiting(request_id) is not None:
-            return True
-        request = next((r for r in self.scheduler.running if r and r.id == request_id), None)
+        request = self._in_flight.pop(request_id, None)
         if request is None:
             return False
+        if request.slot < 0:
+            self.scheduler.remove_waiting(request_id)
+            return True
         self.scheduler.retire(request)
         self.state["reason_s"][request.slot] = programs.IDLE
         return True
@@ -373,6 +375,7 @@ class Engine:
         return finished
 
     def _finish(self, request: Request, reason: str) -> Completion:
+        del self._in_flight[request.id]
         self.scheduler.retire(request)
         self.state["reason_s"][request.slot] = programs.IDLE
         k = self.config.top_logprobs

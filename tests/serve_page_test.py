@@ -36,11 +36,12 @@ def browser():
 
 
 def test_the_page_streams_an_answer_and_grows_the_tree(browser):
-    model = load(os.environ.get("MARCO_PAGE_MODEL", "builtin:tiny"))
-    live = LiveServer(model)
+    path = os.environ.get("MARCO_PAGE_MODEL", "builtin:tiny")
+    name = os.path.basename(path.rstrip("/"))
+    live = LiveServer(load(path), name=name)
     try:
         browser.get(live.url + "/")
-        assert browser.find_element(By.ID, "model").text == "tiny"
+        assert browser.find_element(By.ID, "model").text == name
         browser.find_element(By.ID, "question").send_keys(
             "Tom has 3 apples and buys 4 more. How many apples does he have?")
         Select(browser.find_element(By.ID, "mode")).select_by_value("mcts-step")

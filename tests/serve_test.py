@@ -41,14 +41,14 @@ def search_config():
 class LiveServer:
     """uvicorn in a thread on an ephemeral port, over a tiny model's engine."""
 
-    def __init__(self, loaded, max_jobs=256):
+    def __init__(self, loaded, max_jobs=256, name="tiny"):
         searches = {"mcts-step": search_config()}
         table = stops.build_stop_table(loaded.tokenizer, engine_stop_strings(searches.values()),
                                        loaded.cfg.vocab_size)
         self.engine = Engine(loaded.model, loaded.eos_ids, CONFIG, stop_table=table)
         self.idle_blocks = self.engine.blocks.available
         self.worker = EngineWorker(self.engine, loaded.tokenizer, loaded.eos_ids, max_jobs)
-        settings = ServerSettings("tiny", CONFIG.max_model_len, 5, searches, grace_s=2)
+        settings = ServerSettings(name, CONFIG.max_model_len, 5, searches, grace_s=2)
         config = uvicorn.Config(create_app(self.worker, settings), host="127.0.0.1", port=0,
                                 log_level="warning")
         self.server = uvicorn.Server(config)

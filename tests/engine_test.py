@@ -148,6 +148,8 @@ def test_bad_requests_are_errors(tiny):
         engine.generate([[1], [2]], 4, seed=[1, 2, 3])
     with pytest.raises(MarcoError, match="max_position_embeddings"):
         Engine(tiny.model, (258,), EngineConfig(max_model_len=4096, kv_cache_gb=0.01))
+    with pytest.raises(MarcoError, match="slots must be >= 1"):
+        EngineConfig(slots=0)
     assert not engine.has_work
 
 

@@ -69,9 +69,10 @@ def memory_plan(cfg: TrainConfig, devices: list, simulated: bool = False) -> dic
     program = setup.program
     state = abstract_target(program.abstract_state, program.state_shardings)
     m = cfg.train.micro_batches
-    rows = cfg.train.global_batch * objective_of(cfg).rows_per_example // m
+    objective = objective_of(cfg)
+    rows = cfg.train.global_batch * objective.rows_per_example // m
     batch = {k: jax.ShapeDtypeStruct(
-        (m, rows) if k == "reference_logps" else (m, rows, cfg.data.seq_len),
+        (m, rows) if k in objective.row_fields else (m, rows, cfg.data.seq_len),
         np.float32 if k in FLOAT_FIELDS else np.int32, sharding=sharding)
         for k, sharding in program.batch_shardings.items()}
     start = time.perf_counter()

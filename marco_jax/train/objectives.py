@@ -72,7 +72,8 @@ class Objective(Protocol):
     """What the step needs of a training objective."""
 
     rows_per_example: ClassVar[int]  # batch rows per data-set example (a DPO pair is two)
-    fields: ClassVar[tuple[str, ...]]  # reference_logps is (rows,), the rest (rows, seq)
+    fields: ClassVar[tuple[str, ...]]  # batch fields: (rows, seq) unless in row_fields
+    row_fields: ClassVar[tuple[str, ...]]  # one value per row: (rows,)
 
     def sums(self, layout: TrainLayout, params: Params, batch: dict[str, jax.Array],
              remat: str, act_sharding: NamedSharding | None) -> Sums:
@@ -85,6 +86,7 @@ class SFT:
 
     rows_per_example: ClassVar[int] = 1
     fields: ClassVar[tuple[str, ...]] = TOKEN_FIELDS
+    row_fields: ClassVar[tuple[str, ...]] = ()
 
     def sums(self, layout, params, batch, remat, act_sharding=None) -> Sums:
         logp_b = masked_logprob_sums(layout, params, batch, batch["loss_mask"][None], remat,
@@ -115,6 +117,7 @@ class DPO:
     mask_shared_prefix: bool = False
     rows_per_example: ClassVar[int] = 2
     fields: ClassVar[tuple[str, ...]] = (*TOKEN_FIELDS, "shared_mask", "reference_logps")
+    row_fields: ClassVar[tuple[str, ...]] = ("reference_logps",)
 
     def completion_mask(self, batch: dict[str, jax.Array]) -> jax.Array:
         if self.mask_shared_prefix:

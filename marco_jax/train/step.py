@@ -132,7 +132,7 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
     Optimizer moments are sharded like the parameters they track (in pinned host
     memory with ``cfg.offload_optimizer``); the step counters are replicated.
     Batches are (micro_batches, rows, seq) with rows split over the batch mesh
-    axes (``reference_logps``: (micro_batches, rows)). Both functions donate
+    axes (the objective's ``row_fields``: (micro_batches, rows)). Both functions donate
     their input, so a fine-tune never holds two copies of the parameters.
     """
     params_sharding = layout.shardings(mesh, rules)
@@ -156,7 +156,7 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
     batch_axes = rules.mesh_axes("batch")
     batch_shardings = {
         field: NamedSharding(mesh, PartitionSpec(None, batch_axes, *(
-            () if field == "reference_logps" else (None,)))) for field in objective.fields}
+            () if field in objective.row_fields else (None,)))) for field in objective.fields}
     act_sharding = NamedSharding(mesh, PartitionSpec(batch_axes, None, None))
     step = functools.partial(train_step, layout=layout, objective=objective, optimizer=optimizer,
                              schedule=schedule, remat=remat,
@@ -169,7 +169,8 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
             return jax.lax.map(lambda b: objective.logps(layout, params, b, "none",
                                                          act_sharding), batch_mbt)
 
-        token_shardings = {k: v for k, v in batch_shardings.items() if k != "reference_logps"}
+        token_shardings = {k: v for k, v in batch_shardings.items()
+                           if k not in objective.row_fields}
         reference = jax.jit(logps, in_shardings=(params_sharding, token_shardings),
                             out_shardings=batch_shardings["reference_logps"])
     return StepProgram(

@@ -330,9 +330,9 @@ class EngineWorker:
         return {"text": text, "answer": extract_answer(text), "value": value,
                 "config": job.search.name, "rollouts": result.rollouts,
                 "generated_tokens": result.generated_tokens,
-                "candidates": [{"node": c.node, "text": decode(c.tokens), "value": c.value,
-                                "finished": c.finished, "answer": extract_answer(decode(c.tokens))}
-                               for c in result.candidates],
+                "candidates": [{"node": c.node, "text": shown, "value": c.value,
+                                "finished": c.finished, "answer": extract_answer(shown)}
+                               for c, shown in ((c, decode(c.tokens)) for c in result.candidates)],
                 "tree": runner.tree_json(question, result, decode, extract_answer(text))}
 
     def _first_token(self, job: Job) -> None:

@@ -97,6 +97,21 @@ class ServeMetrics:
         return sum(n for _, n in inside) / window if inside else 0.0
 
 
+def decoding_once(decode: Callable[[list[int]], str]) -> Callable[[Sequence[int]], str]:
+    """``decode`` remembered per token sequence. A search's tree is snapshotted
+    after every growth step; its nodes' texts never change once written, so
+    each is decoded once rather than once per snapshot (quadratic in the tree)."""
+    texts: dict[tuple[int, ...], str] = {}
+
+    def decode_once(tokens: Sequence[int]) -> str:
+        key = tuple(int(t) for t in tokens)
+        if key not in texts:
+            texts[key] = decode(list(key))
+        return texts[key]
+
+    return decode_once
+
+
 def _with_stops(program: Program, strings: tuple[str, ...],
                 on_round: Callable[[list[Completion]], None]) -> Program:
     """A search program whose calls end on its config's stop strings only (the
@@ -240,9 +255,11 @@ class EngineWorker:
             if job.first_token is None:
                 self._first_token(job)
 
+        decode_once = decoding_once(self._decode)
+
         def on_grow(tree: Tree) -> None:
             job.emit(Event("progress", data={"step": next(steps), "generated_tokens": generated[0],
-                                              "nodes": runner.tree_nodes(tree, self._decode)}))
+                                              "nodes": runner.tree_nodes(tree, decode_once)}))
 
         self._searching[job.id] = (job, problem)
         self.driver.start(job.id, _with_stops(search.program(problem, on_grow), config.stops,

@@ -68,6 +68,11 @@ class TokenizedPair:
     rejected: np.ndarray
     shared: int  # leading completion tokens chosen and rejected have in common
 
+    def overlong(self, seq_len: int) -> bool:
+        """Whether a row (prompt and completion) exceeds the ``seq_len + 1`` tokens
+        that make ``seq_len`` input/target positions."""
+        return len(self.prompt) + max(len(self.chosen), len(self.rejected)) > seq_len + 1
+
 
 def tokenize_pair(record: dict, tokenizer: PreTrainedTokenizerBase,
                   system: str | None) -> TokenizedPair:
@@ -89,14 +94,12 @@ def pair_rows(pair: TokenizedPair, seq_len: int, overlong: str) -> dict[str, np.
     """The pair's two rows as (2, seq_len) arrays (layout in the module docstring),
     or None when ``overlong == "drop"`` and a row exceeds ``seq_len + 1`` tokens or
     when truncation would leave a completion without a token to learn."""
+    if overlong == "drop" and pair.overlong(seq_len):
+        return None
     rows = {k: np.zeros((2, seq_len), np.float32 if k.endswith("mask") else np.int32)
             for k in ROW_FIELDS}
     for r, completion in enumerate((pair.chosen, pair.rejected)):
-        ids = np.concatenate([pair.prompt, completion])
-        if len(ids) > seq_len + 1:
-            if overlong == "drop":
-                return None
-            ids = ids[: seq_len + 1]
+        ids = np.concatenate([pair.prompt, completion])[: seq_len + 1]
         n = len(ids) - 1
         if n < len(pair.prompt):
             return None
@@ -127,7 +130,7 @@ def pair_examples(records: Sequence[dict], tokenizer: PreTrainedTokenizerBase,
         if rows is None:
             dropped += 1
             continue
-        truncated += len(pair.prompt) + max(len(pair.chosen), len(pair.rejected)) > seq_len + 1
+        truncated += pair.overlong(seq_len)
         examples.append({"id": str(record.get("id", index)), "rows": rows})
     if not examples:
         raise MarcoError(f"no pairs to train on ({dropped} dropped: longer than seq_len + 1 = "

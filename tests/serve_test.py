@@ -262,14 +262,18 @@ def test_the_worker_refuses_jobs_over_its_limit(tiny):
     assert refused.value.status == 503
 
 
-def test_sigterm_lets_a_running_stream_finish_then_exits(tmp_path):
+def test_script_on_a_mesh_streams_the_one_device_text_and_sigterm_lets_it_finish(tiny):
+    """``scripts/serve.py --mesh``: the engine sharded over the 8 simulated
+    devices writes the single-device greedy text; SIGTERM mid-stream ends it cleanly."""
+    ids = tiny.tokenizer.encode("a", add_special_tokens=False)
+    [expected] = Engine(tiny.model, tiny.eos_ids, CONFIG).generate([ids], 200)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", "builtin:tiny",
          "--port", str(port), "--no-warmup", "--slots", "4", "--max-model-len", "256",
-         "--grace-s", "20"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--grace-s", "20", "--mesh", "data=4,tensor=2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -282,11 +286,15 @@ def test_sigterm_lets_a_running_stream_finish_then_exits(tmp_path):
                 "temperature": 0}
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
             lines = response.iter_lines()
-            next(line for line in lines if line.startswith("data:"))
+            first = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+            first = first["choices"][0]["text"]
             server.send_signal(signal.SIGTERM)
             rest = [line for line in lines if line.startswith("data:")]
         assert rest[-1] == "data: [DONE]"
         assert json.loads(rest[-2][5:])["choices"][0]["finish_reason"] == "length"
+        text = first + "".join(json.loads(line[5:])["choices"][0]["text"] for line in rest[:-1])
+        assert text == tiny.tokenizer.decode([t for t in expected.tokens
+                                              if t not in tiny.eos_ids])
         # uvicorn re-raises the signal once it has shut down cleanly
         assert server.wait(timeout=60) in (0, -signal.SIGTERM)
     finally:

@@ -40,7 +40,7 @@ from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
 from marco_jax.search.problems import read_problems
 from marco_jax.serve.app import ServerSettings, create_app
-from marco_jax.serve.worker import EngineWorker
+from marco_jax.serve.worker import ADMIT_WAIT_S, EngineWorker
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--time-limit", type=float, default=1800,
                         help="stop starting client counts after this many seconds")
+    parser.add_argument("--admit-wait-ms", type=float, default=ADMIT_WAIT_S * 1000,
+                        help="the server's wait for more requests when one finds it idle")
     parser.add_argument("--json-out", type=pathlib.Path)
     return parser.parse_args()
 
@@ -141,7 +143,8 @@ def main() -> None:
     compile_start = time.perf_counter()
     programs = server_engine.warmup() + offline_engine.warmup()
     compile_s = time.perf_counter() - compile_start
-    worker = EngineWorker(server_engine, tokenizer, loaded.eos_ids)
+    worker = EngineWorker(server_engine, tokenizer, loaded.eos_ids,
+                          admit_wait_s=args.admit_wait_ms / 1000)
     settings = ServerSettings("served", config.max_model_len, config.top_logprobs, {})
     server = uvicorn.Server(uvicorn.Config(create_app(worker, settings), host="127.0.0.1",
                                            port=0, log_level="warning"))
@@ -178,9 +181,10 @@ def main() -> None:
     server.should_exit = True
     thread.join(timeout=60)
     report({"date": datetime.date.today().isoformat(), "model": args.model,
-            "slots": args.slots, "max_tokens": args.max_tokens,
-            "requests_per_client": args.requests_per_client, "warmup_programs": programs,
-            "warmup_compile_s": round(compile_s, 1), "runs": runs}, args.json_out)
+            "slots": args.slots, "admit_wait_ms": args.admit_wait_ms,
+            "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
+            "warmup_programs": programs, "warmup_compile_s": round(compile_s, 1), "runs": runs},
+           args.json_out)
 
 
 if __name__ == "__main__":

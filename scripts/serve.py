@@ -27,7 +27,7 @@ from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search.config import load_job_config
 from marco_jax.serve.app import ServerSettings, create_app
-from marco_jax.serve.worker import EngineWorker, engine_stop_strings
+from marco_jax.serve.worker import ADMIT_WAIT_S, EngineWorker, engine_stop_strings
 
 EFFORTS = {"low": ("mcts-step", 2), "medium": ("mcts-step", 8), "high": ("mcts-step", 32)}
 
@@ -52,6 +52,9 @@ def parse_args() -> argparse.Namespace:
                         help="requests in flight before new ones get 503")
     parser.add_argument("--grace-s", type=float, default=30.0,
                         help="on shutdown, how long in-flight requests may take to finish")
+    parser.add_argument("--admit-wait-ms", type=float, default=ADMIT_WAIT_S * 1000,
+                        help="when a request finds the engine idle, wait this long for others "
+                             "to join its first step (0: start at once)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="compile the engine's programs on first use instead of at start")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -90,7 +93,10 @@ def main() -> None:
     engine = Engine(loaded.model, loaded.eos_ids, config, stop_table=table, mesh=mesh)
     if not args.no_warmup:
         logging.info("compiled %d engine programs", engine.warmup())
-    worker = EngineWorker(engine, loaded.tokenizer, loaded.eos_ids, args.max_requests)
+    if args.admit_wait_ms < 0:
+        raise MarcoError(f"--admit-wait-ms must be >= 0, got {args.admit_wait_ms}")
+    worker = EngineWorker(engine, loaded.tokenizer, loaded.eos_ids, args.max_requests,
+                          admit_wait_s=args.admit_wait_ms / 1000)
     name = args.served_model_name or pathlib.Path(str(args.model)).name
     settings = ServerSettings(name, config.max_model_len, args.top_logprobs, searches,
                               args.grace_s)

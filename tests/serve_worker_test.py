@@ -1,6 +1,17 @@
-"""Unit tests of the server's engine-thread helpers that need no engine."""
+"""The server's engine thread (``EngineWorker``) without HTTP, and its helpers."""
 
-from marco_jax.serve.worker import decoding_once
+import threading
+import time
+
+import pytest
+
+from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.loading import load
+from marco_jax.serve import protocol
+from marco_jax.serve.worker import EngineWorker, Job, decoding_once
+
+CONFIG = EngineConfig(slots=4, decode_steps=4, block_size=8, max_model_len=128,
+                      kv_cache_gb=0.01, prefill_shapes=((4, 16),))
 
 
 def test_decoding_once_decodes_each_text_once_across_snapshots():
@@ -18,3 +29,23 @@ def test_decoding_once_decodes_each_text_once_across_snapshots():
     assert first == ["1-2", "3", ""]
     assert second == first + ["4-5"]
     assert calls == [[1, 2], [3], [], [4, 5]]
+
+
+@pytest.mark.parametrize("admit_wait_s, decode_calls", [(2.0, 2), (0.0, 3)])
+def test_requests_arriving_at_an_idle_engine_share_its_first_step(admit_wait_s, decode_calls):
+    """Two 8-token requests 0.3 s apart: gathered, they take two 4-token decode
+    calls together; started at once, the second joins a call late."""
+    tiny = load("builtin:tiny")
+    worker = EngineWorker(Engine(tiny.model, tiny.eos_ids, CONFIG), tiny.tokenizer,
+                          tiny.eos_ids, admit_wait_s=admit_wait_s)
+    worker.start()
+    done = threading.Semaphore(0)
+    request = protocol.parse_completion({"model": "tiny", "prompt": "a", "max_tokens": 8,
+                                         "temperature": 0}, 5)
+    emit = lambda event: event.kind == "done" and done.release()  # noqa: E731
+    worker.submit(Job(request, [1, 2, 3], 8, 0, emit))
+    time.sleep(0.3)
+    worker.submit(Job(request, [4, 5, 6], 8, 0, emit))
+    assert done.acquire(timeout=120) and done.acquire(timeout=120)
+    worker.close(grace_s=1)
+    assert worker.engine.stats.decode_calls == decode_calls

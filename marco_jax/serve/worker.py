@@ -129,12 +129,21 @@ def _with_stops(program: Program, strings: tuple[str, ...],
         program.close()
 
 
+ADMIT_WAIT_S = 0.02  # see EngineWorker: a few client round trips on loopback
+
+
 class EngineWorker:
     """Runs jobs on one engine in a thread of its own (see the module doc)."""
 
     def __init__(self, engine: Engine, tokenizer: Any, eos_ids: Sequence[int],
-                 max_jobs: int = 256):
+                 max_jobs: int = 256, admit_wait_s: float = ADMIT_WAIT_S):
+        """``admit_wait_s``: when a request finds the engine idle, how long to wait
+        for others before the first step. Clients that send their next request
+        as one finishes arrive a few milliseconds apart; without the wait the
+        first would start a decode call alone and the rest would idle through it
+        (a whole call: seconds on a CPU)."""
         self.engine, self.tokenizer = engine, tokenizer
+        self.admit_wait_s = admit_wait_s
         self.driver = Driver({"policy": engine})
         self.token_bytes = stops.token_bytes(tokenizer, engine.cfg.vocab_size)
         self.eos = frozenset(int(t) for t in eos_ids)
@@ -204,9 +213,12 @@ class EngineWorker:
     def _run(self) -> None:
         while True:
             with self._cond:
+                idle = not self.driver.has_work
                 while not (self._inbox or self._cancels or self.driver.has_work
                            or (self._closing and not self._jobs)):
                     self._cond.wait()
+                if idle and self._inbox and not self._closing:
+                    self._gather()
                 if self._closing and not (self._jobs or self._inbox or self._cancels):
                     return
                 new, self._inbox = self._inbox, []
@@ -223,6 +235,13 @@ class EngineWorker:
                     for job_id in list(self._jobs):
                         self._fail(job_id, RequestError(f"engine failure: {error}", status=500,
                                                         kind="server_error"))
+
+    def _gather(self) -> None:
+        """Let requests arriving within ``admit_wait_s`` join the first step
+        (called holding the lock, which ``wait`` releases)."""
+        deadline = time.perf_counter() + self.admit_wait_s
+        while (left := deadline - time.perf_counter()) > 0 and not self._closing:
+            self._cond.wait(timeout=left)
 
     def _begin(self, job: Job) -> None:
         self._jobs[job.id] = job

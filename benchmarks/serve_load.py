@@ -117,6 +117,16 @@ async def served(url: str, questions: list[str], clients: int, max_tokens: int) 
             "texts": [r["text"] for r in ordered]}
 
 
+def calls(engine: Engine) -> dict[str, int]:
+    """The engine's prefill and decode calls so far: a side that starts requests
+    a call apart makes more of them for the same tokens."""
+    return {"prefill": engine.stats.prefill_calls, "decode": engine.stats.decode_calls}
+
+
+def since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after}
+
+
 def offline(engine: Engine, ids: list[list[int]], max_tokens: int, concurrency: int) -> list:
     """The requests through the engine directly, at most ``concurrency`` in flight
     (a new one as each finishes), as the clients keep them; in input order."""
@@ -160,7 +170,10 @@ def main() -> None:
             continue
         batch = questions[used:used + clients * args.requests_per_client]
         used += len(batch)  # fresh questions per client count: no prefix-cache reuse
+        before = calls(server_engine)
         side = asyncio.run(served(url, batch, clients, args.max_tokens))
+        side["engine_calls"] = since(before, calls(server_engine))
+        before = calls(offline_engine)
         ids = [tokenizer.encode(prompt_lib.chatml([{"role": "user", "content": q}]),
                                 add_special_tokens=False) for q in batch]
         start = time.perf_counter()
@@ -174,7 +187,8 @@ def main() -> None:
         runs.append({"clients": clients, "served": side,
                      "offline": {"wall_s": round(offline_wall, 2),
                                  "output_tokens": offline_tokens,
-                                 "output_tokens_per_s": round(offline_rate, 2)},
+                                 "output_tokens_per_s": round(offline_rate, 2),
+                                 "engine_calls": since(before, calls(offline_engine))},
                      "served_over_offline": round(side["output_tokens_per_s"] / offline_rate, 3),
                      "identical_texts": sum(a == b for a, b in zip(texts, offline_texts))})
         print(json.dumps(runs[-1]), file=sys.stderr)

@@ -53,8 +53,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--grace-s", type=float, default=30.0,
                         help="on shutdown, how long in-flight requests may take to finish")
     parser.add_argument("--admit-wait-ms", type=float, default=ADMIT_WAIT_S * 1000,
-                        help="when a request finds the engine idle, wait this long for others "
-                             "to join its first step (0: start at once)")
+                        help="when a request finds the engine idle, others join its first step "
+                             "while they arrive less than this apart (0: start at once)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="compile the engine's programs on first use instead of at start")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")

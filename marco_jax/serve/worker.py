@@ -130,6 +130,7 @@ def _with_stops(program: Program, strings: tuple[str, ...],
 
 
 ADMIT_WAIT_S = 0.02  # see EngineWorker: a few client round trips on loopback
+GATHER_LIMIT = 25  # the longest gather, in admit_wait_s windows
 
 
 class EngineWorker:
@@ -137,11 +138,11 @@ class EngineWorker:
 
     def __init__(self, engine: Engine, tokenizer: Any, eos_ids: Sequence[int],
                  max_jobs: int = 256, admit_wait_s: float = ADMIT_WAIT_S):
-        """``admit_wait_s``: when a request finds the engine idle, how long to wait
-        for others before the first step. Clients that send their next request
-        as one finishes arrive a few milliseconds apart; without the wait the
-        first would start a decode call alone and the rest would idle through it
-        (a whole call: seconds on a CPU)."""
+        """``admit_wait_s``: when a request finds the engine idle, the quiet gap
+        that ends the wait for others before the first step. Clients that send
+        their next request as one finishes arrive a few milliseconds apart;
+        without the wait the first would start a decode call alone and the rest
+        would idle through it (a whole call: seconds on a CPU)."""
         self.engine, self.tokenizer = engine, tokenizer
         self.admit_wait_s = admit_wait_s
         self.driver = Driver({"policy": engine})
@@ -237,11 +238,19 @@ class EngineWorker:
                                                         kind="server_error"))
 
     def _gather(self) -> None:
-        """Let requests arriving within ``admit_wait_s`` join the first step
-        (called holding the lock, which ``wait`` releases)."""
-        deadline = time.perf_counter() + self.admit_wait_s
-        while (left := deadline - time.perf_counter()) > 0 and not self._closing:
-            self._cond.wait(timeout=left)
+        """Let requests join the first step while they keep arriving less than
+        ``admit_wait_s`` apart, until the engine's slots are spoken for or
+        ``GATHER_LIMIT`` windows have passed (called holding the lock, which
+        ``wait`` releases)."""
+        limit = time.perf_counter() + GATHER_LIMIT * self.admit_wait_s
+        slots = self.engine.config.slots
+        while not self._closing and sum(job.request.n for job in self._inbox) < slots:
+            arrived = len(self._inbox)
+            quiet = min(time.perf_counter() + self.admit_wait_s, limit)
+            while (left := quiet - time.perf_counter()) > 0 and len(self._inbox) == arrived:
+                self._cond.wait(timeout=left)
+            if len(self._inbox) == arrived or time.perf_counter() >= limit:
+                return
 
     def _begin(self, job: Job) -> None:
         self._jobs[job.id] = job

@@ -57,9 +57,9 @@ export_data() {  # NAME MODEL SELECT: SFT records and pairs of WORK/trees-NAME
 }
 
 train() {  # CONFIG OUT INIT DATA STEPS BATCH [SET...]: a resumable run into WORK/OUT/final
-  local config=$1 out=$work/$2 init=$3 path=$4 steps=$5 batch=$6; shift 6
-  if [ -d "$out/final" ]; then stage "$2: done"; return; fi
-  stage "$2 ($config, $steps steps of $batch)"
+  local config=$1 name=$2 out=$work/$2 init=$3 path=$4 steps=$5 batch=$6; shift 6
+  if [ -d "$out/final" ]; then stage "$name: done"; return; fi
+  stage "$name ($config, $steps steps of $batch)"
   local resume=(); [ -d "$out/checkpoints" ] && [ -n "$(ls -A "$out/checkpoints")" ] && resume=(--resume)
   mapfile -d '' extra < <(sets "model.init_from=$init" "data.path=$path" "output_dir=$out" \
     "train.steps=$steps" "train.global_batch=$batch" "data.seq_len=$seq_len" "$@")

@@ -79,6 +79,8 @@ def efforts(items: list[str] | None) -> dict[str, tuple[str, int]]:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.admit_wait_ms < 0:
+        raise MarcoError(f"--admit-wait-ms must be >= 0, got {args.admit_wait_ms}")
     searches = {name: load_job_config(name) for name in args.search or ["mcts-step"]}
     for level, (name, iterations) in efforts(args.effort).items():
         searches[f"effort:{level}"] = load_job_config(name, iterations=iterations)
@@ -93,8 +95,6 @@ def main() -> None:
     engine = Engine(loaded.model, loaded.eos_ids, config, stop_table=table, mesh=mesh)
     if not args.no_warmup:
         logging.info("compiled %d engine programs", engine.warmup())
-    if args.admit_wait_ms < 0:
-        raise MarcoError(f"--admit-wait-ms must be >= 0, got {args.admit_wait_ms}")
     worker = EngineWorker(engine, loaded.tokenizer, loaded.eos_ids, args.max_requests,
                           admit_wait_s=args.admit_wait_ms / 1000)
     name = args.served_model_name or pathlib.Path(str(args.model)).name

@@ -273,7 +273,8 @@ def test_script_on_a_mesh_streams_the_one_device_text_and_sigterm_lets_it_finish
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", "builtin:tiny",
          "--port", str(port), "--no-warmup", "--slots", "4", "--max-model-len", "256",
-         "--grace-s", "20", "--mesh", "data=4,tensor=2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--grace-s", "20", "--mesh", "data=4,tensor=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120

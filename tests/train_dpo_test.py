@@ -76,7 +76,6 @@ def test_shared_mask_is_the_common_prefix_of_the_two_completions():
         record["chosen"] + "<|im_end|>"
 
 
-
 def test_overlong_pairs_are_dropped_or_truncated_and_counted():
     tokenizer = builtin_tokenizer()
     records = pair_records(4)
@@ -86,10 +85,12 @@ def test_overlong_pairs_are_dropped_or_truncated_and_counted():
     assert tokenize_pair(long, tokenizer, None).overlong(seq_len)
     assert not tokenize_pair(records[0], tokenizer, None).overlong(seq_len)
     kept, counts = pair_examples(records, tokenizer, None, seq_len, "drop")
-    assert [e["id"] for e in kept] == ["p0", "p2", "p3"] and (counts.truncated, counts.dropped) == (0, 1)
+    assert [e["id"] for e in kept] == ["p0", "p2", "p3"]
+    assert (counts.truncated, counts.dropped) == (0, 1)
     kept, counts = pair_examples(records, tokenizer, None, seq_len, "truncate")
     assert len(kept) == 4 and (counts.truncated, counts.dropped) == (1, 0)
     assert kept[1]["rows"]["loss_mask"][0].sum() < kept[1]["rows"]["loss_mask"][0].size
+
 
 def tiny_batch(n_pairs=4):
     examples, _ = pair_examples(pair_records(n_pairs), builtin_tokenizer(), None, 96, "truncate")

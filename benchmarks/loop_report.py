@@ -2,7 +2,7 @@
 
     python benchmarks/loop_report.py [--dir benchmarks/loop/eval] [--json-out F]
 
-For each model (base, sft, dpo), language and method it reads
+For each model (base, sft, dpo1: DPO on wrong-answer pairs only, dpo), language and method it reads
 ``mgsm_<lang>-<method>-<model>-<template>384.jsonl`` and reports pass@1, the
 share of outputs in Marco-o1's format (``<Thought>...</Thought>`` then
 ``<Output>...</Output>``) and the share left unfinished (greedy CoT only: the
@@ -21,7 +21,7 @@ from report import report
 
 from marco_jax.files import lines
 
-MODELS = ("base", "sft", "dpo")
+MODELS = ("base", "sft", "dpo1", "dpo")
 ROWS = (("cot", "marco", "cot-marco"), ("cot", "chat", "cot-chat"),
         ("mcts-step", "chat", "mcts-step"))
 MARCO_FORMAT = re.compile(r"<Thought>.*?</Thought>\s*<Output>.*?</Output>", re.DOTALL)

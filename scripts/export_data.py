@@ -1,18 +1,25 @@
 """Training data from search trees: SFT chains and DPO preference pairs.
 
-    python scripts/export_data.py --trees synth/trees --sft data/gsm8k_sft.jsonl \
-        --pairs data/gsm8k_pairs.jsonl --model HF_DIR [--verifier numeric] \
-        [--select shortest|median|longest|all] [--format marco|tags] \
-        [--max-pairs-per-tree 4] [--exclude more_eval.jsonl ...]
+    python scripts/export_data.py --trees synth/trees [--trees more/trees ...] \
+        --sft data/gsm8k_sft.jsonl --pairs data/gsm8k_pairs.jsonl --model HF_DIR \
+        [--verifier numeric] [--select shortest|median|longest|all] \
+        [--format marco|tags] [--max-pairs-per-tree 4] \
+        [--rejected wrong|unfinished|both] [--exclude more_eval.jsonl ...]
 
 Reads the tree JSON files ``scripts/search.py --tree-dir`` wrote. Every chain
 is verified again against the tree's gold answer. SFT records are
 ``{"messages": [user, assistant]}`` (what ``scripts/train.py`` reads), one or
 more correct chains per tree chosen by relative length. Pairs are a correct
-and a wrong chain of the same tree, with the prompt, the length in tokens
-(``--model``'s tokenizer) of the prefix the two share, and their node ids; at
-most ``--max-pairs-per-tree`` per tree. Identical records are written once. A
-tree whose question is an MGSM question (or one of ``--exclude``'s) is refused.
+and a rejected chain of the same problem (``--rejected``: a finished chain
+with a wrong answer, one the token budget cut off, or either), with the
+prompt, the length in tokens (``--model``'s tokenizer) of the prefix the two
+share, and their node ids; at most ``--max-pairs-per-tree`` per problem. With
+several ``--trees`` directories, a problem's pairs draw on the chains of all
+its trees (those of its n-th tree, in the directories' order, are labelled
+``n.node``), e.g. correct chains of the base model's search against a later
+model's unfinished chains.
+Identical records are written once. A tree whose question is an MGSM question
+(or one of ``--exclude``'s) is refused.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from marco_jax.search.verifiers import verifier
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trees", required=True, type=pathlib.Path,
-                        help="directory of tree JSON files (search.py --tree-dir)")
+    parser.add_argument("--trees", required=True, type=pathlib.Path, action="append",
+                        help="directory of tree JSON files (search.py --tree-dir); repeat "
+                             "to pair chains of several searches of the same problems")
     parser.add_argument("--sft", type=pathlib.Path, help="write SFT records here (JSONL)")
     parser.add_argument("--pairs", type=pathlib.Path, help="write preference pairs here (JSONL)")
     parser.add_argument("--model", default="builtin:tiny",
@@ -41,7 +49,11 @@ def parse_args() -> argparse.Namespace:
                         help="which correct chains of a tree become SFT records")
     parser.add_argument("--format", choices=export.FORMATS, default="marco",
                         help="marco: <Thought>/<Output>; tags: v2's raw tags")
-    parser.add_argument("--max-pairs-per-tree", type=int, default=4)
+    parser.add_argument("--max-pairs-per-tree", type=int, default=4,
+                        help="pairs per problem at most")
+    parser.add_argument("--rejected", choices=export.REJECTED, default="wrong",
+                        help="the rejected side: wrong finished chains, chains the token "
+                             "budget cut off (against looping), or both (unfinished first)")
     parser.add_argument("--exclude", type=pathlib.Path, action="append", default=[],
                         help="evaluation problems to refuse besides MGSM (any problem file)")
     return parser.parse_args()
@@ -59,9 +71,11 @@ def main() -> None:
         raise SystemExit("nothing to write: give --sft and/or --pairs")
     tokenizer = checkpoint_tokenizer(args.model)
     sft, pairs, counts = export.export(
-        export.read_trees(args.trees), verifier(args.verifier),
+        [tree for directory in args.trees for tree in export.read_trees(directory)],
+        verifier(args.verifier),
         lambda text: tokenizer.encode(text, add_special_tokens=False), args.select,
-        args.format, args.max_pairs_per_tree, export.eval_question_keys(args.exclude))
+        args.format, args.max_pairs_per_tree, export.eval_question_keys(args.exclude),
+        args.rejected)
     if args.sft:
         write(args.sft, sft)
     if args.pairs:

@@ -14,14 +14,18 @@
 #   PAIRS_PER_TREE [1] preference pairs kept per tree (balanced problems, a short reference pass);
 #   SFT_STEPS [42], SFT_BATCH [2], SEQ_LEN [1024] (about one epoch of the SAMPLING=1 data);
 #   SFT_SET, DPO_SET extra "--set" items; RESEARCH [0] 1: search again with the SFT
-#   model for the DPO pairs; DPO_STEPS [24], DPO_BATCH [2];
+#   model for the DPO pairs; CUT_PAIRS [3] pairs per problem whose rejected side is
+#   one of the SFT model's greedy chains (Marco-o1 prompt, the evaluation's 384
+#   tokens) that ran out of budget, added to the DPO pairs (0: none);
+#   DPO_STEPS [24], DPO_BATCH [2];
 #   EVAL_LIMIT [40], EVAL_METHODS ["cot-marco cot-chat mcts-step"], SLOTS [64].
 # The evaluation runs method by method, language by language, each for the base, SFT
 # and DPO models, so the most telling rows (greedy CoT) come first.
 set -euo pipefail
 model=${1:?model directory}; data=${2:?data directory}; work=${3:?work directory}
 problems=${PROBLEMS:-100}; search=${SEARCH:-v2-gsm8k}; select=${SELECT:-shortest}
-read -r -a search_set <<< "${SEARCH_SET:-search.token_budget=1024 search.call_tokens=256 search.max_tokens=1024}"
+read -r -a search_set <<< \
+  "${SEARCH_SET:-search.token_budget=1024 search.call_tokens=256 search.max_tokens=1024}"
 seq_len=${SEQ_LEN:-1024}; slots=${SLOTS:-64}
 mkdir -p "$work"
 sets() { for item in "$@"; do printf -- '--set\0%s\0' "$item"; done; }
@@ -52,7 +56,19 @@ export_data() {  # NAME MODEL SELECT: SFT records and pairs of WORK/trees-NAME
     stage "export $1: done"; return; fi
   stage "export $1"
   python scripts/export_data.py --trees "$work/trees-$1" --model "$2" --select "$3" \
-    --sft "$work/$1-sft.jsonl" --pairs "$work/$1-pairs.jsonl" --max-pairs-per-tree "${PAIRS_PER_TREE:-1}" \
+    --sft "$work/$1-sft.jsonl" --pairs "$work/$1-pairs.jsonl" \
+    --max-pairs-per-tree "${PAIRS_PER_TREE:-1}" \
+    --exclude "$data/mgsm/mgsm_en.tsv" --exclude "$data/mgsm/mgsm_zh.tsv"
+}
+
+cut_pairs() {  # MODEL: pairs of a correct chain of the base searches against MODEL's
+  # greedy chains that ran out of the evaluation's budget, so that DPO learns to end
+  local out=$work/sft-cut-pairs.jsonl trees=(--trees "$work/trees-base")
+  synthesize "$1" sft-cot cot search.max_tokens=384 search.call_tokens=384
+  [ "${SAMPLING:-0}" = 1 ] && trees+=(--trees "$work/trees-base-sc")
+  stage "export pairs against unfinished chains"
+  python scripts/export_data.py "${trees[@]}" --trees "$work/trees-sft-cot" --model "$1" \
+    --rejected unfinished --pairs "$out" --max-pairs-per-tree "${CUT_PAIRS:-3}" \
     --exclude "$data/mgsm/mgsm_en.tsv" --exclude "$data/mgsm/mgsm_zh.tsv"
 }
 
@@ -60,7 +76,8 @@ train() {  # CONFIG OUT INIT DATA STEPS BATCH [SET...]: a resumable run into WOR
   local config=$1 name=$2 out=$work/$2 init=$3 path=$4 steps=$5 batch=$6; shift 6
   if [ -d "$out/final" ]; then stage "$name: done"; return; fi
   stage "$name ($config, $steps steps of $batch)"
-  local resume=(); [ -d "$out/checkpoints" ] && [ -n "$(ls -A "$out/checkpoints")" ] && resume=(--resume)
+  local resume=()
+  [ -d "$out/checkpoints" ] && [ -n "$(ls -A "$out/checkpoints")" ] && resume=(--resume)
   mapfile -d '' extra < <(sets "model.init_from=$init" "data.path=$path" "output_dir=$out" \
     "train.steps=$steps" "train.global_batch=$batch" "data.seq_len=$seq_len" "$@")
   python scripts/train.py --config "$config" "${extra[@]}" "${resume[@]}" --no-progress
@@ -98,10 +115,15 @@ if [ "${RESEARCH:-0}" = 1 ]; then
   search_data "$work/sft/final" sft
   pairs=$work/sft$mix-pairs.jsonl
 fi
-# Pairs whose longer row exceeds 513 tokens are dropped: rows are padded to data.seq_len,
-# so this halves the cost of each step and of the reference pass.
+if [ "${CUT_PAIRS:-3}" != 0 ]; then
+  cut_pairs "$work/sft/final"
+  cat "$pairs" "$work/sft-cut-pairs.jsonl" > "$work/dpo-pairs.jsonl"
+  pairs=$work/dpo-pairs.jsonl
+fi
+# Pairs whose longer row exceeds 641 tokens are dropped: rows are padded to data.seq_len,
+# and 640 holds the longest prompt and a 384-token chain the budget cut off.
 train qwen2_05b_dpo dpo "$work/sft/final" "$pairs" "${DPO_STEPS:-24}" "${DPO_BATCH:-2}" \
-  model.compute_dtype=float32 data.seq_len=512 data.overlong=drop train.learning_rate=2e-6 \
+  model.compute_dtype=float32 data.seq_len=640 data.overlong=drop train.learning_rate=2e-6 \
   train.warmup_steps=2 train.min_learning_rate=2e-7 checkpoint.every=12 checkpoint.keep=1 \
   ${dpo_set[@]+"${dpo_set[@]}"}
 for method in ${EVAL_METHODS:-cot-marco cot-chat mcts-step}; do

@@ -73,7 +73,7 @@ def test_marco_rendering():
 def test_sft_records_load_through_the_sft_pipeline_and_mask_the_prompt(tok, tmp_path):
     sft, prefs, counts = export.export([tree(), tree()], verifier("numeric"), tok.encode,
                                        how="all")
-    assert counts == {"trees": 2, "solved": 2, "chains": 6, "correct": 4}
+    assert counts == {"trees": 2, "solved": 2, "chains": 6, "correct": 4, "unfinished": 0}
     assert len(sft) == 2  # the second tree repeats the first: written once
     path = tmp_path / "sft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in sft))
@@ -100,6 +100,36 @@ def test_pairs_share_a_real_prefix_and_are_capped(tok):
     assert prefs[1]["shared_prefix_tokens"] > prefs[0]["shared_prefix_tokens"]
     _, capped, _ = export.export([tree()], verifier("numeric"), tok.encode, cap=1)
     assert len(capped) == 1
+
+
+def cut_tree(text="<Thought>\n2+2=4, 2+2=4, 2+2=4, 2+2"):
+    """A later model's greedy chain on the same problem, cut off by the token budget
+    (a number that matches the gold answer must not make it correct)."""
+    return {"id": "p1", "question": "What is 2+2?", "answer": "4",
+            "nodes": [node(0, -1, "Q", "root"), node(1, 0, text, "action", "cut")]}
+
+
+def test_unfinished_chains_are_the_rejected_side_on_request(tok):
+    merged = [tree(), cut_tree()]
+    found = export.chains(cut_tree(), verifier("numeric"), search=1)
+    assert [(c.label, c.correct, c.finished) for c in found] == [("1.1", False, False)]
+    _, wrong, counts = export.export(merged, verifier("numeric"), tok.encode, cap=4)
+    assert counts["unfinished"] == 1 and counts["chains"] == 3
+    assert {p["rejected_node"] for p in wrong} == {5} and len(wrong) == 2
+    _, cut, _ = export.export(merged, verifier("numeric"), tok.encode, cap=4,
+                              rejected="unfinished")
+    # both correct chains of the first search against the second search's cut chain
+    assert [p["id"] for p in cut] == ["p1:3-1.1", "p1:7-1.1"]
+    assert all(p["rejected"] == "<Thought>\n2+2=4, 2+2=4, 2+2=4, 2+2" and
+               p["rejected_search"] == 1 and not p["rejected_finished"] for p in cut)
+    _, both, _ = export.export(merged, verifier("numeric"), tok.encode, cap=2, rejected="both")
+    assert [p["rejected_node"] for p in both] == [1, 5]  # unfinished first, then used evenly
+    _, alone, _ = export.export([cut_tree()], verifier("numeric"), tok.encode, rejected="both")
+    assert alone == []  # nothing correct to prefer over it
+    with pytest.raises(MarcoError, match="different gold answers"):
+        export.export([tree(), {**cut_tree(), "answer": "5"}], verifier("numeric"), tok.encode)
+    with pytest.raises(MarcoError, match="rejected must be one of"):
+        export.export(merged, verifier("numeric"), tok.encode, rejected="looping")
 
 
 def test_mgsm_questions_are_refused(tok, tmp_path):
@@ -142,10 +172,20 @@ def test_export_cli(tmp_path):
                       "--pairs", str(tmp_path / "p.jsonl"), "--select", "all")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"trees": 1, "solved": 1, "chains": 3, "correct": 2,
-                                       "sft_records": 2, "pairs": 2}
+                                       "unfinished": 0, "sft_records": 2, "pairs": 2}
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
     (trees / "p2.json").write_text(json.dumps({**tree(question=MGSM_EN_1), "id": "p2"}))
     proc = run_script("export_data.py", "--trees", str(trees), "--sft", str(tmp_path / "s.jsonl"))
     assert_one_line_error(proc, "evaluation (MGSM) question")
     assert_one_line_error(run_script("export_data.py", "--trees", str(tmp_path), "--sft", "x"),
                           "no tree files")
+    (trees / "p2.json").unlink()
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "p1.json").write_text(json.dumps(cut_tree()))
+    proc = run_script("export_data.py", "--trees", str(trees), "--trees", str(later),
+                      "--pairs", str(tmp_path / "cut.jsonl"), "--rejected", "unfinished")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["pairs"] == 2
+    assert [json.loads(line)["id"] for line in open(tmp_path / "cut.jsonl")] == [
+        "p1:3-1.1", "p1:7-1.1"]

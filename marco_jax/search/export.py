@@ -29,11 +29,22 @@ EVAL_HASHES = pathlib.Path(__file__).resolve().parent.parent / "data" / "mgsm_qu
 _TAG = re.compile(r"<(/?)([a-z_\-]+)>")
 
 
+REJECTED = ("wrong", "unfinished", "both")
+
+
 @dataclasses.dataclass(frozen=True)
 class Chain:
     node: int
     text: str  # generated text after the prompt
-    correct: bool
+    correct: bool  # a finished chain whose answer the verifier accepts
+    finished: bool = True  # False: the token budget cut it off before an answer
+    search: int = 0  # which of a problem's trees (searches) it comes from
+
+    @property
+    def label(self) -> str:
+        """The chain's name within its problem: the node id, prefixed by the tree's
+        index when the problem's chains come from several searches."""
+        return f"{self.node}" if self.search == 0 else f"{self.search}.{self.node}"
 
 
 def question_key(question: str) -> str:
@@ -50,22 +61,28 @@ def eval_question_keys(extra: Sequence[pathlib.Path] = ()) -> set[str]:
     return keys
 
 
-def chains(tree: dict, verify: Callable[[str, str], bool]) -> list[Chain]:
-    """Every finished chain of a tree JSON (``scripts/search.py --tree-dir``),
-    verified against the tree's gold answer."""
+def chains(tree: dict, verify: Callable[[str, str], bool], search: int = 0) -> list[Chain]:
+    """Every chain of a tree JSON (``scripts/search.py --tree-dir``) that ended: the
+    finished ones verified against the tree's gold answer, and those the token
+    budget cut off (``finished=False``, never correct), which make the rejected
+    side of pairs against running out of budget (looping, rambling)."""
     nodes = {n["id"]: n for n in tree["nodes"]}
     out = []
     for node in tree["nodes"]:
         v2_answer = node["finish"] == "answer" and not node.get("rollout_text")
         v1_rollout = node["kind"] == "action" and node.get("rollout_finished")
-        if not (v2_answer or v1_rollout):
+        cut = node["finish"] == "cut" or (node["kind"] == "action" and node.get("rollout_text")
+                                          and not node.get("rollout_finished"))
+        if not (v2_answer or v1_rollout or cut):
             continue
         path, n = [], node
         while n["parent"] >= 0:
             path.append(n["text"])
             n = nodes[n["parent"]]
         text = "".join(reversed(path)) + (node.get("rollout_text") or "")
-        out.append(Chain(node["id"], text, verify(text, tree["answer"])))
+        finished = not cut
+        out.append(Chain(node["id"], text, finished and verify(text, tree["answer"]), finished,
+                         search))
     return out
 
 
@@ -113,39 +130,48 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
 
 
 def pairs(tree: dict, found: list[Chain], encode: Callable[[str], list[int]],
-          form: str, cap: int) -> list[dict]:
-    """Up to ``cap`` (correct, wrong) pairs of one tree, each correct and each
-    wrong chain used as evenly as possible; a correct chain is paired first with
-    the wrong chain it shares the longest prefix with (a sibling branch: the
-    pair differs where the mistake is)."""
-    right = sorted({c.text: c for c in found if c.correct}.values(), key=lambda c: c.node)
-    wrong = sorted({c.text: c for c in found if not c.correct}.values(), key=lambda c: c.node)
+          form: str, cap: int, rejected: str = "wrong") -> list[dict]:
+    """Up to ``cap`` (correct, rejected) pairs of one problem, each correct and each
+    rejected chain used as evenly as possible. Rejected chains are the wrong
+    finished ones, the unfinished ones, or ``both`` (unfinished first). A correct
+    chain is paired first with the rejected chain it shares the longest prefix
+    with (a sibling branch: the pair differs where the mistake is)."""
+    if rejected not in REJECTED:
+        raise MarcoError(f"rejected must be one of {', '.join(REJECTED)}, got {rejected!r}")
+    distinct = {c.text: c for c in found}.values()
+    right = sorted((c for c in distinct if c.correct), key=lambda c: (c.search, c.node))
+    wrong = sorted((c for c in distinct if not c.correct and (
+        (rejected != "wrong" and not c.finished) or (rejected != "unfinished" and c.finished))),
+                   key=lambda c: (c.search, c.node))
     if not right or not wrong:
         return []
-    tokens = {c.node: encode(render(c.text, form)) for c in right + wrong}
-    used: dict[int, int] = {}
+    tokens = {c: encode(render(c.text, form)) for c in right + wrong}
+    used: dict[Chain, int] = {}
     out = []
     for turn in range(cap):
         chosen = right[turn % len(right)]
-        rejected = max(wrong, key=lambda w: (-used.get(w.node, 0),
-                                             shared_prefix(tokens[chosen.node], tokens[w.node]),
-                                             -w.node))
-        if any(p["chosen_node"] == chosen.node and p["rejected_node"] == rejected.node
-               for p in out):
+        rejected_chain = max(wrong, key=lambda w: (-used.get(w, 0), not w.finished,
+                                                   shared_prefix(tokens[chosen], tokens[w]),
+                                                   -w.search, -w.node))
+        pair_id = f"{tree['id']}:{chosen.label}-{rejected_chain.label}"
+        if any(p["id"] == pair_id for p in out):
             break  # every combination is used
-        used[rejected.node] = used.get(rejected.node, 0) + 1
-        out.append({"id": f"{tree['id']}:{chosen.node}-{rejected.node}", "tree": tree["id"],
+        used[rejected_chain] = used.get(rejected_chain, 0) + 1
+        out.append({"id": pair_id, "tree": tree["id"],
                     "prompt": [{"role": "user", "content": tree["question"]}],
-                    "chosen": render(chosen.text, form), "rejected": render(rejected.text, form),
-                    "chosen_node": chosen.node, "rejected_node": rejected.node,
-                    "shared_prefix_tokens": shared_prefix(tokens[chosen.node],
-                                                          tokens[rejected.node]),
+                    "chosen": render(chosen.text, form),
+                    "rejected": render(rejected_chain.text, form),
+                    "chosen_node": chosen.node, "rejected_node": rejected_chain.node,
+                    "chosen_search": chosen.search, "rejected_search": rejected_chain.search,
+                    "rejected_finished": rejected_chain.finished,
+                    "shared_prefix_tokens": shared_prefix(tokens[chosen],
+                                                          tokens[rejected_chain]),
                     "answer": tree["answer"]})
     return out
 
 
 def sft_records(tree: dict, found: list[Chain], how: str, form: str) -> list[dict]:
-    return [{"id": f"{tree['id']}:{c.node}", "tree": tree["id"],
+    return [{"id": f"{tree['id']}:{c.label}", "tree": tree["id"],
              "messages": [{"role": "user", "content": tree["question"]},
                           {"role": "assistant", "content": render(c.text, form)}]}
             for c in select([c for c in found if c.correct], how)]
@@ -153,29 +179,45 @@ def sft_records(tree: dict, found: list[Chain], how: str, form: str) -> list[dic
 
 def export(trees: Iterable[dict], verify: Callable[[str, str], bool],
            encode: Callable[[str], list[int]], how: str = "shortest", form: str = "marco",
-           cap: int = 4, refused: set[str] = frozenset()) -> tuple[list[dict], list[dict], dict]:
-    """SFT records, preference pairs and counts from trees; a tree whose question
-    is an evaluation question (``refused`` keys) is refused with an error."""
-    sft, prefs, seen = [], [], set()
-    counts = {"trees": 0, "solved": 0, "chains": 0, "correct": 0}
+           cap: int = 4, refused: set[str] = frozenset(), rejected: str = "wrong",
+           ) -> tuple[list[dict], list[dict], dict]:
+    """SFT records, preference pairs and counts from trees. SFT chains are chosen
+    per tree; pairs per problem, over the chains of every tree of that question
+    (several searches of the same problems, e.g. the base model's trees for the
+    correct side and a later model's unfinished chains for the rejected side).
+    A tree whose question is an evaluation question (``refused`` keys) is refused
+    with an error."""
+    sft, seen = [], set()
+    problems: dict[str, list[tuple[dict, list[Chain]]]] = {}
+    counts = {"trees": 0, "solved": 0, "chains": 0, "correct": 0, "unfinished": 0}
     for tree in trees:
         if tree.get("answer") is None:
             raise MarcoError(f"tree {tree['id']!r} has no gold answer to verify against")
-        if question_key(tree["question"]) in refused:
+        key = question_key(tree["question"])
+        if key in refused:
             raise MarcoError(f"tree {tree['id']!r}: its question is an evaluation (MGSM) "
                              "question; never train on it")
-        found = chains(tree, verify)
+        group = problems.setdefault(key, [])
+        if group and str(group[0][0]["answer"]) != str(tree["answer"]):
+            raise MarcoError(f"trees {group[0][0]['id']!r} and {tree['id']!r} ask the same "
+                             f"question with different gold answers ({group[0][0]['answer']!r}, "
+                             f"{tree['answer']!r})")
+        found = chains(tree, verify, search=len(group))
+        group.append((tree, found))
         records = sft_records(tree, found, how, form)
         for record in records:  # the same question and answer text once, across trees too
-            key = (question_key(tree["question"]), record["messages"][-1]["content"])
-            if key not in seen:
-                seen.add(key)
+            answer = (key, record["messages"][-1]["content"])
+            if answer not in seen:
+                seen.add(answer)
                 sft.append(record)
-        prefs += pairs(tree, found, encode, form, cap)
         counts["trees"] += 1
         counts["solved"] += bool(records)
-        counts["chains"] += len(found)
+        counts["chains"] += sum(c.finished for c in found)
         counts["correct"] += sum(c.correct for c in found)
+        counts["unfinished"] += sum(not c.finished for c in found)
+    prefs = [pair for group in problems.values()
+             for pair in pairs(group[0][0], [c for _, found in group for c in found], encode,
+                               form, cap, rejected)]
     return sft, prefs, counts
 
 

@@ -17,7 +17,7 @@
 #   model for the DPO pairs; CUT_PAIRS [3] pairs per problem whose rejected side is
 #   one of the SFT model's greedy chains (Marco-o1 prompt, the evaluation's 384
 #   tokens) that ran out of budget, added to the DPO pairs (0: none);
-#   DPO_STEPS [24], DPO_BATCH [2];
+#   DPO_STEPS [28], DPO_BATCH [2];
 #   EVAL_LIMIT [40], EVAL_METHODS ["cot-marco cot-chat mcts-step"], SLOTS [64].
 # The evaluation runs method by method, language by language, each for the base, SFT
 # and DPO models, so the most telling rows (greedy CoT) come first.
@@ -120,10 +120,10 @@ if [ "${CUT_PAIRS:-3}" != 0 ]; then
   cat "$pairs" "$work/sft-cut-pairs.jsonl" > "$work/dpo-pairs.jsonl"
   pairs=$work/dpo-pairs.jsonl
 fi
-# Pairs whose longer row exceeds 641 tokens are dropped: rows are padded to data.seq_len,
-# and 640 holds the longest prompt and a 384-token chain the budget cut off.
-train qwen2_05b_dpo dpo "$work/sft/final" "$pairs" "${DPO_STEPS:-24}" "${DPO_BATCH:-2}" \
-  model.compute_dtype=float32 data.seq_len=640 data.overlong=drop train.learning_rate=2e-6 \
+# Pairs whose longer row exceeds 769 tokens are dropped (rows are padded to data.seq_len):
+# 768 holds the longest prompt and a sampled chain cut off at 512 tokens.
+train qwen2_05b_dpo dpo "$work/sft/final" "$pairs" "${DPO_STEPS:-28}" "${DPO_BATCH:-2}" \
+  model.compute_dtype=float32 data.seq_len=768 data.overlong=drop train.learning_rate=2e-6 \
   train.warmup_steps=2 train.min_learning_rate=2e-7 checkpoint.every=12 checkpoint.keep=1 \
   ${dpo_set[@]+"${dpo_set[@]}"}
 for method in ${EVAL_METHODS:-cot-marco cot-chat mcts-step}; do

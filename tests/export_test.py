@@ -68,6 +68,11 @@ def test_marco_rendering():
     assert export.render("no number here", "marco") == "no number here"
     marco = "<Thought>\n4\n</Thought>\n<Output>\n4\n</Output>"
     assert export.render(marco, "marco") == marco
+    # cut off by the budget: the thought so far, never closed, no output invented
+    assert export.render("2 + 2 is 4, so 4 + 4", "marco", finished=False) == (
+        "<Thought>\n2 + 2 is 4, so 4 + 4")
+    assert export.render("<sub-task>split</sub-task>\n<thinking>2+2 is", "marco",
+                         finished=False) == "<Thought>\nsplit\n\n2+2 is"
 
 
 def test_sft_records_load_through_the_sft_pipeline_and_mask_the_prompt(tok, tmp_path):

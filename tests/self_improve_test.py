@@ -70,7 +70,7 @@ def test_stages_run_in_order_and_dpo_gets_the_pairs_against_unfinished_chains(tm
     assert flag(cut, "--rejected") == ["unfinished"] and flag(cut, "--max-pairs-per-tree") == ["3"]
     assert settings(dpo)["model.init_from"] == f"{work}/sft/final"
     assert settings(dpo)["data.path"] == f"{work}/dpo-pairs.jsonl"
-    assert settings(dpo)["data.seq_len"] == "640"
+    assert settings(dpo)["data.seq_len"] == "768"
     rows = [json.loads(line) for line in (work / "dpo-pairs.jsonl").read_text().splitlines()]
     assert rows == [{"--pairs": [f"{work}/trees-base"]},  # the base pairs, then the new ones
                     {"--pairs": [f"{work}/trees-base", f"{work}/trees-sft-cot"]}]

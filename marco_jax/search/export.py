@@ -97,17 +97,21 @@ def select(correct: list[Chain], how: str) -> list[Chain]:
     return [distinct[index]]
 
 
-def render(text: str, form: str) -> str:
+def render(text: str, form: str, finished: bool = True) -> str:
     """A chain as the assistant turn: raw v2 tags (``tags``), or Marco-o1's
     ``<Thought>…</Thought>\\n<Output>…</Output>`` (``marco``): the tagged
     reasoning becomes the thought, the answer node the output. A plain chain
     (a v1 or sampling tree's) becomes the thought, and its own final answer,
     boxed, the output; one already in Marco-o1's format, or with no answer to
-    state, is kept as it is."""
+    state, is kept as it is. An unfinished plain chain becomes a thought that
+    never closes: the budget cut it before any output, so none is invented."""
     if form not in FORMATS:
         raise MarcoError(f"format must be one of {', '.join(FORMATS)}, got {form!r}")
     if form == "tags" or THOUGHT_OPEN in text:
         return text
+    if not finished:
+        parts = _TAG.split(text)[::3] if _TAG.match(text.lstrip()) else [text]
+        return THOUGHT_OPEN + "\n" + "\n\n".join(p.strip() for p in parts if p.strip())
     if "<answer>" not in text:
         answer = extract_answer(text)
         if answer is None:
@@ -145,7 +149,7 @@ def pairs(tree: dict, found: list[Chain], encode: Callable[[str], list[int]],
                    key=lambda c: (c.search, c.node))
     if not right or not wrong:
         return []
-    tokens = {c: encode(render(c.text, form)) for c in right + wrong}
+    tokens = {c: encode(render(c.text, form, c.finished)) for c in right + wrong}
     used: dict[Chain, int] = {}
     out = []
     for turn in range(cap):
@@ -160,7 +164,7 @@ def pairs(tree: dict, found: list[Chain], encode: Callable[[str], list[int]],
         out.append({"id": pair_id, "tree": tree["id"],
                     "prompt": [{"role": "user", "content": tree["question"]}],
                     "chosen": render(chosen.text, form),
-                    "rejected": render(rejected_chain.text, form),
+                    "rejected": render(rejected_chain.text, form, rejected_chain.finished),
                     "chosen_node": chosen.node, "rejected_node": rejected_chain.node,
                     "chosen_search": chosen.search, "rejected_search": rejected_chain.search,
                     "rejected_finished": rejected_chain.finished,

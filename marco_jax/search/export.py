@@ -1,12 +1,12 @@
-"""Training data from search trees: verified chains for SFT, correct-vs-wrong
-pairs of the same tree for DPO (Marco-o1 v2's recipe; its code for this step
-was never released).
+"""Training data from search trees: verified chains for SFT, pairs of a correct
+and a wrong (or unfinished) chain of the same problem for DPO (Marco-o1 v2's
+recipe; its code for this step was never released).
 
-A *chain* is everything a tree generated on the way to one complete answer: the
-texts of the nodes on its path (plus, for a v1 tree, the rollout that finished
-it). Chains are re-verified here against the gold answer, whatever the search
-recorded, so a changed verifier or a hand-edited tree cannot leak a wrong
-chain into the data.
+A *chain* is everything a tree generated on the way to one complete answer, or
+until the token budget cut it off: the texts of the nodes on its path (plus,
+for a v1 tree, its rollout). Chains are re-verified here against the gold
+answer, whatever the search recorded, so a changed verifier or a hand-edited
+tree cannot leak a wrong chain into the data.
 """
 
 from __future__ import annotations

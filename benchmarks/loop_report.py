@@ -2,12 +2,12 @@
 
     python benchmarks/loop_report.py [--dir benchmarks/loop/eval] [--json-out F]
 
-For each model (base, sft, dpo1: DPO on wrong-answer pairs only, dpo), language and method it reads
-``mgsm_<lang>-<method>-<model>-<template>384.jsonl`` and reports pass@1, the
-share of outputs in Marco-o1's format (``<Thought>...</Thought>`` then
-``<Output>...</Output>``) and the share left unfinished (greedy CoT only: the
-384-token budget ran out). Missing files are left out; a file with fewer problems than the
-limit is marked partial.
+For each model (base, sft, dpo1: DPO on wrong-answer pairs only, dpo), language
+and method it reads ``mgsm_<lang>-<method>-<model>-<template>384.jsonl`` and
+reports pass@1, the share of outputs in Marco-o1's format
+(``<Thought>...</Thought>`` then ``<Output>...</Output>``) and the share left
+unfinished (greedy CoT only: the 384-token budget ran out). Missing files are
+left out; a file with fewer problems than the limit is marked partial.
 """
 
 from __future__ import annotations

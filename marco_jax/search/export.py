@@ -29,7 +29,9 @@ EVAL_HASHES = pathlib.Path(__file__).resolve().parent.parent / "data" / "mgsm_qu
 _TAG = re.compile(r"<(/?)([a-z_\-]+)>")
 
 
-REJECTED = ("wrong", "unfinished", "both")
+# --rejected: which chains may be the rejected side, by whether they finished
+REJECTED_FINISHED = {"wrong": (True,), "unfinished": (False,), "both": (False, True)}
+REJECTED = tuple(REJECTED_FINISHED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +144,14 @@ def pairs(tree: dict, found: list[Chain], encode: Callable[[str], list[int]],
     with (a sibling branch: the pair differs where the mistake is)."""
     if rejected not in REJECTED:
         raise MarcoError(f"rejected must be one of {', '.join(REJECTED)}, got {rejected!r}")
-    distinct = {c.text: c for c in found}.values()
-    right = sorted((c for c in distinct if c.correct), key=lambda c: (c.search, c.node))
-    wrong = sorted((c for c in distinct if not c.correct and (
-        (rejected != "wrong" and not c.finished) or (rejected != "unfinished" and c.finished))),
-                   key=lambda c: (c.search, c.node))
+    distinct = sorted({c.text: c for c in found}.values(), key=lambda c: (c.search, c.node))
+    right = [c for c in distinct if c.correct]
+    wrong = [c for c in distinct
+             if not c.correct and c.finished in REJECTED_FINISHED[rejected]]
     if not right or not wrong:
         return []
-    tokens = {c: encode(render(c.text, form, c.finished)) for c in right + wrong}
+    texts = {c: render(c.text, form, c.finished) for c in right + wrong}
+    tokens = {c: encode(text) for c, text in texts.items()}
     used: dict[Chain, int] = {}
     out = []
     for turn in range(cap):
@@ -163,8 +165,7 @@ def pairs(tree: dict, found: list[Chain], encode: Callable[[str], list[int]],
         used[rejected_chain] = used.get(rejected_chain, 0) + 1
         out.append({"id": pair_id, "tree": tree["id"],
                     "prompt": [{"role": "user", "content": tree["question"]}],
-                    "chosen": render(chosen.text, form),
-                    "rejected": render(rejected_chain.text, form, rejected_chain.finished),
+                    "chosen": texts[chosen], "rejected": texts[rejected_chain],
                     "chosen_node": chosen.node, "rejected_node": rejected_chain.node,
                     "chosen_search": chosen.search, "rejected_search": rejected_chain.search,
                     "rejected_finished": rejected_chain.finished,

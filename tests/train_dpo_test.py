@@ -3,6 +3,7 @@ precomputed vs live reference, sharding, accumulation, resume and bad pair files
 
 import json
 import math
+import shutil
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ from cli_test import assert_one_line_error, run_script
 from marco_jax.config import preset
 from marco_jax.errors import MarcoError
 from marco_jax.tokenizer import builtin_tokenizer
+from marco_jax.train import reference as reference_lib
 from marco_jax.train import trainer
 from marco_jax.train.config import load_train_config
 from marco_jax.train.layout import init_params, layout_of
@@ -212,6 +214,29 @@ def test_stale_reference_file_is_refused(finished_dpo, tmp_path):
         run_dir / "a" / "reference_logps.jsonl")))
     with pytest.raises(MarcoError, match="pairs_sha256"):
         trainer.train(cfg, progress=False)
+
+
+def test_reference_file_of_other_weights_at_the_same_path_is_refused(
+        finished_dpo, tmp_path, monkeypatch):
+    """A model retrained in place keeps its path; the digest of its files tells."""
+    run_dir, _ = finished_dpo
+    write_pairs(tmp_path / "pairs.jsonl")
+    weights = tmp_path / "weights"
+    shutil.copytree(run_dir / "a" / "final", weights)
+    cfg = load_train_config("tiny_dpo", settings(tmp_path, "r", f"model.init_from={weights}"))
+    setup, tokenizer = trainer.set_up(cfg), builtin_tokenizer()
+    trainer.dpo_batches(cfg, setup, tokenizer, None, progress=False)
+    params = trainer._initial_params(cfg, setup)
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the stored reference log-probs should have been reused")
+    with monkeypatch.context() as patch:
+        patch.setattr(reference_lib, "compute_reference", no_second_pass)
+        trainer.dpo_batches(cfg, setup, tokenizer, None, progress=False)
+    shutil.rmtree(weights)
+    trainer.export(jax.tree.map(lambda x: x * 1.01, params), setup.layout.cfg, tokenizer, weights)
+    with pytest.raises(MarcoError, match="reference_sha256"):
+        trainer.dpo_batches(cfg, setup, tokenizer, None, progress=False)
 
 
 @pytest.mark.parametrize("change, fragment", [

@@ -2,7 +2,7 @@
 (no second parameter copy during training) and kept in a JSONL file.
 
 The file's first line says what the numbers depend on (the pairs file and its
-sha256, the reference weights, sequence length, system prompt, truncation and
+sha256, the reference weights' path and a digest of their files, sequence length, system prompt, truncation and
 masking); a run reuses the file only when all of it matches, so a resumed run
 or a second run on the same pairs skips the pass, and a stale file is an error
 naming what changed instead of silently wrong rewards. Each further line holds
@@ -30,6 +30,20 @@ def file_sha256(path: pathlib.Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(spec: str | None) -> str | None:
+    """A digest of the files under a checkpoint path (names and contents), so that a
+    reference file made with other weights at the same path (a model retrained in
+    place) is refused; None when ``spec`` is not a local path (``builtin:...``, none)."""
+    root = pathlib.Path(spec or "")
+    if not spec or not root.exists():
+        return None
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(root)}\0{file_sha256(path)}\0".encode())
     return digest.hexdigest()
 
 

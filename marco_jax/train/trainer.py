@@ -138,6 +138,7 @@ def dpo_batches(cfg: TrainConfig, setup: Setup, tokenizer, params: dict | None,
                                 / "reference_logps.jsonl")
         header = {"pairs": str(path), "pairs_sha256": reference_lib.file_sha256(path),
                   "reference": cfg.model.init_from or f"random init, seed {cfg.train.seed}",
+                  "reference_sha256": reference_lib.checkpoint_sha256(cfg.model.init_from),
                   "param_dtype": cfg.model.param_dtype, "compute_dtype": cfg.model.compute_dtype,
                   "seq_len": cfg.data.seq_len, "system": cfg.data.system,
                   "overlong": cfg.data.overlong, "mask_shared_prefix": cfg.dpo.mask_shared_prefix}

@@ -38,5 +38,5 @@ def test_search_rows_add_test_and_vote_over_rollouts(tmp_path):
     (dpo,) = loop_report.table(tmp_path, limit=40)
     assert (dpo["language"], dpo["method"], dpo["partial"]) == ("zh", "mcts-step", True)
     assert (dpo["pass@1"], dpo["test@8"], dpo["vote@8"], dpo["unfinished"]) == (0.5, 1.0, 0.5, None)
-    assert "| dpo | zh | mcts-step (partial: 2) | 50.0% (1/2) | 0.0% | – | 100.0% | 50.0% | 200 |" \
-        in loop_report.markdown([dpo])
+    line = "| dpo | zh | mcts-step (partial: 2) | 50.0% (1/2) | 0.0% | – | 100.0% | 50.0% | 200 |"
+    assert line in loop_report.markdown([dpo])

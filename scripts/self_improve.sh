@@ -64,6 +64,7 @@ export_data() {  # NAME MODEL SELECT: SFT records and pairs of WORK/trees-NAME
 cut_pairs() {  # MODEL: pairs of a correct chain of the base searches against MODEL's
   # greedy chains that ran out of the evaluation's budget, so that DPO learns to end
   local out=$work/sft-cut-pairs.jsonl trees=(--trees "$work/trees-base")
+  if [ -s "$out" ]; then stage "pairs against unfinished chains: done"; return; fi
   synthesize "$1" sft-cot cot search.max_tokens=384 search.call_tokens=384
   [ "${SAMPLING:-0}" = 1 ] && trees+=(--trees "$work/trees-base-sc")
   stage "export pairs against unfinished chains"

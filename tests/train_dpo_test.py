@@ -218,25 +218,45 @@ def test_stale_reference_file_is_refused(finished_dpo, tmp_path):
 
 def test_reference_file_of_other_weights_at_the_same_path_is_refused(
         finished_dpo, tmp_path, monkeypatch):
-    """A model retrained in place keeps its path; the digest of its files tells."""
+    """A model retrained in place keeps its path; the fingerprint of its values tells,
+    and a re-save of the same values (new Orbax file names) still matches."""
     run_dir, _ = finished_dpo
     write_pairs(tmp_path / "pairs.jsonl")
     weights = tmp_path / "weights"
     shutil.copytree(run_dir / "a" / "final", weights)
     cfg = load_train_config("tiny_dpo", settings(tmp_path, "r", f"model.init_from={weights}"))
     setup, tokenizer = trainer.set_up(cfg), builtin_tokenizer()
-    trainer.dpo_batches(cfg, setup, tokenizer, None, progress=False)
     params = trainer._initial_params(cfg, setup)
+    trainer.dpo_batches(cfg, setup, tokenizer, params, progress=False)
+
+    def save(values):
+        shutil.rmtree(weights)
+        trainer.export(values, setup.layout.cfg, tokenizer, weights)
+        return trainer._initial_params(cfg, setup)
 
     def no_second_pass(*args, **kwargs):
         raise AssertionError("the stored reference log-probs should have been reused")
     with monkeypatch.context() as patch:
         patch.setattr(reference_lib, "compute_reference", no_second_pass)
-        trainer.dpo_batches(cfg, setup, tokenizer, None, progress=False)
-    shutil.rmtree(weights)
-    trainer.export(jax.tree.map(lambda x: x * 1.01, params), setup.layout.cfg, tokenizer, weights)
-    with pytest.raises(MarcoError, match="reference_sha256"):
-        trainer.dpo_batches(cfg, setup, tokenizer, None, progress=False)
+        trainer.dpo_batches(cfg, setup, tokenizer, save(params), progress=False)
+        trainer.dpo_batches(cfg, setup, tokenizer, None, progress=False)  # a resume
+    retrained = save(jax.tree.map(lambda x: x * 1.01, params))
+    with pytest.raises(MarcoError, match="reference_weights"):
+        trainer.dpo_batches(cfg, setup, tokenizer, retrained, progress=False)
+
+
+def test_weights_fingerprint_is_exact_and_independent_of_sharding():
+    params = init_params(layout_of(preset("tiny")), 0)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("a", "b"))
+    spec = jax.sharding.PartitionSpec("a", "b")
+    sharded = jax.tree.map(lambda x: jax.device_put(x, jax.sharding.NamedSharding(
+        mesh, spec if x.ndim == 2 and x.shape[0] % 4 == 0 and x.shape[1] % 2 == 0
+        else jax.sharding.PartitionSpec())), params)
+    assert reference_lib.weights_fingerprint(sharded) == reference_lib.weights_fingerprint(params)
+    embed = np.asarray(params["embed_vd"]).copy()
+    embed.view(np.uint32 if embed.dtype.itemsize == 4 else np.uint16).reshape(-1)[0] ^= 1
+    changed = {**params, "embed_vd": embed}  # one bit of one value
+    assert reference_lib.weights_fingerprint(changed) != reference_lib.weights_fingerprint(params)
 
 
 @pytest.mark.parametrize("change, fragment", [

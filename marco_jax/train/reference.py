@@ -2,7 +2,7 @@
 (no second parameter copy during training) and kept in a JSONL file.
 
 The file's first line says what the numbers depend on (the pairs file and its
-sha256, the reference weights' path and a digest of their files, sequence length, system prompt, truncation and
+sha256, the reference weights' path and a fingerprint of their values, sequence length, system prompt, truncation and
 masking); a run reuses the file only when all of it matches, so a resumed run
 or a second run on the same pairs skips the pass, and a stale file is an error
 naming what changed instead of silently wrong rewards. Each further line holds
@@ -17,6 +17,7 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -33,17 +34,26 @@ def file_sha256(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_sha256(spec: str | None) -> str | None:
-    """A digest of the files under a checkpoint path (names and contents), so that a
-    reference file made with other weights at the same path (a model retrained in
-    place) is refused; None when ``spec`` is not a local path (``builtin:...``, none)."""
-    root = pathlib.Path(spec or "")
-    if not spec or not root.exists():
-        return None
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+@jax.jit
+def _leaf_digest(x: jax.Array) -> jax.Array:
+    """Plain and position-weighted wrapping sums of the leaf's bit patterns: exact
+    (integer sums), and independent of how the array is sharded or reduced."""
+    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32).reshape(-1)
+    position = jnp.arange(1, bits.size + 1, dtype=jnp.uint32)
+    return jnp.stack([jnp.sum(bits, dtype=jnp.uint32),
+                      jnp.sum(bits * position, dtype=jnp.uint32)])
+
+
+def weights_fingerprint(params: Any) -> str:
+    """A digest of the reference weights' values, so that a reference file made with
+    other weights at the same path (a model retrained in place) is refused, while a
+    re-save of the same weights (Orbax names its files anew) is not."""
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.relative_to(root)}\0{file_sha256(path)}\0".encode())
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0],
+                             key=lambda item: jax.tree_util.keystr(item[0])):
+        pair = np.asarray(multihost_utils.process_allgather(_leaf_digest(leaf))).reshape(-1)
+        digest.update(f"{jax.tree_util.keystr(path)}:{pair[0]:08x}{pair[1]:08x};".encode())
     return digest.hexdigest()
 
 

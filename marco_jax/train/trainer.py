@@ -138,14 +138,16 @@ def dpo_batches(cfg: TrainConfig, setup: Setup, tokenizer, params: dict | None,
                                 / "reference_logps.jsonl")
         header = {"pairs": str(path), "pairs_sha256": reference_lib.file_sha256(path),
                   "reference": cfg.model.init_from or f"random init, seed {cfg.train.seed}",
-                  "reference_sha256": reference_lib.checkpoint_sha256(cfg.model.init_from),
                   "param_dtype": cfg.model.param_dtype, "compute_dtype": cfg.model.compute_dtype,
                   "seq_len": cfg.data.seq_len, "system": cfg.data.system,
                   "overlong": cfg.data.overlong, "mask_shared_prefix": cfg.dpo.mask_shared_prefix}
         ids = [e["id"] for e in examples]
+        if params is not None:  # a fresh run checks the weights; a resumed one made the file
+            header["reference_weights"] = reference_lib.weights_fingerprint(params)
         logps = reference_lib.read_reference(ref_path, header, ids)
         if logps is None:
             reference = _initial_params(cfg, setup) if params is None else params
+            header["reference_weights"] = reference_lib.weights_fingerprint(reference)
             logps = reference_lib.compute_reference(
                 examples, cfg.train.global_batch // cfg.train.micro_batches,
                 lambda b: _global_batch(b, program),

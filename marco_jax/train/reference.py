@@ -6,8 +6,8 @@ sha256, the reference weights' path and a fingerprint of their values, sequence
 length, system prompt, truncation and masking); a run reuses the file only when
 all of it matches, so a resumed run or a second run on the same pairs skips the
 pass, and a stale file is an error naming what changed instead of silently wrong
-rewards. Each further line holds
-one pair: ``{"id", "chosen", "rejected"}``, summed completion log-probs.
+rewards. Each further line holds one pair: ``{"id", "chosen", "rejected"}``,
+summed completion log-probs.
 """
 
 from __future__ import annotations

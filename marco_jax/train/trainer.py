@@ -147,7 +147,8 @@ def dpo_batches(cfg: TrainConfig, setup: Setup, tokenizer, params: dict | None,
         logps = reference_lib.read_reference(ref_path, header, ids)
         if logps is None:
             reference = _initial_params(cfg, setup) if params is None else params
-            header["reference_weights"] = reference_lib.weights_fingerprint(reference)
+            if params is None:  # a fresh run fingerprinted these weights above
+                header["reference_weights"] = reference_lib.weights_fingerprint(reference)
             logps = reference_lib.compute_reference(
                 examples, cfg.train.global_batch // cfg.train.micro_batches,
                 lambda b: _global_batch(b, program),

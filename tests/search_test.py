@@ -221,3 +221,32 @@ def test_verifier_reward_and_early_stop_in_the_v1_search(tiny):
     assert result.tree.visits_n[0] == 2 * cfg.children
     with pytest.raises(MarcoError, match="has no answer"):
         Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")])
+
+
+def test_a_wrong_answer_gets_a_reflection_sibling_that_continues_it(tiny):
+    tok = tiny.tokenizer
+    right, wrong = ids(tok, "so it is 7."), ids(tok, "so it is 8.")
+    text = "Wait, that is wrong."
+
+    def script(prompt, budget):  # the root's first child is wrong, its second right;
+        script.calls += 1       # after a reflection the model gets it right
+        if text in tok.decode(prompt):
+            return right, "eos"
+        return (wrong if script.calls % 2 else right) + [tiny.eos_ids[0]], "eos"
+    script.calls = 0
+    cfg = SearchConfig(action="step", step_delimiter="\n\n", children=2, iterations=2,
+                       call_tokens=16, max_tokens=64, reward="verifier", reflect_wrong=True,
+                       reflection_text=text)
+    [result] = Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
+    tree = result.tree
+    first, reflection, second = tree.children(0)  # the reflection follows its chain
+    assert [tree.kind(n) for n in (first, reflection, second)] == ["action", "reflection",
+                                                                   "action"]
+    assert (tree.correct_n[first], tree.correct_n[second]) == (0, 1)
+    # It continues the wrong chain (its end-of-turn token dropped), and only that one.
+    assert tok.decode(tree.tokens[reflection]) == f"so it is 8.\n\n{text}\n\n"
+    # Unvisited, it is the next leaf UCT expands; both its children are right.
+    assert [tree.correct_n[c] for c in tree.children(reflection)] == [1, 1]
+    assert result.correct == 3 and tree.visits_n[0] == 4
+    with pytest.raises(MarcoError, match="reflect_wrong needs a verifier"):
+        SearchConfig(reflect_wrong=True)

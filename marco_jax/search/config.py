@@ -41,7 +41,11 @@ class SearchConfig:
     top_p: float = 0.95
     top_k: int = 0
     reward_tokens: str = "rollout"  # "rollout", "action" or "both"
-    reflection: bool = False
+    reflection: bool = False  # v1: a rethinking sibling of every action that closes the thought
+    # v2's dynamic reflection in the plain search: after a rollout the verifier
+    # rejects, a sibling that continues that wrong chain with reflection_text.
+    reflect_wrong: bool = False
+    reflection_text: str = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
     # What a path is worth: model confidence (v1), the ground-truth verifier's
     # 1/0 on a finished answer (v2), or reward_weight x verifier + the rest x confidence.
     reward: str = "confidence"
@@ -73,6 +77,10 @@ class SearchConfig:
              "must be >= 0"),
             (self.reward_tokens in ("rollout", "action", "both"),
              f"reward_tokens must be rollout, action or both, got {self.reward_tokens!r}"),
+            (not self.reflect_wrong or self.needs_gold,
+             "reflect_wrong needs a verifier reward (reward verifier or mix): it reflects "
+             "on answers the verifier rejected"),
+            (self.reflection_text.strip() != "", "reflection_text must not be empty"),
             (self.children >= 1, f"children must be >= 1, got {self.children}"),
             (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
             (self.mini_step_tokens >= 1, "mini_step_tokens must be >= 1"),

@@ -17,7 +17,7 @@ import numpy as np
 
 from marco_jax.search.config import SearchConfig
 
-REFLECTION = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
+REFLECTION = SearchConfig.reflection_text
 THOUGHT_END = "</Thought>"
 
 
@@ -70,6 +70,14 @@ class ReasoningEnv:
             return None
         before = text[:text.index(THOUGHT_END)].rstrip()
         return self.tokenizer.encode(f"{before}\n\n{REFLECTION}\n\n", add_special_tokens=False)
+
+    def wrong_answer_reflection(self, chain: list[int]) -> list[int]:
+        """A sibling's tokens after a chain the verifier rejected: the chain (its
+        special tokens dropped, so the turn goes on) and the reflection text, so the
+        model rethinks knowing that answer is wrong."""
+        text = self.tokenizer.decode(chain, skip_special_tokens=True).rstrip()
+        return self.tokenizer.encode(f"{text}\n\n{self.cfg.reflection_text}\n\n",
+                                     add_special_tokens=False)
 
     def step(self, tokens: list[int], confidences: np.ndarray, finish_reason: str) -> Step:
         action_len = self.action_length(tokens)

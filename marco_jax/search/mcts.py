@@ -135,6 +135,9 @@ class Search:
             backup(tree, child, value)
             if step.reflection is not None:
                 tree.add_child(leaf, step.reflection, False, kind="reflection")
+            elif self.cfg.reflect_wrong and step.ended and verdict is False:
+                tree.add_child(leaf, self.env.wrong_answer_reflection(completion.tokens), False,
+                               kind="reflection")
         return correct
 
     def _candidates(self, tree: Tree, problem: Problem) -> list[Candidate]:

@@ -235,8 +235,8 @@ def test_a_wrong_answer_gets_a_reflection_sibling_that_continues_it(tiny):
         return (wrong if script.calls % 2 else right) + [tiny.eos_ids[0]], "eos"
     script.calls = 0
     cfg = SearchConfig(action="step", step_delimiter="\n\n", children=2, iterations=2,
-                       call_tokens=16, max_tokens=64, reward="verifier", reflect_wrong=True,
-                       reflection_text=text)
+                       call_tokens=16, max_tokens=64, reward="verifier",
+                       reflect_wrong="continue", reflection_text=text)
     [result] = Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
     tree = result.tree
     first, reflection, second = tree.children(0)  # the reflection follows its chain
@@ -249,4 +249,32 @@ def test_a_wrong_answer_gets_a_reflection_sibling_that_continues_it(tiny):
     assert [tree.correct_n[c] for c in tree.children(reflection)] == [1, 1]
     assert result.correct == 3 and tree.visits_n[0] == 4
     with pytest.raises(MarcoError, match="reflect_wrong needs a verifier"):
-        SearchConfig(reflect_wrong=True)
+        SearchConfig(reflect_wrong="continue")
+    with pytest.raises(MarcoError, match="reflect_wrong must be one of"):
+        SearchConfig(reward="verifier", reflect_wrong="yes")
+
+
+def test_restart_reflection_starts_over_from_the_root_naming_the_wrong_answer(tiny):
+    tok = tiny.tokenizer
+    text = "I got {answer}, which is wrong. Again:"
+
+    def script(prompt, budget):  # wrong (8, then 9 after a restart) until told 9 is wrong
+        told = tok.decode(prompt)
+        if "I got 9" in told:
+            return ids(tok, "so it is 7."), "eos"
+        return ids(tok, "so it is 9." if "I got 8" in told else "so it is 8."), "eos"
+    cfg = SearchConfig(action="step", step_delimiter="\n\n", children=2, iterations=3,
+                       call_tokens=16, max_tokens=64, reward="verifier",
+                       reflect_wrong="restart", reflection_text=text)
+    [result] = Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
+    tree = result.tree
+    root_kids = tree.children(0)
+    reflections = [n for n in range(tree.size) if tree.kind(n) == "reflection"]
+    # One reflection per distinct wrong answer, each a child of the root, never deeper.
+    assert [tok.decode(tree.tokens[n]) for n in reflections] == [
+        "I got 8, which is wrong. Again:\n\n", "I got 9, which is wrong. Again:\n\n"]
+    assert all(n in root_kids for n in reflections)
+    first, second = reflections
+    assert [tree.correct_n[c] for c in tree.children(first)] == [0, 0]
+    assert [tree.correct_n[c] for c in tree.children(second)] == [1, 1]
+    assert result.correct == 2

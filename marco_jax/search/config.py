@@ -24,6 +24,7 @@ ACTIONS = ("mini_step", "step", "tagged")
 REWARDS = ("confidence", "verifier", "mix")
 VERIFIERS = ("numeric", "letter_count", "exact")
 TEMPLATES = ("marco", "chat", "none")
+REFLECT_WRONG = ("off", "continue", "restart")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +43,11 @@ class SearchConfig:
     top_k: int = 0
     reward_tokens: str = "rollout"  # "rollout", "action" or "both"
     reflection: bool = False  # v1: a rethinking sibling of every action that closes the thought
-    # v2's dynamic reflection in the plain search: after a rollout the verifier
-    # rejects, a sibling that continues that wrong chain with reflection_text.
-    reflect_wrong: bool = False
+    # v2's dynamic reflection in the plain search, after a rollout the verifier
+    # rejects: "continue" adds a sibling that continues that wrong chain with
+    # reflection_text; "restart" adds a child of the root that starts the answer
+    # afresh with it. "{answer}" in the text stands for the rejected answer.
+    reflect_wrong: str = "off"
     reflection_text: str = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
     # What a path is worth: model confidence (v1), the ground-truth verifier's
     # 1/0 on a finished answer (v2), or reward_weight x verifier + the rest x confidence.
@@ -77,7 +80,10 @@ class SearchConfig:
              "must be >= 0"),
             (self.reward_tokens in ("rollout", "action", "both"),
              f"reward_tokens must be rollout, action or both, got {self.reward_tokens!r}"),
-            (not self.reflect_wrong or self.needs_gold,
+            (self.reflect_wrong in REFLECT_WRONG,
+             f"reflect_wrong must be one of {', '.join(REFLECT_WRONG)}, "
+             f"got {self.reflect_wrong!r}"),
+            (self.reflect_wrong == "off" or self.needs_gold,
              "reflect_wrong needs a verifier reward (reward verifier or mix): it reflects "
              "on answers the verifier rejected"),
             (self.reflection_text.strip() != "", "reflection_text must not be empty"),

@@ -71,13 +71,16 @@ class ReasoningEnv:
         before = text[:text.index(THOUGHT_END)].rstrip()
         return self.tokenizer.encode(f"{before}\n\n{REFLECTION}\n\n", add_special_tokens=False)
 
-    def wrong_answer_reflection(self, chain: list[int]) -> list[int]:
-        """A sibling's tokens after a chain the verifier rejected: the chain (its
-        special tokens dropped, so the turn goes on) and the reflection text, so the
-        model rethinks knowing that answer is wrong."""
+    def wrong_answer_reflection(self, chain: list[int], answer: str | None) -> list[int]:
+        """A reflection node's tokens after a chain the verifier rejected.
+        ``continue``: the chain (its special tokens dropped, so the turn goes on)
+        and the reflection text, so the model rethinks having seen its mistake;
+        ``restart``: the text alone, a fresh start told only which answer is wrong."""
+        note = self.cfg.reflection_text.replace("{answer}", answer or "?")
+        if self.cfg.reflect_wrong == "restart":
+            return self.tokenizer.encode(f"{note}\n\n", add_special_tokens=False)
         text = self.tokenizer.decode(chain, skip_special_tokens=True).rstrip()
-        return self.tokenizer.encode(f"{text}\n\n{self.cfg.reflection_text}\n\n",
-                                     add_special_tokens=False)
+        return self.tokenizer.encode(f"{text}\n\n{note}\n\n", add_special_tokens=False)
 
     def step(self, tokens: list[int], confidences: np.ndarray, finish_reason: str) -> Step:
         action_len = self.action_length(tokens)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from marco_jax.answers import extract_answer
 from marco_jax.engine.engine import Completion, Engine
 from marco_jax.search.config import SearchConfig
 from marco_jax.search.driver import (Call, Program, default_trees_in_flight, drive,
@@ -27,7 +28,7 @@ from marco_jax.search.driver import (Call, Program, default_trees_in_flight, dri
 from marco_jax.search.environment import ReasoningEnv
 from marco_jax.search.results import Candidate, Problem, SearchResult, choose_best
 from marco_jax.search.rewards import Reward
-from marco_jax.search.tree import ANSWER, CUT, Tree, backup, select_leaf
+from marco_jax.search.tree import ANSWER, CUT, ROOT, Tree, backup, select_leaf
 
 
 class Search:
@@ -135,10 +136,17 @@ class Search:
             backup(tree, child, value)
             if step.reflection is not None:
                 tree.add_child(leaf, step.reflection, False, kind="reflection")
-            elif self.cfg.reflect_wrong and step.ended and verdict is False:
-                tree.add_child(leaf, self.env.wrong_answer_reflection(completion.tokens), False,
-                               kind="reflection")
+            elif self.cfg.reflect_wrong != "off" and step.ended and verdict is False:
+                self._reflect(tree, leaf, completion.tokens, extract_answer(text))
         return correct
+
+    def _reflect(self, tree: Tree, leaf: int, chain: list[int], answer: str | None) -> None:
+        """v2's dynamic reflection on a wrong answer: a sibling of the chain that
+        continues it, or a child of the root that starts over (one per answer)."""
+        tokens = self.env.wrong_answer_reflection(chain, answer)
+        parent = leaf if self.cfg.reflect_wrong == "continue" else ROOT
+        if all(tree.tokens[c] != tokens for c in tree.children(parent)):
+            tree.add_child(parent, tokens, False, kind="reflection")
 
     def _candidates(self, tree: Tree, problem: Problem) -> list[Candidate]:
         """Every valued action node: its path plus the rollout that valued it."""

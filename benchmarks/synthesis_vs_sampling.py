@@ -1,7 +1,8 @@
 """Tree search with dynamic reflection against plain sampling at equal tokens, per problem.
 
     python benchmarks/synthesis_vs_sampling.py --tree synth/gsm8k-v2.jsonl \
-        --sampling synth/gsm8k-sc.jsonl [--json-out results/synthesis_vs_sampling.json]
+        --sampling synth/gsm8k-sc.jsonl [--trees synth/trees-gsm8k-v2] \
+        [--json-out results/synthesis_vs_sampling.json]
 
 Both files are ``scripts/search.py`` outputs over the same problems (the tree
 search with a ``v2-*`` config, sampling with ``sc`` and many samples). For each
@@ -9,7 +10,10 @@ problem the sampling side gets exactly the tokens the tree used on it: its
 samples count in generation order while the tokens spent before them are
 below the tree's, so neither side gets more. Reported per side: share of
 problems with at least one verified-correct chain, distinct correct chains per
-problem, generated tokens per correct chain.
+problem, generated tokens per correct chain. With ``--trees`` (a plain MCTS
+tree's JSON files) it also says why: how often an answer is right by where
+it was drawn (a child of the root: a fresh sample; below another step; below
+a reflection), against the sampling side's samples.
 """
 
 from __future__ import annotations
@@ -27,21 +31,66 @@ def read(path: pathlib.Path) -> dict[str, dict]:
     return {r["id"]: r for r in map(json.loads, lines(path.read_text(encoding="utf-8")))}
 
 
-def within(record: dict, budget: int) -> tuple[int, int]:
-    """(correct samples, tokens spent) over the samples that start below ``budget``."""
-    spent = correct = 0
+def counted(record: dict, budget: int) -> list[tuple[int, bool]]:
+    """(tokens, right) of the samples, in order, that start below ``budget`` tokens."""
+    out, spent = [], 0
     for tokens, ok in zip(record["candidate_tokens"], record["candidate_correct"]):
         if spent >= budget:
             break
         spent += tokens
-        correct += bool(ok)
-    return correct, spent
+        out.append((tokens, bool(ok)))
+    return out
+
+
+def within(record: dict, budget: int) -> tuple[int, int]:
+    """(correct samples, tokens spent) over the samples that start below ``budget``."""
+    samples = counted(record, budget)
+    return sum(ok for _, ok in samples), sum(tokens for tokens, _ in samples)
+
+
+def attempts(tree: dict) -> dict[str, list[int]]:
+    """[answers, right ones] of a plain MCTS tree by where each was drawn:
+    ``fresh`` (a child of the root), ``reflection`` (below a reflection node),
+    ``branch`` (below another step). An answer cut off by the budget counts
+    as drawn and wrong."""
+    nodes = {n["id"]: n for n in tree["nodes"]}
+    out = {"fresh": [0, 0], "branch": [0, 0], "reflection": [0, 0]}
+    for node in tree["nodes"]:
+        if node["kind"] != "action" or node["rollout_value"] is None:
+            continue
+        where, parent = "fresh" if node["parent"] == 0 else "branch", node["parent"]
+        while parent > 0:
+            if nodes[parent]["kind"] == "reflection":
+                where = "reflection"
+            parent = nodes[parent]["parent"]
+        out[where][0] += 1
+        out[where][1] += bool(node["correct"])
+    return out
+
+
+def attempt_rates(tree_dir: pathlib.Path, ids: list[str], sampling: dict[str, dict],
+                  budgets: dict[str, int]) -> dict:
+    """Answers and the share right, per kind of tree attempt and for the samples
+    that fit in the tree's tokens."""
+    total = {"fresh": [0, 0], "branch": [0, 0], "reflection": [0, 0], "sampling": [0, 0]}
+    for i in ids:
+        tree = json.loads((tree_dir / f"{i}.json").read_text(encoding="utf-8"))
+        for where, (n, right) in attempts(tree).items():
+            total[where][0] += n
+            total[where][1] += right
+        samples = counted(sampling[i], budgets[i])
+        total["sampling"][0] += len(samples)
+        total["sampling"][1] += sum(ok for _, ok in samples)
+    return {where: {"answers": n, "right": right, "share_right": right / n if n else None}
+            for where, (n, right) in total.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", required=True, type=pathlib.Path)
     parser.add_argument("--sampling", required=True, type=pathlib.Path)
+    parser.add_argument("--trees", type=pathlib.Path,
+                        help="the tree side's --tree-dir (a plain MCTS search's)")
     parser.add_argument("--json-out", type=pathlib.Path)
     args = parser.parse_args()
     tree, sampling = read(args.tree), read(args.sampling)
@@ -60,6 +109,9 @@ def main() -> None:
                      "tokens": tokens, "tokens_per_correct": tokens / correct if correct else None}
     out["solved_ratio"] = (out["tree"]["solved"] / out["sampling"]["solved"]
                            if out["sampling"]["solved"] else None)
+    if args.trees:
+        out["attempts"] = attempt_rates(args.trees, ids, sampling,
+                                        {i: tree[i]["generated_tokens"] for i in ids})
     report(out, args.json_out)
 
 

@@ -6,7 +6,8 @@
 # 32 trees in flight bounds what a killed run loses.
 #   bash benchmarks/synthesis_runs.sh MODEL_DIR DATA_DIR [RUN ...]
 # RUN: gsm8k-v2 (first 100 GSM8K train problems), gsm8k-step (the same, v2's verified
-#      tree over chat-template CoT steps; gsm8k-restart: reflections that start over),
+#      tree over chat-template CoT steps, reflections that continue the wrong chain;
+#      gsm8k-restart: the config's own reflections, which start over),
 #      gsm8k-sc (the same, 8 samples),
 #      letters-v2 (first 50 letter-count problems); default: all five.
 # Budget per problem: a tree starts no rollout after 1024 generated tokens, a
@@ -21,15 +22,15 @@ out=benchmarks/synth
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(gsm8k-v2 gsm8k-step gsm8k-restart gsm8k-sc letters-v2)
 budget=(--set search.token_budget=1024 --set search.call_tokens=256 --set search.max_tokens=1024)
-restart_text="My answer {answer} is wrong. Let me solve the problem again from the start."
+continue_text="Wait! Something is wrong: that answer is not right. Let me think again."
 for run in "${runs[@]}"; do
   case $run in
     gsm8k-v2) args=(--config v2-gsm8k --input "$data/gsm8k/train.jsonl" --limit 100 "${budget[@]}");;
     gsm8k-step) args=(--config v2-gsm8k-step --input "$data/gsm8k/train.jsonl" --limit 100
-                      --set search.token_budget=1024);;
+                      --set search.token_budget=1024 --set search.reflect_wrong=continue
+                      --set "search.reflection_text=$continue_text");;
     gsm8k-restart) args=(--config v2-gsm8k-step --input "$data/gsm8k/train.jsonl" --limit 100
-                         --set search.token_budget=1024 --set search.reflect_wrong=restart
-                         --set "search.reflection_text=$restart_text");;
+                         --set search.token_budget=1024);;
     gsm8k-sc) args=(--config sc --input "$data/gsm8k/train.jsonl" --limit 100 --set template=chat
                     --set search.max_tokens=512 --set search.call_tokens=512);;
     letters-v2) args=(--config v2-letters --input "$data/marco/letter_count_hard.json" --limit 50

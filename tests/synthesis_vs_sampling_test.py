@@ -1,4 +1,4 @@
-"""The tree-vs-sampling comparison: equal tokens per problem, and where a tree's answers come from."""
+"""The tree-vs-sampling comparison: equal tokens per problem, where a tree's answers come from."""
 
 import json
 import pathlib

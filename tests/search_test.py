@@ -10,7 +10,7 @@ from marco_jax.engine.engine import Completion, Engine, EngineConfig
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search.config import JobConfig, SearchConfig
-from marco_jax.search.environment import REFLECTION, ReasoningEnv
+from marco_jax.search.environment import ReasoningEnv
 from marco_jax.search.job import choose
 from marco_jax.search.driver import row_seed
 from marco_jax.search.mcts import Search
@@ -18,6 +18,7 @@ from marco_jax.search.results import Problem
 from marco_jax.search.tree import ANSWER, CUT
 from marco_jax.sharding import make_mesh
 
+REFLECTION = SearchConfig.reflection_text  # v1's text, the default
 CFG = SearchConfig(action="mini_step", mini_step_tokens=3, children=2, iterations=3,
                    call_tokens=8, max_tokens=20, temperature=1.0, top_p=0.95)
 ENGINE = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=2048,
@@ -199,6 +200,8 @@ def test_step_actions_and_reflection_text(tiny):
     thought = ids(tok, "<Thought>x=2</Thought>")
     assert tok.decode(env.reflection(thought)) == f"<Thought>x=2\n\n{REFLECTION}\n\n"
     assert env.reflection(a_b) is None
+    own = ReasoningEnv(tok, SearchConfig(action="step", reflection=True, reflection_text="Hm."))
+    assert tok.decode(own.reflection(thought)) == "<Thought>x=2\n\nHm.\n\n"
     with pytest.raises(MarcoError, match="action must be"):
         SearchConfig(action="leap")
 

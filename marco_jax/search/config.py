@@ -42,7 +42,8 @@ class SearchConfig:
     top_p: float = 0.95
     top_k: int = 0
     reward_tokens: str = "rollout"  # "rollout", "action" or "both"
-    reflection: bool = False  # v1: a rethinking sibling of every action that closes the thought
+    # v1: a rethinking sibling (reflection_text) of every action that closes the thought
+    reflection: bool = False
     # v2's dynamic reflection in the plain search, after a rollout the verifier
     # rejects: "continue" adds a sibling that continues that wrong chain with
     # reflection_text; "restart" adds a child of the root that starts the answer

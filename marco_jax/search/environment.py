@@ -17,7 +17,6 @@ import numpy as np
 
 from marco_jax.search.config import SearchConfig
 
-REFLECTION = SearchConfig.reflection_text
 THOUGHT_END = "</Thought>"
 
 
@@ -69,7 +68,8 @@ class ReasoningEnv:
         if not self.cfg.reflection or THOUGHT_END not in text:
             return None
         before = text[:text.index(THOUGHT_END)].rstrip()
-        return self.tokenizer.encode(f"{before}\n\n{REFLECTION}\n\n", add_special_tokens=False)
+        return self.tokenizer.encode(f"{before}\n\n{self.cfg.reflection_text}\n\n",
+                                     add_special_tokens=False)
 
     def wrong_answer_reflection(self, chain: list[int], answer: str | None) -> list[int]:
         """A reflection node's tokens after a chain the verifier rejected.

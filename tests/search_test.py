@@ -255,6 +255,8 @@ def test_a_wrong_answer_gets_a_reflection_sibling_that_continues_it(tiny):
         SearchConfig(reflect_wrong="continue")
     with pytest.raises(MarcoError, match="reflect_wrong must be one of"):
         SearchConfig(reward="verifier", reflect_wrong="yes")
+    with pytest.raises(MarcoError, match="a tagged search reflects through its action tree"):
+        SearchConfig(action="tagged", reward="verifier", reflect_wrong="restart")
 
 
 def test_restart_reflection_starts_over_from_the_root_naming_the_wrong_answer(tiny):

@@ -87,6 +87,9 @@ class SearchConfig:
             (self.reflect_wrong == "off" or self.needs_gold,
              "reflect_wrong needs a verifier reward (reward verifier or mix): it reflects "
              "on answers the verifier rejected"),
+            (self.reflect_wrong == "off" or self.action != "tagged",
+             "reflect_wrong is for step and mini_step actions; a tagged search reflects "
+             "through its action tree (reflect_under)"),
             (self.reflection_text.strip() != "", "reflection_text must not be empty"),
             (self.children >= 1, f"children must be >= 1, got {self.children}"),
             (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),

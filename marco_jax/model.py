@@ -15,20 +15,43 @@ real tokens as the unpadded row does.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
+from marco_jax import loops
 from marco_jax.config import Qwen2Config
 
-# Backward-pass policies of the scanned layers, by name: what a layer keeps for
-# the backward pass; the rest is recomputed.
+_cp = jax.checkpoint_policies
+_OFFLOAD = dict(offload_src="device", offload_dst="pinned_host")
+
+# Backward-pass policies of the scanned layers, by name (MaxText's remat_policy):
+# what a layer keeps for the backward pass, in device memory or offloaded to the
+# host's pinned memory (TPU, GPU); the rest is recomputed. Names of a layer's
+# activations: layer_input, query_proj, key_proj, value_proj, attention_out
+# (before the output projection), mlp_hidden (silu(gate) * up).
 REMAT_POLICIES = {
     "none": None,  # keep everything: no recomputation, the most memory
-    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the layer's input
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls
+    "full": _cp.nothing_saveable,  # keep only each layer's input
+    "dots": _cp.dots_with_no_batch_dims_saveable,  # keep weight matmuls
+    "save_qkv_proj": _cp.save_only_these_names("query_proj", "key_proj", "value_proj"),
+    "save_out_proj": _cp.save_only_these_names("attention_out"),
+    # full remat, each layer's input kept in host memory instead of HBM
+    "offload_layer_input": _cp.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["layer_input"], **_OFFLOAD),
+    # layer input and q/k/v projections in host memory (MaxText's "custom" 8B recipe)
+    "offload_qkv_proj": _cp.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=[
+            "layer_input", "query_proj", "key_proj", "value_proj"], **_OFFLOAD),
 }
+HOST_OFFLOAD_POLICIES = ("offload_layer_input", "offload_qkv_proj")
+
+# (queries (b, t, n, h), keys (b, t, k, h), values) -> outputs (b, t, n, h): a
+# training attention kernel, which knows its own mask (causal within segments).
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 _NEG_INF = -1e30  # finite, so a fully masked (padding) query row stays NaN-free
 
@@ -119,18 +142,22 @@ class Attention(nnx.Module):
         """Rotated queries (b, t, n, h) and keys, and values (b, t, k, h)."""
         cdt = x_btd.dtype
         q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.q_weight_dnh[...].astype(cdt))
-        q_btnh = apply_rope(q_btnh + self.q_bias_nh[...].astype(cdt), cos_bth, sin_bth)
+        q_btnh = checkpoint_name(q_btnh + self.q_bias_nh[...].astype(cdt), "query_proj")
         k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.k_weight_dkh[...].astype(cdt))
-        k_btkh = apply_rope(k_btkh + self.k_bias_kh[...].astype(cdt), cos_bth, sin_bth)
+        k_btkh = checkpoint_name(k_btkh + self.k_bias_kh[...].astype(cdt), "key_proj")
         v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.v_weight_dkh[...].astype(cdt))
-        return q_btnh, k_btkh, v_btkh + self.v_bias_kh[...].astype(cdt)
+        v_btkh = checkpoint_name(v_btkh + self.v_bias_kh[...].astype(cdt), "value_proj")
+        return apply_rope(q_btnh, cos_bth, sin_bth), apply_rope(k_btkh, cos_bth, sin_bth), v_btkh
 
     def project_out(self, out_btnh: jax.Array) -> jax.Array:
+        out_btnh = checkpoint_name(out_btnh, "attention_out")
         return jnp.einsum("btnh,nhd->btd", out_btnh, self.o_weight_nhd[...].astype(out_btnh.dtype))
 
     def __call__(self, x_btd, cos_bth, sin_bth, allowed_bts, layer: int,
-                 cache: KVCache | None):
+                 cache: KVCache | None, attention: "AttendFn | None" = None):
         q_btnh, k_btkh, v_btkh = self.qkv(x_btd, cos_bth, sin_bth)
+        if attention is not None:  # a training kernel over this call's tokens
+            return self.project_out(attention(q_btnh, k_btkh, v_btkh)), cache
         if cache is None:
             k_bskh, v_bskh = k_btkh, v_btkh
         else:
@@ -166,7 +193,7 @@ def attend(q_btnh: jax.Array, k_keys: jax.Array, v_keys: jax.Array, allowed_bts:
         a.reshape(a.shape[0], blocks, QUERY_CHUNK, *a.shape[2:]), 1, 0)
     block = jax.checkpoint(
         lambda qa: _attend_block(qa[0], k_keys, v_keys, qa[1], key_layout))
-    out_xbcnh = jax.lax.map(block, (split(q_btnh), split(allowed_bts)))
+    out_xbcnh = loops.map(block, (split(q_btnh), split(allowed_bts)))
     return jnp.moveaxis(out_xbcnh, 0, 1).reshape(q_btnh.shape)
 
 
@@ -196,8 +223,8 @@ class MLP(nnx.Module):
         cdt = x_btd.dtype
         gate_btf = jnp.einsum("btd,df->btf", x_btd, self.gate_weight_df[...].astype(cdt))
         up_btf = jnp.einsum("btd,df->btf", x_btd, self.up_weight_df[...].astype(cdt))
-        return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_btf) * up_btf,
-                          self.down_weight_fd[...].astype(cdt))
+        hidden_btf = checkpoint_name(jax.nn.silu(gate_btf) * up_btf, "mlp_hidden")
+        return jnp.einsum("btf,fd->btd", hidden_btf, self.down_weight_fd[...].astype(cdt))
 
 
 class DecoderLayer(nnx.Module):
@@ -207,9 +234,9 @@ class DecoderLayer(nnx.Module):
         self.mlp_norm = RMSNorm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_btd, cos_bth, sin_bth, allowed_bts, layer, cache):
+    def __call__(self, x_btd, cos_bth, sin_bth, allowed_bts, layer, cache, attention=None):
         attn_btd, cache = self.attn(self.attn_norm(x_btd), cos_bth, sin_bth, allowed_bts,
-                                    layer, cache)
+                                    layer, cache, attention)
         x_btd = x_btd + attn_btd
         return x_btd + self.mlp(self.mlp_norm(x_btd)), cache
 
@@ -243,6 +270,7 @@ class Qwen2(nnx.Module):
                       segment_ids_bt: jax.Array | None = None,
                       scanned_layers: tuple[nnx.GraphDef, dict] | None = None,
                       remat: str = "none", act_sharding: jax.sharding.Sharding | None = None,
+                      attention: AttendFn | None = None,
                       ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states (b, t, d): a sampler's prefill needs the head
         only at the last position, which saves a (b, t, vocab) product.
@@ -254,13 +282,17 @@ class Qwen2(nnx.Module):
         time and compiles one layer body (``remat`` names a :data:`REMAT_POLICIES`
         entry: what of a layer's activations the backward pass recomputes).
         ``act_sharding`` pins the (b, t, d) activations between layers to the
-        batch mesh axes.
+        batch mesh axes. ``attention`` replaces the masked XLA attention with a
+        kernel that applies the training mask itself (no cache).
         """
         cfg = self.cfg
         b, t = tokens_bt.shape
         if mask_bt is None:
             mask_bt = jnp.ones((b, t), bool)
-        if cache is None:
+        allowed_bts = None
+        if attention is not None:
+            assert cache is None, "a training attention kernel takes no cache"
+        elif cache is None:
             slots_t = jnp.arange(t)
             allowed_bts = (slots_t[None, :, None] >= slots_t[None, None, :]) & mask_bt[:, None, :]
             if segment_ids_bt is not None:
@@ -282,23 +314,30 @@ class Qwen2(nnx.Module):
 
             def one_layer(x_btd, layer_params):
                 layer = nnx.merge(layer_def, layer_params)
-                return pin(layer(x_btd, cos_bth, sin_bth, allowed_bts, 0, None)[0]), None
+                x_btd = checkpoint_name(x_btd, "layer_input")
+                return pin(layer(x_btd, cos_bth, sin_bth, allowed_bts, 0, None,
+                                 attention)[0]), None
 
             policy = REMAT_POLICIES[remat]
             body = one_layer if remat == "none" else jax.checkpoint(one_layer, policy=policy)
-            x_btd, _ = jax.lax.scan(body, x_btd, stacked)
+            x_btd, _ = loops.scan(body, x_btd, stacked)
         else:
             for i, layer in enumerate(self.layers):
-                x_btd, cache = layer(x_btd, cos_bth, sin_bth, allowed_bts, i, cache)
+                x_btd, cache = layer(x_btd, cos_bth, sin_bth, allowed_bts, i, cache, attention)
                 x_btd = pin(x_btd)
         if cache is not None:
             cache = dataclasses.replace(cache, end=cache.end + t)
         return self.final_norm(x_btd), cache
 
-    def logits(self, x_btd: jax.Array) -> jax.Array:
-        """float32 logits (b, t, v) from final hidden states."""
-        head_vd = self.embed_vd if self.cfg.tie_word_embeddings else self.lm_head_vd
-        return jnp.einsum("btd,vd->btv", x_btd, head_vd[...].astype(x_btd.dtype),
+    def head(self) -> jax.Array:
+        """The output projection (v, d): the embedding when tied."""
+        return (self.embed_vd if self.cfg.tie_word_embeddings else self.lm_head_vd)[...]
+
+    def logits(self, x_btd: jax.Array, head_vd: jax.Array | None = None) -> jax.Array:
+        """float32 logits (b, t, v) from final hidden states (``head_vd``: the head
+        already cast to the compute dtype, hoisted out of a loop over chunks)."""
+        head_vd = self.head() if head_vd is None else head_vd
+        return jnp.einsum("btd,vd->btv", x_btd, head_vd.astype(x_btd.dtype),
                           preferred_element_type=jnp.float32)
 
 

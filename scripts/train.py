@@ -15,7 +15,16 @@ turns them into safetensors). Metrics: console, <output_dir>/metrics.jsonl and
 and prints per-device parameter, optimizer, activation and total bytes, and the
 host memory this process will need (``host_bytes``: loading, offloaded optimizer
 state, async checkpoint copy; on a CPU run the devices' memory too); with
-``--simulate-devices N`` on N simulated CPU devices standing for accelerators.
+``--simulate-devices N`` on N simulated CPU devices standing for accelerators;
+with ``--topology v5e:2x4`` (``--topology-slices S`` for several slices) on
+compile-only TPU devices, by libtpu's compiler, on any host: the TPU compiler's
+HBM plan, and an estimated step time and MFU (see marco_jax/train/estimate.py).
+
+Multi-host: ``--distributed`` calls ``jax.distributed.initialize()``, which finds
+its peers on TPU VMs (and SLURM, Kubernetes, MPI). Elsewhere, e.g. several CPU
+processes on one machine, name them: ``--coordinator 127.0.0.1:12345
+--num-processes 2 --process-id 0`` (1 in the second process); CPU processes then
+exchange data through gloo.
 """
 
 from __future__ import annotations
@@ -47,8 +56,20 @@ def parse_args() -> argparse.Namespace:
                         help="run on N simulated CPU devices (with --dry-run)")
     parser.add_argument("--peak-tflops", type=float,
                         help="per-device peak for MFU where the chip is not known (e.g. CPU)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() (multi-host TPU VMs)")
+    parser.add_argument("--topology", metavar="NAME",
+                        help="with --dry-run: compile for this TPU topology (e.g. v5e:2x4, "
+                             "v5p:4x4x4) with libtpu's compiler, on any host")
+    parser.add_argument("--topology-slices", type=int, default=1, metavar="S",
+                        help="with --topology: S slices joined by the data-centre network")
+    parser.add_argument("--no-estimate", action="store_true",
+                        help="with --topology: skip the step-time and MFU estimate")
+    group = parser.add_argument_group("multi-host")
+    group.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() (auto-detected on TPU VMs)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address, where the environment does not say it")
+    group.add_argument("--num-processes", type=int, metavar="N")
+    group.add_argument("--process-id", type=int, metavar="I")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args()
 
@@ -63,6 +84,26 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def summary(plan: dict) -> str:
+    """The plan in one line: per device, then this process's host memory."""
+    where = " (offloaded to the host)" if plan["optimizer_offloaded"] else ""
+    text = (f"per device: params {gib(plan['param_bytes'])}, optimizer "
+            f"{gib(plan['optimizer_bytes'])}{where}, activations+temp "
+            f"{gib(plan['activation_and_temp_bytes'])}, total {gib(plan['total_bytes'])}")
+    if "hbm_bytes" in plan:
+        fits = "fits" if plan["headroom_bytes"] >= 0 else "does NOT fit"
+        text += (f" of {gib(plan['hbm_bytes'])} HBM ({plan['chip']}: {fits}, "
+                 f"headroom {gib(plan['headroom_bytes'])})")
+    if "device_host_memory_bytes" in plan:
+        text += f", in host memory {gib(plan['device_host_memory_bytes'])}"
+    text += f"; host, this process: peak {gib(plan['host_bytes']['peak'])}"
+    if "estimate" in plan:
+        e = plan["estimate"]
+        text += (f"; estimated step {e['step_seconds']:.2f} s, {e['tokens_per_second_per_chip']:.0f}"
+                 f" tokens/s/chip, MFU {100 * e['mfu']:.1f}% ({e['bound']}-bound)")
+    return text
+
+
 def main() -> None:
     args = parse_args()
     if args.simulate_devices:  # must be set before JAX initialises its backends
@@ -72,22 +113,24 @@ def main() -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
-    from marco_jax.train import memory, trainer
+    from marco_jax import distributed, topology
+    from marco_jax.train import estimate, memory, trainer
     from marco_jax.train.config import load_train_config
 
-    if args.distributed:
-        jax.distributed.initialize()
+    if args.distributed or args.coordinator:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     cfg = load_train_config(args.config, [*args.set, *mesh_overrides(args.mesh)])
-    if args.simulate_devices and not args.dry_run:
-        raise MarcoError("--simulate-devices is only for --dry-run")
+    if (args.simulate_devices or args.topology) and not args.dry_run:
+        raise MarcoError("--simulate-devices and --topology are only for --dry-run")
     if args.dry_run:
-        plan = memory.memory_plan(cfg, jax.devices(), simulated=bool(args.simulate_devices))
+        devices = (topology.tpu_devices(args.topology, args.topology_slices) if args.topology
+                   else jax.devices())
+        plan = memory.memory_plan(cfg, devices,
+                                  simulated=bool(args.simulate_devices or args.topology))
+        if args.topology and not args.no_estimate:
+            plan["estimate"] = estimate.step_estimate(cfg, devices, progress=not args.no_progress)
         print(json.dumps(plan, indent=1))
-        where = " (offloaded to the host)" if plan["optimizer_offloaded"] else ""
-        print(f"per device: params {gib(plan['param_bytes'])}, optimizer "
-              f"{gib(plan['optimizer_bytes'])}{where}, activations+temp "
-              f"{gib(plan['activation_and_temp_bytes'])}, total {gib(plan['total_bytes'])}; "
-              f"host, this process: peak {gib(plan['host_bytes']['peak'])}", file=sys.stderr)
+        print(summary(plan), file=sys.stderr)
         return
     trainer.train(cfg, resume=args.resume, peak_tflops=args.peak_tflops,
                   progress=not args.no_progress)

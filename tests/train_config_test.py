@@ -40,5 +40,5 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 def test_unknown_config_lists_the_known_ones():
-    with pytest.raises(MarcoError, match="known: qwen2_05b_dpo, qwen2_05b_sft, qwen2_7b_dpo, qwen2_7b_sft, tiny_dpo, tiny_sft"):
+    with pytest.raises(MarcoError, match="known: qwen2_05b_dpo, qwen2_05b_sft, qwen2_7b_dpo, qwen2_7b_dpo_v5e8, qwen2_7b_sft, qwen2_7b_sft_v5e8, tiny_dpo, tiny_sft"):
         load_train_config("qwen3")

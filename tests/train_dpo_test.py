@@ -17,7 +17,7 @@ from marco_jax.train import reference as reference_lib
 from marco_jax.train import trainer
 from marco_jax.train.config import load_train_config
 from marco_jax.train.layout import init_params, layout_of
-from marco_jax.train.objectives import DPO, masked_logprob_sums, pair_terms
+from marco_jax.train.objectives import DPO, LayerRun, masked_logprob_sums, pair_terms
 from marco_jax.train.pairs import interleave, pair_examples, pair_rows, tokenize_pair
 from marco_jax.train.step import batch_gradients
 from train_run_test import kill_after_checkpoint
@@ -106,15 +106,15 @@ def test_masking_the_shared_prefix_keeps_the_preference_and_changes_the_sft_term
     batch = tiny_batch()
     # Each row's log-prob sums over all completion tokens and over the shared ones.
     full, shared = np.asarray(masked_logprob_sums(
-        layout, policy, batch, np.stack([batch["loss_mask"], batch["shared_mask"]]), "none"))
+        layout, policy, batch, np.stack([batch["loss_mask"], batch["shared_mask"]]), LayerRun()))
     n_full, n_shared = batch["loss_mask"].sum(-1), batch["shared_mask"].sum(-1)
     expected_sft = {False: np.mean(-full[0::2] / n_full[0::2]),
                     True: np.mean(-(full - shared)[0::2] / (n_full - n_shared)[0::2])}
     results = {}
     for masked in (False, True):
         dpo = DPO(beta=0.5, sft_weight=1.0, mask_shared_prefix=masked)
-        ref = dpo.logps(layout, reference, batch, "none")
-        _, weight, sums = dpo.sums(layout, policy, {**batch, "reference_logps": ref}, "none")
+        ref = dpo.logps(layout, reference, batch, LayerRun())
+        _, weight, sums = dpo.sums(layout, policy, {**batch, "reference_logps": ref}, LayerRun())
         results[masked] = {k: float(v) / float(weight) for k, v in sums.items()}
         assert results[masked]["sft_loss"] == pytest.approx(expected_sft[masked], rel=1e-5)
     assert results[True]["preference_loss"] == pytest.approx(
@@ -127,12 +127,12 @@ def test_accumulated_pairs_equal_the_big_batch():
     params = init_params(layout, 3)
     batch = tiny_batch()
     dpo = DPO(beta=0.3, label_smoothing=0.1, sft_weight=0.5)
-    batch["reference_logps"] = np.asarray(dpo.logps(layout, init_params(layout, 4), batch, "none"))
+    batch["reference_logps"] = np.asarray(dpo.logps(layout, init_params(layout, 4), batch, LayerRun()))
     micro = lambda m: {k: v.reshape(m, -1, *v.shape[1:]) for k, v in batch.items()}  # noqa: E731
     (loss, weight, sums), grads = jax.jit(lambda p: batch_gradients(
-        layout, dpo, p, micro(1), "full"))(params)
+        layout, dpo, p, micro(1), LayerRun("full")))(params)
     (loss_2, weight_2, sums_2), grads_2 = jax.jit(lambda p: batch_gradients(
-        layout, dpo, p, micro(2), "full"))(params)
+        layout, dpo, p, micro(2), LayerRun("full")))(params)
     assert float(weight) == float(weight_2) == 4
     assert float(loss_2) == pytest.approx(float(loss), abs=1e-5)
     for name in sums:

@@ -10,12 +10,12 @@ import pytest
 from flax import nnx
 
 from marco_jax.config import preset
-from marco_jax.model import init_model
+from marco_jax.model import REMAT_POLICIES, init_model
 from marco_jax.sharding import make_mesh
 from marco_jax.train.config import TrainSection
 from marco_jax.train.layout import (init_params, layout_of, stack_layers,
                                     unstack_layers)
-from marco_jax.train.objectives import SFT
+from marco_jax.train.objectives import SFT, LayerRun
 from marco_jax.train.optimizers import decay_mask
 from marco_jax.train.step import batch_gradients, build_step
 
@@ -107,7 +107,7 @@ def test_stacked_layout_round_trips_and_runs_like_the_model():
     tokens = jnp.asarray(packed_batch(2, 16)["inputs"])
     positions = jnp.broadcast_to(jnp.arange(16), (2, 16))
     expected, _ = model.hidden_states(tokens, positions)
-    for remat in ("none", "full", "dots"):
+    for remat in REMAT_POLICIES:
         got, _ = outer.hidden_states(tokens, positions, scanned_layers=layers, remat=remat)
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
@@ -120,10 +120,10 @@ def test_bfloat16_accumulator_equals_the_big_batch_within_rounding():
     params = init_params(layout, 3)
     batch = packed_batch(8, 32, seed=7)
     (loss, count, _), big = jax.jit(lambda p: batch_gradients(
-        layout, SFT(), p, micro(batch, 1), "full"))(params)
+        layout, SFT(), p, micro(batch, 1), LayerRun("full")))(params)
     for dtype, tolerance in (("float32", 1e-5), ("bfloat16", 1e-2)):
         (loss_m, count_m, _), summed = jax.jit(lambda p: batch_gradients(
-            layout, SFT(), p, micro(batch, 4), "full", dtype))(params)
+            layout, SFT(), p, micro(batch, 4), LayerRun("full"), dtype))(params)
         assert float(count_m) == float(count) and abs(float(loss_m) - float(loss)) < 1e-3
         assert jax.tree.leaves(summed)[0].dtype == jnp.dtype(dtype)
         for a, b in zip(jax.tree.leaves(summed), jax.tree.leaves(big)):
@@ -135,9 +135,9 @@ def test_remat_policies_give_the_same_gradients():
     layout = layout_of(preset("tiny"))
     params = init_params(layout, 4)
     batch = micro(packed_batch(4, 32, seed=8), 1)
-    grads = {remat: jax.jit(lambda p, r=remat: batch_gradients(layout, SFT(), p, batch, r)[1])(params)
-             for remat in ("none", "full", "dots")}
-    for remat in ("full", "dots"):
+    grads = {remat: jax.jit(lambda p, r=remat: batch_gradients(
+        layout, SFT(), p, batch, LayerRun(r))[1])(params) for remat in REMAT_POLICIES}
+    for remat in set(REMAT_POLICIES) - {"none"}:
         for a, b in zip(jax.tree.leaves(grads[remat]), jax.tree.leaves(grads["none"])):
             np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 

@@ -18,6 +18,8 @@ from marco_jax.model import REMAT_POLICIES
 from marco_jax.prompts import SYSTEM_PROMPTS
 from marco_jax.settings import apply_overrides, build
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn")  # marco_jax.train.attention
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
@@ -26,7 +28,9 @@ class ModelSection:
     param_dtype: str = "float32"  # master weights and Adam state
     compute_dtype: str = "bfloat16"
     remat: str = "full"  # backward pass: none (keep every activation), full (recompute each
-    # layer), dots (keep the layer's weight-matmul outputs, recompute the rest)
+    # layer), dots (keep the layer's weight-matmul outputs), save_qkv_proj, save_out_proj,
+    # offload_layer_input, offload_qkv_proj (marco_jax.model.REMAT_POLICIES)
+    attention: str = "auto"  # splash on TPU, cudnn on GPU, xla elsewhere; or one of those
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +123,8 @@ class TrainConfig:
             (self.train.steps >= 1, "train.steps must be >= 1"),
             (self.model.remat in REMAT_POLICIES,
              f"model.remat must be one of {', '.join(REMAT_POLICIES)}"),
+            (self.model.attention in ATTENTION_IMPLEMENTATIONS,
+             f"model.attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"),
             (self.train.optimizer in ("adamw", "adafactor"),
              "train.optimizer must be adamw or adafactor"),
             (self.train.moments_dtype in ("float32", "bfloat16"),

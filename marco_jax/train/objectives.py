@@ -22,8 +22,10 @@ from typing import ClassVar, Protocol
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 
+from marco_jax import loops
+from marco_jax.train.attention import packed_attention
 from marco_jax.train.layout import Params, TrainLayout
 
 LOSS_CHUNK = 1024  # sequence positions per head + loss chunk
@@ -32,22 +34,36 @@ FLOAT_FIELDS = ("loss_mask", "shared_mask", "reference_logps")
 Sums = tuple[jax.Array, jax.Array, dict[str, jax.Array]]
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerRun:
+    """How the training forward runs the layers: the remat policy
+    (:data:`marco_jax.model.REMAT_POLICIES`), the sharding the (b, t, d)
+    activations are pinned to between layers, and the attention kernel
+    (:mod:`marco_jax.train.attention`, resolved: xla, splash or cudnn) with the mesh
+    it runs on."""
+
+    remat: str = "none"
+    act_sharding: NamedSharding | None = None
+    attention: str = "xla"
+    mesh: Mesh | None = None
+
+
 def masked_logprob_sums(layout: TrainLayout, params: Params, batch: dict[str, jax.Array],
-                        masks_kbt: jax.Array, remat: str,
-                        act_sharding: NamedSharding | None = None) -> jax.Array:
+                        masks_kbt: jax.Array, run: LayerRun) -> jax.Array:
     """float32 (k, b): each row's summed target log-probabilities under each of k masks.
 
     The (b, t, vocab) logits are never materialised whole: the head runs over
-    LOSS_CHUNK positions at a time, and with ``remat`` each chunk is recomputed
-    in the backward pass, so only one chunk's float32 logits (0.6 GB for Qwen2's
-    152k vocabulary at 1024 positions) are alive at once. ``remat`` names the
-    layers' policy (:data:`marco_jax.model.REMAT_POLICIES`); any policy but
+    LOSS_CHUNK positions at a time, and with remat each chunk is recomputed in
+    the backward pass, so only one chunk's float32 logits (0.6 GB for Qwen2's
+    152k vocabulary at 1024 positions) are alive at once. Any remat policy but
     ``none`` also recomputes the chunks.
     """
     model, layers = layout.model(params)
+    attention = packed_attention(run.attention, batch["segment_ids"], run.mesh)
     x_btd, _ = model.hidden_states(batch["inputs"], batch["positions"],
-                                   batch["segment_ids"] > 0, segment_ids_bt=batch["segment_ids"],
-                                   scanned_layers=layers, remat=remat, act_sharding=act_sharding)
+                                   batch["segment_ids"] > 0, scanned_layers=layers,
+                                   remat=run.remat, act_sharding=run.act_sharding,
+                                   attention=attention)
     b, t, _ = x_btd.shape
     k = masks_kbt.shape[0]
     chunk = LOSS_CHUNK if t % LOSS_CHUNK == 0 else t
@@ -56,15 +72,16 @@ def masked_logprob_sums(layout: TrainLayout, params: Params, batch: dict[str, ja
     targets_nbc = jnp.swapaxes(batch["targets"].reshape(b, n, chunk), 0, 1)
     masks_nkbc = jnp.moveaxis(masks_kbt.astype(jnp.float32).reshape(k, b, n, chunk), 2, 0)
 
+    head_vd = model.head().astype(x_btd.dtype)  # cast once: fsdp gathers the 16-bit copy
+
     def chunk_sums(total_kb, chunk_inputs):
         x_bcd, targets_bc, masks_kbc = chunk_inputs
-        logp_bc = -optax.softmax_cross_entropy_with_integer_labels(model.logits(x_bcd),
-                                                                   targets_bc)
+        logp_bc = -optax.softmax_cross_entropy_with_integer_labels(
+            model.logits(x_bcd, head_vd), targets_bc)
         return total_kb + jnp.einsum("kbc,bc->kb", masks_kbc, logp_bc), None
 
-    total_kb, _ = jax.lax.scan(chunk_sums if remat == "none" else jax.checkpoint(chunk_sums),
-                               jnp.zeros((k, b), jnp.float32),
-                               (x_nbcd, targets_nbc, masks_nkbc))
+    total_kb, _ = loops.scan(chunk_sums if run.remat == "none" else jax.checkpoint(chunk_sums),
+                             jnp.zeros((k, b), jnp.float32), (x_nbcd, targets_nbc, masks_nkbc))
     return total_kb
 
 
@@ -76,7 +93,7 @@ class Objective(Protocol):
     row_fields: ClassVar[tuple[str, ...]]  # one value per row: (rows,)
 
     def sums(self, layout: TrainLayout, params: Params, batch: dict[str, jax.Array],
-             remat: str, act_sharding: NamedSharding | None) -> Sums:
+             run: LayerRun) -> Sums:
         """(loss sum, weight, metric sums) of one micro-batch."""
 
 
@@ -88,9 +105,8 @@ class SFT:
     fields: ClassVar[tuple[str, ...]] = TOKEN_FIELDS
     row_fields: ClassVar[tuple[str, ...]] = ()
 
-    def sums(self, layout, params, batch, remat, act_sharding=None) -> Sums:
-        logp_b = masked_logprob_sums(layout, params, batch, batch["loss_mask"][None], remat,
-                                     act_sharding)[0]
+    def sums(self, layout, params, batch, run: LayerRun) -> Sums:
+        logp_b = masked_logprob_sums(layout, params, batch, batch["loss_mask"][None], run)[0]
         return -jnp.sum(logp_b), jnp.sum(batch["loss_mask"]), {}
 
 
@@ -124,13 +140,13 @@ class DPO:
             return batch["loss_mask"] * (1.0 - batch["shared_mask"])
         return batch["loss_mask"]
 
-    def logps(self, layout, params, batch, remat, act_sharding=None) -> jax.Array:
+    def logps(self, layout, params, batch, run: LayerRun) -> jax.Array:
         """Each row's summed completion log-probability, (rows,) float32."""
         return masked_logprob_sums(layout, params, batch, self.completion_mask(batch)[None],
-                                   remat, act_sharding)[0]
+                                   run)[0]
 
-    def sums(self, layout, params, batch, remat, act_sharding=None) -> Sums:
-        logp_pc = self.logps(layout, params, batch, remat, act_sharding).reshape(-1, 2)
+    def sums(self, layout, params, batch, run: LayerRun) -> Sums:
+        logp_pc = self.logps(layout, params, batch, run).reshape(-1, 2)
         ref_pc = batch["reference_logps"].reshape(-1, 2)
         tokens_pc = jnp.sum(self.completion_mask(batch), axis=-1).reshape(-1, 2)
         terms = pair_terms(logp_pc, ref_pc, tokens_pc, self)

@@ -25,7 +25,8 @@ from marco_jax.errors import MarcoError
 from marco_jax.sharding import ShardingRules
 from marco_jax.train.config import TrainSection
 from marco_jax.train.layout import TrainLayout
-from marco_jax.train.objectives import Objective
+from marco_jax import loops
+from marco_jax.train.objectives import LayerRun, Objective
 from marco_jax.train.optimizers import learning_rate_schedule, make_optimizer
 
 Params = dict[str, Any]
@@ -40,9 +41,8 @@ class TrainState:
 
 
 def batch_gradients(layout: TrainLayout, objective: Objective, params: Params,
-                    batch_mbt: dict[str, jax.Array], remat: str,
+                    batch_mbt: dict[str, jax.Array], run: LayerRun,
                     accumulate_dtype: str = "float32",
-                    act_sharding: NamedSharding | None = None,
                     grad_shardings: Params | None = None,
                     ) -> tuple[tuple[jax.Array, jax.Array, dict[str, jax.Array]], Params]:
     """((loss sum, weight, metric sums), summed gradients) over the leading
@@ -55,7 +55,7 @@ def batch_gradients(layout: TrainLayout, objective: Objective, params: Params,
         lambda g: jax.lax.with_sharding_constraint(g, grad_shardings))
 
     def loss(p, b):
-        loss_sum, weight, metric_sums = objective.sums(layout, p, b, remat, act_sharding)
+        loss_sum, weight, metric_sums = objective.sums(layout, p, b, run)
         return loss_sum, (weight, metric_sums)
 
     grad_fn = jax.value_and_grad(loss, has_aux=True)
@@ -77,28 +77,18 @@ def batch_gradients(layout: TrainLayout, objective: Objective, params: Params,
     zeros = pin(jax.tree.map(lambda p: jnp.zeros(p.shape, acc_dtype), params))
     first = jax.tree.map(lambda a: a[0], batch_mbt)
     sums_shape = jax.eval_shape(lambda: flat(grad_fn(params, first))[0])
-    (grads, sums), _ = jax.lax.scan(
+    (grads, sums), _ = loops.scan(
         micro, (zeros, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)),
         batch_mbt)
     return sums, grads
 
 
-def train_step(state: TrainState, batch_mbt: dict[str, jax.Array], *, layout: TrainLayout,
-               objective: Objective, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               remat: str, accumulate_dtype: str = "float32",
-               act_sharding: NamedSharding | None = None,
-               grad_shardings: Params | None = None, opt_on_device: Any = None,
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Accumulate gradients over the leading micro-batch axis, then one optimizer update.
-
-    ``grad_shardings`` keeps the accumulator (``accumulate_dtype``) sharded like
-    the parameters; ``opt_on_device`` (shardings) brings an offloaded optimizer
-    state into device memory for the update (``jit`` returns it to the host).
-    """
-    (loss_sum, weight, metric_sums), grads = batch_gradients(
-        layout, objective, state.params, batch_mbt, remat, accumulate_dtype, act_sharding,
-        grad_shardings)
-    weight = jnp.maximum(weight, 1.0)
+def apply_update(state: TrainState, grads: Params, weight: jax.Array, *,
+                 optimizer: optax.GradientTransformation, opt_on_device: Any = None,
+                 ) -> tuple[TrainState, jax.Array]:
+    """One optimizer update from summed gradients over ``weight``; returns the new
+    state and the gradient norm. ``opt_on_device`` (shardings) brings an offloaded
+    optimizer state into device memory for the update (``jit`` returns it to the host)."""
     grads = jax.tree.map(lambda g, p: (g.astype(jnp.float32) / weight).astype(p.dtype),
                          grads, state.params)
     opt_state = state.opt_state
@@ -106,10 +96,28 @@ def train_step(state: TrainState, batch_mbt: dict[str, jax.Array], *, layout: Tr
         opt_state = jax.device_put(opt_state, opt_on_device)
     updates, opt_state = optimizer.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss_sum / weight, "grad_norm": optax.global_norm(grads),
+    return TrainState(state.step + 1, params, opt_state), optax.global_norm(grads)
+
+
+def train_step(state: TrainState, batch_mbt: dict[str, jax.Array], *, layout: TrainLayout,
+               objective: Objective, update: Callable, schedule: optax.Schedule,
+               run: LayerRun, accumulate_dtype: str = "float32",
+               grad_shardings: Params | None = None,
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Accumulate gradients over the leading micro-batch axis, then one optimizer
+    update (:func:`apply_update` with its settings bound).
+
+    ``grad_shardings`` keeps the accumulator (``accumulate_dtype``) sharded like
+    the parameters.
+    """
+    (loss_sum, weight, metric_sums), grads = batch_gradients(
+        layout, objective, state.params, batch_mbt, run, accumulate_dtype, grad_shardings)
+    weight = jnp.maximum(weight, 1.0)
+    new_state, grad_norm = update(state, grads, weight)
+    metrics = {"loss": loss_sum / weight, "grad_norm": grad_norm,
                "learning_rate": schedule(state.step),
                **{name: value / weight for name, value in metric_sums.items()}}
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return new_state, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +129,16 @@ class StepProgram:
     state_shardings: TrainState
     batch_shardings: dict[str, NamedSharding]  # per field of the objective's batch
     abstract_state: TrainState
+    # (state, summed gradients, weight) -> (state, grad norm), unjitted: the
+    # optimizer's part of the step, which the step-time estimate compiles alone
+    update: Callable[[TrainState, Params, jax.Array], tuple[TrainState, jax.Array]]
     # (params, batch) -> (micro_batches, rows) completion log-probs: DPO's reference
     reference_logps: Callable[[Params, dict], jax.Array] | None = None
 
 
 def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
-               objective: Objective, rules: ShardingRules = ShardingRules()) -> StepProgram:
+               objective: Objective, attention: str = "xla",
+               rules: ShardingRules = ShardingRules()) -> StepProgram:
     """Jit init (params -> state) and the step with explicit shardings on ``mesh``.
 
     Optimizer moments are sharded like the parameters they track (in pinned host
@@ -157,17 +169,18 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
     batch_shardings = {
         field: NamedSharding(mesh, PartitionSpec(None, batch_axes, *(
             () if field in objective.row_fields else (None,)))) for field in objective.fields}
-    act_sharding = NamedSharding(mesh, PartitionSpec(batch_axes, None, None))
-    step = functools.partial(train_step, layout=layout, objective=objective, optimizer=optimizer,
-                             schedule=schedule, remat=remat,
-                             accumulate_dtype=cfg.accumulate_dtype, act_sharding=act_sharding,
-                             grad_shardings=params_sharding,
-                             opt_on_device=opt_on_device if cfg.offload_optimizer else None)
+    run = LayerRun(remat, NamedSharding(mesh, PartitionSpec(batch_axes, None, None)), attention,
+                   mesh)
+    update = functools.partial(apply_update, optimizer=optimizer,
+                               opt_on_device=opt_on_device if cfg.offload_optimizer else None)
+    step = functools.partial(train_step, layout=layout, objective=objective, update=update,
+                             schedule=schedule, run=run, accumulate_dtype=cfg.accumulate_dtype,
+                             grad_shardings=params_sharding)
     reference = None
     if hasattr(objective, "logps"):
         def logps(params: Params, batch_mbt: dict[str, jax.Array]) -> jax.Array:
-            return jax.lax.map(lambda b: objective.logps(layout, params, b, "none",
-                                                         act_sharding), batch_mbt)
+            return jax.lax.map(lambda b: objective.logps(
+                layout, params, b, dataclasses.replace(run, remat="none")), batch_mbt)
 
         token_shardings = {k: v for k, v in batch_shardings.items()
                            if k not in objective.row_fields}
@@ -179,7 +192,7 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
         step=jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
         state_shardings=state_shardings, batch_shardings=batch_shardings,
-        abstract_state=abstract_state, reference_logps=reference)
+        abstract_state=abstract_state, update=update, reference_logps=reference)
 
 
 def offload_memory_kind(mesh: Mesh) -> str:

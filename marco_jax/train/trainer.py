@@ -26,6 +26,7 @@ from marco_jax.checkpoint import orbax_io
 from marco_jax.errors import MarcoError
 from marco_jax.loading import checkpoint_config, checkpoint_tokenizer, load
 from marco_jax.sharding import make_mesh
+from marco_jax.train import attention as attention_lib
 from marco_jax.train import data as data_lib
 from marco_jax.train import metrics as metrics_lib
 from marco_jax.train import pairs as pairs_lib
@@ -44,6 +45,7 @@ class Setup:
     layout: TrainLayout
     mesh: Mesh
     program: StepProgram
+    attention: str  # the kernel the forward runs: xla, splash or cudnn
 
 
 def model_config_of(cfg: TrainConfig) -> model_config.Qwen2Config:
@@ -55,9 +57,13 @@ def model_config_of(cfg: TrainConfig) -> model_config.Qwen2Config:
                              compute_dtype=cfg.model.compute_dtype)
 
 
-def set_up(cfg: TrainConfig, devices: list | None = None) -> Setup:
-    """Mesh, parameter shardings and the jitted step, without allocating parameters."""
+def set_up(cfg: TrainConfig, devices: list | None = None, layers: int | None = None) -> Setup:
+    """Mesh, parameter shardings and the jitted step, without allocating parameters
+    (``layers``: a variant of the model with that many layers, for the step-time
+    estimate)."""
     model_cfg = model_config_of(cfg)
+    if layers is not None:
+        model_cfg = model_cfg.replace(num_layers=layers)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
     objective = objective_of(cfg)
     rows = cfg.train.global_batch * objective.rows_per_example // cfg.train.micro_batches
@@ -68,7 +74,9 @@ def set_up(cfg: TrainConfig, devices: list | None = None) -> Setup:
             f"{objective.rows_per_example} / train.micro_batches) do not split over data x "
             f"fsdp = {batch_ways} devices")
     layout = layout_of(model_cfg)
-    return Setup(layout, mesh, build_step(layout, cfg.train, mesh, cfg.model.remat, objective))
+    attention = attention_lib.resolve(cfg.model.attention, mesh.devices.flat[0].platform)
+    return Setup(layout, mesh, build_step(layout, cfg.train, mesh, cfg.model.remat, objective,
+                                          attention), attention)
 
 
 def run_tokenizer(cfg: TrainConfig):

@@ -1,0 +1,180 @@
+"""An estimate of a training step's time and MFU on TPUs this host does not have,
+from the TPU compiler's cost analysis of the real step.
+
+How (``scripts/train.py --dry-run --topology ...`` prints it):
+
+1. Work counted by the compiler. Its ``cost_analysis()`` counts a loop body
+   once however often it runs (the rolled 7B step reports 1.2e13 FLOPs per
+   device where 6·N·D gives 1.5e15), and its ``optimal_seconds`` comes out
+   negative on programs of this size. So the step is compiled with every loop
+   unrolled (:func:`marco_jax.loops.unrolled`) for 1 and for 2 layers, with one
+   micro-batch of the run's per-device size; the optimizer update alone is
+   compiled for 1 and 2 layers too. Each figure (FLOPs, HBM bytes) is linear in
+   the layers, so the run's step is
+   ``M x (micro(1) + (L - 1) x layer) + update(1) + (L - 1) x update_layer``
+   with ``micro = step - update`` and M micro-batches.
+2. Work the compiler cannot see. A Pallas kernel (splash attention) is opaque
+   to its cost analysis: its FLOPs are counted from the formula, 4·t²·h per head
+   and row for the causal forward (half of QKᵀ and PV), 3.5 times that for the
+   backward (its dq and dkv kernels recompute the scores), and once more for
+   the forward recomputed under remat.
+3. Collectives, by formula: per micro-step, fsdp gathers every weight in the
+   compute dtype once per forward (twice under remat) and once for the
+   backward, and reduce-scatters the gradient; tensor parallelism all-reduces
+   the (rows, t, d) activations twice per layer per pass; data parallelism
+   all-reduces the gradient.
+4. Roofline. Each phase takes the longest of its FLOPs at the chip's peak, its
+   HBM bytes at the chip's bandwidth, and its collective bytes at the chip's
+   ICI bandwidth, as if they overlapped perfectly and every matmul ran at peak.
+
+So the step time is a lower bound and the MFU an upper bound: what the compiled
+program allows, not a measurement (MaxText's published MFUs are measured). DCN
+traffic between slices is not modelled. MFU counts model FLOPs (6 per matmul
+parameter per token plus causal attention; no remat), as MaxText does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from marco_jax import loops
+from marco_jax.errors import MarcoError
+from marco_jax.topology import chip_of, slice_count
+from marco_jax.train.config import TrainConfig
+from marco_jax.train.memory import abstract_step_inputs
+from marco_jax.train.metrics import flops_per_token
+from marco_jax.train.objectives import objective_of
+from marco_jax.train.trainer import Setup, set_up
+
+SPLASH_BACKWARD = 3.5  # backward FLOPs of the splash kernels per forward FLOP
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """FLOPs and HBM bytes per device."""
+
+    flops: float
+    bytes: float
+
+    def __add__(self, other: "Work") -> "Work":
+        return Work(self.flops + other.flops, self.bytes + other.bytes)
+
+    def __sub__(self, other: "Work") -> "Work":
+        return Work(self.flops - other.flops, self.bytes - other.bytes)
+
+    def __mul__(self, k: float) -> "Work":
+        return Work(self.flops * k, self.bytes * k)
+
+
+def _counted(compiled) -> Work:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return Work(float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
+
+
+def _compiled_work(cfg: TrainConfig, devices: list, layers: int) -> tuple[Work, Work]:
+    """(whole step, optimizer update) of an unrolled ``layers``-layer variant with
+    one micro-batch of the run's size."""
+    per_micro = cfg.train.global_batch // cfg.train.micro_batches
+    one = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, micro_batches=1, global_batch=per_micro))
+    setup = set_up(one, devices, layers=layers)
+    state, batch = abstract_step_inputs(one, setup)
+    program = setup.program
+    grads = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(
+        p.shape, jnp.dtype(cfg.train.accumulate_dtype), sharding=s),
+        program.abstract_state.params, program.state_shardings.params)
+    weight = jax.ShapeDtypeStruct((), jnp.float32)
+    with loops.unrolled():
+        step = program.step.lower(state, batch).compile()
+        update = jax.jit(program.update, in_shardings=(program.state_shardings, None, None),
+                         out_shardings=(program.state_shardings, None),
+                         donate_argnums=(0,)).lower(state, grads, weight).compile()
+    return _counted(step), _counted(update)
+
+
+def _rows_per_device(cfg: TrainConfig, setup: Setup) -> int:
+    rows = cfg.train.global_batch * objective_of(cfg).rows_per_example // cfg.train.micro_batches
+    return rows // (setup.mesh.shape["data"] * setup.mesh.shape["fsdp"])
+
+
+def splash_flops(cfg: TrainConfig, setup: Setup) -> float:
+    """Per device, per micro-step: the attention kernels' FLOPs over all layers."""
+    model = setup.layout.cfg
+    tensor = setup.mesh.shape["tensor"]
+    heads = model.num_heads // tensor if model.num_heads % tensor == 0 else model.num_heads
+    t = cfg.data.seq_len
+    forward = 4 * t * t * model.head_dim / 2 * heads * _rows_per_device(cfg, setup)
+    passes = 1 + SPLASH_BACKWARD + (cfg.model.remat not in ("none", "save_out_proj"))
+    return forward * passes * model.num_layers
+
+
+def collective_bytes(cfg: TrainConfig, setup: Setup) -> float:
+    """Per device, per micro-step: bytes sent by fsdp, tensor and data collectives."""
+    model = setup.layout.cfg
+    mesh = dict(setup.mesh.shape)
+    fsdp, tensor, data = mesh["fsdp"], mesh["tensor"], mesh["data"]
+    compute = jnp.dtype(model.compute_dtype).itemsize
+    param = jnp.dtype(model.param_dtype).itemsize
+    shard = model.num_params() / tensor
+    gathers = 3 if cfg.model.remat != "none" else 2
+    total = (gathers * compute + param) * shard * (fsdp - 1) / fsdp
+    passes = 4 if cfg.model.remat != "none" else 3
+    activation = _rows_per_device(cfg, setup) * cfg.data.seq_len * model.hidden_size * compute
+    total += 2 * model.num_layers * passes * activation * 2 * (tensor - 1) / tensor
+    total += 2 * param * shard / fsdp * (data - 1) / data
+    return total
+
+
+def step_estimate(cfg: TrainConfig, devices: list, progress: bool = True) -> dict[str, Any]:
+    """The estimated step time, tokens/s per chip and MFU of ``cfg`` on ``devices``
+    (compile-only TPU devices of a known chip); see the module docstring."""
+    chip = chip_of(devices[0].device_kind)
+    if chip is None:
+        raise MarcoError(f"no published figures for {devices[0].device_kind!r}: the estimate "
+                         "covers TPU v5e, v5p and v6e")
+    setup = set_up(cfg, devices)
+    layers = setup.layout.cfg.num_layers
+    work = {}
+    for n in tqdm((1, 2), desc="estimate: compiling unrolled 1- and 2-layer steps",
+                  disable=not progress, leave=False):
+        work[n] = _compiled_work(cfg, devices, n)
+    micro = {n: step - update for n, (step, update) in work.items()}
+    m = cfg.train.micro_batches
+    micro_work = micro[1] + (micro[2] - micro[1]) * (layers - 1)
+    update_work = work[1][1] + (work[2][1] - work[1][1]) * (layers - 1)
+    attention = setup.attention
+    kernel_flops = splash_flops(cfg, setup) if attention == "splash" else 0.0
+    micro_work = micro_work + Work(kernel_flops, 0.0)
+    comm = collective_bytes(cfg, setup)
+    phases = {"compute": micro_work.flops / chip.peak_flops,
+              "memory": micro_work.bytes / chip.hbm_bandwidth,
+              "collectives": comm / chip.ici_bandwidth}
+    bound = max(phases, key=phases.get)
+    update_s = max(update_work.flops / chip.peak_flops, update_work.bytes / chip.hbm_bandwidth)
+    step_s = m * phases[bound] + update_s
+    rows = cfg.train.global_batch * objective_of(cfg).rows_per_example
+    tokens = rows * cfg.data.seq_len
+    model_flops = flops_per_token(setup.layout.cfg, cfg.data.seq_len) * tokens
+    return {"method": "roofline over the TPU compiler's unrolled 1- and 2-layer counts "
+                      "(marco_jax/train/estimate.py): a lower bound on step time",
+            "chip": chip.name, "attention": attention,
+            "step_seconds": step_s, "bound": bound,
+            "micro_step_seconds": {k: v for k, v in phases.items()},
+            "update_seconds": update_s,
+            "tokens_per_second_per_chip": tokens / step_s / len(devices),
+            "mfu": model_flops / (step_s * chip.peak_flops * len(devices)),
+            "model_flops_per_step": model_flops,
+            "executed_flops_per_device": m * micro_work.flops + update_work.flops,
+            "attention_kernel_flops_per_device": m * kernel_flops,
+            "hbm_bytes_per_device": m * micro_work.bytes + update_work.bytes,
+            "collective_bytes_per_device": m * comm,
+            "layers_extrapolated_from": [1, 2], "micro_batches": m,
+            "rows_per_device_per_micro_step": _rows_per_device(cfg, setup),
+            "peak_flops_per_chip": chip.peak_flops, "chips": len(devices),
+            "slices": slice_count(devices)}

@@ -1,4 +1,5 @@
-"""Reading our own text files: JSON Lines split safely, and named JSON configs.
+"""Reading our own text files: JSON Lines split safely, named JSON configs, and
+paths that may be remote.
 
 Shared by search jobs, SFT data, generation prompts and run configs, so that
 every JSONL reader splits lines the same way and every named config reports a
@@ -11,10 +12,20 @@ import json
 import pathlib
 from typing import Any
 
+from etils import epath
+
 from marco_jax.errors import MarcoError
 
 # Named configs ship inside the package (package data), so any install has them.
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+    """``path`` as Orbax wants it: a local path made absolute, a remote one
+    (``gs://...``) unchanged (``epath.Path.absolute`` would prefix it with the
+    working directory)."""
+    path = epath.Path(path)
+    return path if "://" in str(path) else path.absolute()
 
 
 def lines(text: str) -> list[str]:

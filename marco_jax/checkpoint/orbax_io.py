@@ -13,12 +13,16 @@ import json
 import pathlib
 from typing import Any, Iterable
 
+import jax
 import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import v1 as ocp
 from orbax.checkpoint.experimental.v1 import partial
 
 from marco_jax.config import Qwen2Config, load_hf_config
 from marco_jax.errors import MarcoError
+from marco_jax.files import absolute
 
 PARAMS_DIR = "params"
 SAVE_GROUP_BYTES = 256 * 1024**2
@@ -52,15 +56,23 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def save(directory: pathlib.Path, cfg: Qwen2Config, tensors: Iterable[tuple[str, Any]],
+def save(directory: epath.PathLike, cfg: Qwen2Config, tensors: Iterable[tuple[str, Any]],
          group_bytes: int = SAVE_GROUP_BYTES) -> None:
     """Write config and ``(dotted key, array)`` pairs as a new checkpoint, a group
-    of about ``group_bytes`` at a time, dropping each group once written."""
+    of about ``group_bytes`` at a time, dropping each group once written.
+
+    In a multi-process run every process calls this with the same keys in the
+    same order (global ``jax.Array``s: each process writes the shards it holds);
+    process 0 writes the config. ``directory`` may be remote (``gs://...``).
+    """
+    directory = epath.Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise MarcoError(f"{directory}: destination exists and is not empty")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
-    path = (directory / PARAMS_DIR).absolute()
+    multihost_utils.sync_global_devices(f"orbax_io.save checked {directory}")
+    if jax.process_index() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
+    path = absolute(directory / PARAMS_DIR)
     group: dict[str, Any] = {}
     used = 0
     for key, array in tensors:

@@ -19,13 +19,13 @@ a 27% smaller checkpoint; so it too is off on CPU unless asked for.
 
 from __future__ import annotations
 
-import pathlib
-
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from marco_jax.files import absolute
 from marco_jax.train.step import TrainState
 
 
@@ -38,7 +38,7 @@ def on_unless_cpu(setting: bool | None, on_cpu: bool) -> bool:
 class RunCheckpoints:
     """Periodic, keep-last-K, optionally asynchronous checkpoints of one run."""
 
-    def __init__(self, directory: pathlib.Path, every: int, keep: int,
+    def __init__(self, directory: epath.Path, every: int, keep: int,
                  async_save: bool | None = None, compress: bool | None = None):
         on_cpu = jax.devices()[0].platform == "cpu"
         async_save = on_unless_cpu(async_save, on_cpu)
@@ -51,7 +51,7 @@ class RunCheckpoints:
         state_handler = ocp.PyTreeCheckpointHandler(
             use_compression=on_unless_cpu(compress, on_cpu))
         self.manager = ocp.CheckpointManager(
-            directory.absolute(), options=options,
+            absolute(directory), options=options,
             item_handlers={"state": state_handler, "data": grain.checkpoint.CheckpointHandler()})
 
     def latest_step(self) -> int | None:

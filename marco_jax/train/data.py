@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import pathlib
 import sys
 from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import numpy as np
+from etils import epath
 from transformers import PreTrainedTokenizerBase
 
 from marco_jax.errors import MarcoError
@@ -41,7 +41,7 @@ HF_DATASET_SUFFIXES = (".parquet", ".arrow")
 _PACKED = ("inputs", "targets", "loss_mask")
 
 
-def read_records(path: pathlib.Path, on_bad_record: str = "error",
+def read_records(path: epath.Path, on_bad_record: str = "error",
                  problem: Callable[[Any], str | None] | None = None) -> tuple[list[dict], int]:
     """The usable records of a JSON array or JSONL file (or a Hugging Face dataset:
     a ``save_to_disk`` directory, Parquet or Arrow file), and how many were skipped.
@@ -77,7 +77,7 @@ def read_records(path: pathlib.Path, on_bad_record: str = "error",
     return records, skipped
 
 
-def _hf_dataset_records(path: pathlib.Path, problem: Callable[[Any], str | None],
+def _hf_dataset_records(path: epath.Path, problem: Callable[[Any], str | None],
                         ) -> Iterator[tuple[str, Any, str | None]]:
     """Records of a ``datasets.save_to_disk`` directory or a Parquet/Arrow file."""
     import datasets
@@ -96,7 +96,7 @@ def _hf_dataset_records(path: pathlib.Path, problem: Callable[[Any], str | None]
         yield f"{path}: row {index}", record, problem(record)
 
 
-def _located_records(path: pathlib.Path, text: str, problem: Callable[[Any], str | None],
+def _located_records(path: epath.Path, text: str, problem: Callable[[Any], str | None],
                      ) -> Iterator[tuple[str, Any, str | None]]:
     """(where, record, problem) per record; problem is None when the record is usable.
 

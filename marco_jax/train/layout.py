@@ -11,13 +11,14 @@ tokens the step's temporary memory drops from 6.2 GiB unrolled to 0.8 GiB.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from marco_jax.checkpoint.orbax_io import flatten
 from marco_jax.config import Qwen2Config
 from marco_jax.model import DecoderLayer, Qwen2, abstract_model
 from marco_jax.sharding import ShardingRules, state_shardings
@@ -67,11 +68,16 @@ def stack_layers(params: Params) -> Params:
     return {**params, "layers": stacked}
 
 
-def unstack_layers(params: Params) -> Params:
-    """Inverse of :func:`stack_layers` (the layout of checkpoints and inference)."""
+def checkpoint_tensors(params: Params) -> Iterator[tuple[str, jax.Array]]:
+    """(dotted key, array) pairs of the checkpoint layout (``layers.3.attn...``),
+    each layer sliced out of the stacked arrays only when it is reached, so an
+    export holds one extra layer on the device, not a second copy of the model."""
+    outer = {k: v for k, v in params.items() if k != "layers"}
+    yield from flatten(outer).items()
     count = jax.tree.leaves(params["layers"])[0].shape[0]
-    return {**params, "layers": {i: jax.tree.map(lambda a: a[i], params["layers"])
-                                 for i in range(count)}}
+    for i in range(count):
+        layer = jax.tree.map(lambda a, i=i: a[i], params["layers"])
+        yield from ((f"layers.{i}.{key}", value) for key, value in flatten(layer).items())
 
 
 def init_params(layout: TrainLayout, seed: int) -> Params:

@@ -9,17 +9,14 @@ that remat adds, as MaxText and PaLM do, over the devices' peak.
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
 import jax
+from etils import epath
 from tensorboardX import SummaryWriter
 
 from marco_jax.config import Qwen2Config
-
-# bf16 dense peak per chip, from the vendors' published figures.
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-              "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+from marco_jax.topology import chip_of
 
 
 def flops_per_token(cfg: Qwen2Config, seq_len: int) -> float:
@@ -33,31 +30,46 @@ def flops_per_token(cfg: Qwen2Config, seq_len: int) -> float:
 def peak_flops(override_tflops: float | None = None) -> float | None:
     """Peak FLOP/s of all devices: the override (per device), else the chip's table
     entry, else None (MFU is not reported on unknown hardware such as a CPU)."""
-    per_device = override_tflops * 1e12 if override_tflops else PEAK_FLOPS.get(
-        jax.devices()[0].device_kind)
+    chip = chip_of(jax.devices()[0].device_kind)
+    per_device = override_tflops * 1e12 if override_tflops else (chip and chip.peak_flops)
     return None if per_device is None else per_device * jax.device_count()
 
 
 class MetricsLog:
-    """Appends one JSON line and one TensorBoard point per log step (process 0 only)."""
+    """Appends one JSON line and one TensorBoard point per log step (process 0 only).
 
-    def __init__(self, directory: pathlib.Path, enabled: bool = True):
+    ``directory`` may be remote (``gs://...``): object stores cannot append, so
+    there the whole JSONL file is rewritten at each log step.
+    """
+
+    def __init__(self, directory: epath.PathLike, enabled: bool = True):
         self.enabled = enabled
         if enabled:
+            directory = epath.Path(directory)
             directory.mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(directory / "metrics.jsonl", "a", encoding="utf-8")
+            self.path = directory / "metrics.jsonl"
+            self.remote = "://" in str(directory)
+            self.lines = self.path.read_text().splitlines() if (
+                self.remote and self.path.exists()) else []
+            self.jsonl = None if self.remote else self.path.open("a")
             self.tensorboard = SummaryWriter(str(directory / "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
+        line = json.dumps({"step": step, **metrics})
+        if self.remote:
+            self.lines.append(line)
+            self.path.write_text("\n".join(self.lines) + "\n")
+        else:
+            self.jsonl.write(line + "\n")
+            self.jsonl.flush()
         for name, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(f"train/{name}", value, step)
 
     def close(self) -> None:
         if self.enabled:
-            self.jsonl.close()
+            if self.jsonl is not None:
+                self.jsonl.close()
             self.tensorboard.close()

@@ -19,11 +19,11 @@ Batches interleave the rows (chosen of pair i at 2i, rejected at 2i+1) and carry
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Sequence
 
 import grain
 import numpy as np
+from etils import epath
 from transformers import PreTrainedTokenizerBase
 
 from marco_jax.errors import MarcoError
@@ -56,7 +56,7 @@ def pair_problem(record: Any) -> str | None:
     return None
 
 
-def read_pairs(path: pathlib.Path, on_bad_record: str = "error") -> tuple[list[dict], int]:
+def read_pairs(path: epath.Path, on_bad_record: str = "error") -> tuple[list[dict], int]:
     """The usable pair records of a JSON/JSONL file or dataset, and how many were skipped."""
     return read_records(path, on_bad_record, problem=pair_problem)
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -27,9 +27,9 @@ from marco_jax.errors import MarcoError
 from marco_jax.train.pairs import interleave
 
 
-def file_sha256(path: pathlib.Path) -> str:
+def file_sha256(path: epath.Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -58,7 +58,7 @@ def weights_fingerprint(params: Any) -> str:
     return digest.hexdigest()
 
 
-def read_reference(path: pathlib.Path, header: dict[str, Any],
+def read_reference(path: epath.Path, header: dict[str, Any],
                    ids: Sequence[str]) -> np.ndarray | None:
     """(pairs, 2) reference log-probs from ``path``, None when there is no file yet."""
     if not path.exists():
@@ -78,12 +78,12 @@ def read_reference(path: pathlib.Path, header: dict[str, Any],
     return np.asarray([[r["chosen"], r["rejected"]] for r in rows], np.float32)
 
 
-def write_reference(path: pathlib.Path, header: dict[str, Any], ids: Sequence[str],
+def write_reference(path: epath.Path, header: dict[str, Any], ids: Sequence[str],
                     logps_p2: np.ndarray) -> None:
     """Write aside and rename, so the file is complete whenever it exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".partial")
-    with open(staging, "w", encoding="utf-8") as f:
+    with staging.open("w") as f:
         f.write(json.dumps(header) + "\n")
         for pair_id, (chosen, rejected) in zip(ids, logps_p2.tolist()):
             f.write(json.dumps({"id": pair_id, "chosen": chosen, "rejected": rejected}) + "\n")

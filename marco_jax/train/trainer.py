@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 import resource
-import shutil
 import sys
 import time
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -33,7 +32,8 @@ from marco_jax.train import pairs as pairs_lib
 from marco_jax.train import reference as reference_lib
 from marco_jax.train.checkpoint import RunCheckpoints, abstract_target
 from marco_jax.train.config import TrainConfig, to_dict
-from marco_jax.train.layout import TrainLayout, init_params, layout_of, stack_layers, unstack_layers
+from marco_jax.train.layout import (TrainLayout, checkpoint_tensors, init_params, layout_of,
+                                    stack_layers)
 from marco_jax.train.objectives import objective_of
 from marco_jax.train.step import StepProgram, build_step
 
@@ -105,7 +105,7 @@ def _initial_params(cfg: TrainConfig, setup: Setup) -> dict:
 
 def sft_batches(cfg: TrainConfig, tokenizer):
     """This process's batches of the configured data; what was cut goes to the log."""
-    path = pathlib.Path(cfg.data.path)
+    path = epath.Path(cfg.data.path)
     records, skipped = data_lib.read_records(path, cfg.data.on_bad_record)
     system = prompts.SYSTEM_PROMPTS[cfg.data.system]
     examples = [data_lib.tokenize_record(r, tokenizer, system)
@@ -131,7 +131,7 @@ def dpo_batches(cfg: TrainConfig, setup: Setup, tokenizer, params: dict | None,
     else from ``params`` (the initial weights; loaded anew when None, as on a
     resume) and are written to it.
     """
-    path = pathlib.Path(cfg.data.path)
+    path = epath.Path(cfg.data.path)
     records, skipped = pairs_lib.read_pairs(path, cfg.data.on_bad_record)
     system = prompts.SYSTEM_PROMPTS[cfg.data.system]
     examples, counts = pairs_lib.pair_examples(records, tokenizer, system, cfg.data.seq_len,
@@ -142,8 +142,8 @@ def dpo_batches(cfg: TrainConfig, setup: Setup, tokenizer, params: dict | None,
     if cfg.dpo.reference == "live":
         live = _initial_params(cfg, setup)
     else:
-        ref_path = pathlib.Path(cfg.dpo.reference_logps or pathlib.Path(cfg.output_dir)
-                                / "reference_logps.jsonl")
+        ref_path = epath.Path(cfg.dpo.reference_logps
+                              or epath.Path(cfg.output_dir) / "reference_logps.jsonl")
         header = {"pairs": str(path), "pairs_sha256": reference_lib.file_sha256(path),
                   "reference": cfg.model.init_from or f"random init, seed {cfg.train.seed}",
                   "param_dtype": cfg.model.param_dtype, "compute_dtype": cfg.model.compute_dtype,
@@ -182,24 +182,21 @@ def _global_batch(local: dict[str, np.ndarray], program: StepProgram) -> dict[st
 
 
 def export(params: dict, model_cfg: model_config.Qwen2Config, tokenizer,
-           directory: pathlib.Path) -> None:
+           directory: epath.Path) -> None:
     """Write the trained weights as a model checkpoint (``scripts/convert.py
-    orbax-to-hf`` turns it into safetensors); every host gathers, process 0 writes."""
-    tensors = ((key, multihost_utils.process_allgather(value, tiled=True))
-               for key, value in orbax_io.flatten(unstack_layers(params)).items())
+    orbax-to-hf`` turns it into safetensors). Every process takes part in the
+    Orbax save, layer by layer, and writes the shards it holds (Orbax decides
+    which host writes what); process 0 writes the config and the tokenizer."""
+    orbax_io.save(directory, model_cfg, checkpoint_tensors(params))
     if jax.process_index() == 0:
-        orbax_io.save(directory, model_cfg, tensors)
-        tokenizer.save_pretrained(directory)
-    else:
-        for _ in tensors:
-            pass
+        tokenizer.save_pretrained(str(directory))
 
 
 def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = None,
           progress: bool = True) -> list[dict]:
     """Train ``cfg.train.steps`` steps (from the latest checkpoint with ``resume``);
     returns the logged metrics of this process's steps."""
-    out = pathlib.Path(cfg.output_dir)
+    out = epath.Path(cfg.output_dir)
     checkpoints_dir = out / "checkpoints"
     if not resume and checkpoints_dir.exists() and any(checkpoints_dir.iterdir()):
         raise MarcoError(f"{checkpoints_dir} already holds checkpoints: pass --resume to "
@@ -264,9 +261,10 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
     if not final.exists():  # written aside and renamed, so it is complete when it exists
         staging = out / "final.partial"
         if lead and staging.exists():
-            shutil.rmtree(staging)
+            staging.rmtree()
         multihost_utils.sync_global_devices("export")
         export(state.params, setup.layout.cfg, tokenizer, staging)
+        multihost_utils.sync_global_devices("exported")
         if lead:
             staging.rename(final)
     return logged

@@ -40,12 +40,14 @@ class LayerRun:
     (:data:`marco_jax.model.REMAT_POLICIES`), the sharding the (b, t, d)
     activations are pinned to between layers, and the attention kernel
     (:mod:`marco_jax.train.attention`, resolved: xla, splash or cudnn) with the mesh
-    it runs on."""
+    it runs on; ``interpret`` runs a Pallas kernel in Pallas's interpreter (splash
+    off TPU: slow, for checking numbers on CPU)."""
 
     remat: str = "none"
     act_sharding: NamedSharding | None = None
     attention: str = "xla"
     mesh: Mesh | None = None
+    interpret: bool = False
 
 
 def masked_logprob_sums(layout: TrainLayout, params: Params, batch: dict[str, jax.Array],
@@ -59,7 +61,8 @@ def masked_logprob_sums(layout: TrainLayout, params: Params, batch: dict[str, ja
     ``none`` also recomputes the chunks.
     """
     model, layers = layout.model(params)
-    attention = packed_attention(run.attention, batch["segment_ids"], run.mesh)
+    attention = packed_attention(run.attention, batch["segment_ids"], run.mesh,
+                                 interpret=run.interpret)
     x_btd, _ = model.hidden_states(batch["inputs"], batch["positions"],
                                    batch["segment_ids"] > 0, scanned_layers=layers,
                                    remat=run.remat, act_sharding=run.act_sharding,

@@ -170,7 +170,7 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
         field: NamedSharding(mesh, PartitionSpec(None, batch_axes, *(
             () if field in objective.row_fields else (None,)))) for field in objective.fields}
     run = LayerRun(remat, NamedSharding(mesh, PartitionSpec(batch_axes, None, None)), attention,
-                   mesh)
+                   mesh, interpret=mesh.devices.flat[0].platform != "tpu")
     update = functools.partial(apply_update, optimizer=optimizer,
                                opt_on_device=opt_on_device if cfg.offload_optimizer else None)
     step = functools.partial(train_step, layout=layout, objective=objective, update=update,

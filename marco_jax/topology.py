@@ -11,6 +11,7 @@ pod run is sized from a laptop or a CPU VM.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from marco_jax.errors import MarcoError
@@ -48,6 +49,9 @@ def tpu_devices(topology: str, slices: int = 1) -> list[Any]:
     ordered by slice; an error naming what to install where libtpu is missing."""
     if slices < 1:
         raise MarcoError(f"--topology-slices {slices}: must be >= 1")
+    # Compile-only use of libtpu touches no chip: let it load beside other processes
+    # that hold libtpu's lock file (a training run, a parallel test worker).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
 

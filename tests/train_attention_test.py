@@ -101,7 +101,9 @@ def test_a_training_step_with_splash_equals_xla():
 
 def test_resolve_picks_the_platform_kernel_and_names_bad_values():
     assert [resolve("auto", p) for p in ("tpu", "gpu", "cpu")] == ["splash", "cudnn", "xla"]
-    assert resolve("xla", "tpu") == "xla"
+    assert resolve("auto", "gpu", "float32") == "xla" and resolve("xla", "tpu") == "xla"
+    with pytest.raises(MarcoError, match="cudnn needs 16-bit compute"):
+        resolve("cudnn", "gpu", "float32")
     with pytest.raises(MarcoError, match="model.attention='flash'"):
         resolve("flash", "tpu")
     with pytest.raises(MarcoError, match="multiple of 512"):

@@ -8,6 +8,8 @@ from marco_jax.train.memory import RUNTIME_BASELINE_BYTES, memory_plan
 
 def test_cpu_run_counts_its_devices_as_host_memory_and_saves_synchronously():
     plan = memory_plan(load_train_config("tiny_sft"), jax.devices())
+    state = plan["param_bytes"] + plan["optimizer_bytes"]
+    assert plan["total_bytes"] > max(state, plan["activation_and_temp_bytes"])
     host = plan["host_bytes"]
     assert host["devices_in_host_memory"] == plan["total_bytes"] * len(jax.devices())
     assert host["async_checkpoint_copy"] == 0 and host["loading"] == 0

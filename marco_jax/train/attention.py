@@ -11,8 +11,9 @@ fastest kernel the platform has.
   NVIDIA GPUs, with the segment mask.
 - ``xla``: the model's own blocked softmax attention (:func:`marco_jax.model.attend`).
 
-``auto`` picks splash on TPU, cuDNN on GPU and XLA elsewhere. All three give
-the same outputs for real tokens up to the dtype's rounding.
+``auto`` picks splash on TPU, cuDNN on GPU (16-bit compute; cuDNN has no
+float32 kernel) and XLA elsewhere. All three give the same outputs for real
+tokens up to the dtype's rounding.
 """
 
 from __future__ import annotations
@@ -30,12 +31,17 @@ from marco_jax.train.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
 SPLASH_BLOCK = 512  # query and key block of the splash kernel (or the whole row if shorter)
 
 
-def resolve(name: str, platform: str) -> str:
-    """The implementation ``name`` stands for on ``platform`` ("tpu", "gpu", "cpu")."""
+def resolve(name: str, platform: str, compute_dtype: str = "bfloat16") -> str:
+    """The implementation ``name`` stands for on ``platform`` ("tpu", "gpu", "cpu")
+    with activations in ``compute_dtype``."""
     if name not in IMPLEMENTATIONS:
         raise MarcoError(f"model.attention={name!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
+    sixteen_bit = compute_dtype in ("bfloat16", "float16")
+    if name == "cudnn" and not sixteen_bit:
+        raise MarcoError(f"model.attention=cudnn needs 16-bit compute; model.compute_dtype is "
+                         f"{compute_dtype} (set it to bfloat16, or model.attention=xla)")
     if name == "auto":
-        return {"tpu": "splash", "gpu": "cudnn"}.get(platform, "xla")
+        return {"tpu": "splash", "gpu": "cudnn" if sixteen_bit else "xla"}.get(platform, "xla")
     return name
 
 

@@ -95,7 +95,7 @@ def memory_plan(cfg: TrainConfig, devices: list, simulated: bool = False) -> dic
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     offloaded = _per_device(state.opt_state) if cfg.train.offload_optimizer else 0
-    total = device_bytes(memory, offloaded)
+    total = device_bytes(memory, devices[0].platform, offloaded)
     chip = chip_of(devices[0].device_kind)
     plan = {"devices": len(devices), "device_kind": devices[0].device_kind,
             "mesh": dict(setup.mesh.shape), "params": setup.layout.cfg.num_params(),
@@ -134,18 +134,17 @@ def _out_of_memory(error: Exception, cfg: TrainConfig, devices: list) -> Excepti
         "train.offload_optimizer=true (see the *_v5e8 configs)")
 
 
-def device_bytes(memory: Any, offloaded: int = 0) -> int:
+def device_bytes(memory: Any, platform: str, offloaded: int = 0) -> int:
     """Per-device bytes a compiled program needs.
 
     The TPU compiler reports its own peak, the figure its out-of-memory check
     holds against HBM; its ``temp_size`` counts scheduled loop buffers that are
     never live together (the 7B step's peak is 15.1 GiB where arguments + temp
-    give 19.6). XLA:CPU reports no peak: arguments + outputs - aliased + temp,
-    less an offloaded optimizer state, which XLA:CPU counts among the arguments
-    of its single memory (``offloaded``).
+    give 19.6). Elsewhere (XLA:CPU's peak field holds only the arguments):
+    arguments + outputs - aliased + temp, less an offloaded optimizer state,
+    which XLA:CPU counts among the arguments of its single memory (``offloaded``).
     """
-    peak = getattr(memory, "peak_memory_in_bytes", 0)
-    if peak:
-        return peak
+    if platform == "tpu":
+        return memory.peak_memory_in_bytes
     return (memory.argument_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes + memory.temp_size_in_bytes - offloaded)

@@ -74,7 +74,8 @@ def set_up(cfg: TrainConfig, devices: list | None = None, layers: int | None = N
             f"{objective.rows_per_example} / train.micro_batches) do not split over data x "
             f"fsdp = {batch_ways} devices")
     layout = layout_of(model_cfg)
-    attention = attention_lib.resolve(cfg.model.attention, mesh.devices.flat[0].platform)
+    attention = attention_lib.resolve(cfg.model.attention, mesh.devices.flat[0].platform,
+                                      cfg.model.compute_dtype)
     return Setup(layout, mesh, build_step(layout, cfg.train, mesh, cfg.model.remat, objective,
                                           attention), attention)
 

@@ -1,0 +1,38 @@
+#!/bin/bash
+# Qwen2-7B SFT and DPO planned by the TPU compiler (libtpu, ahead of time, on this
+# CPU host) for v5e-8, v5p-8, a multi-host v5p-64 and two v5p-8 slices, each
+# with its step-time / MFU estimate, beside XLA:CPU's plan of the same config on
+# as many simulated devices (issue 31). Resumable: a row whose JSON exists is
+# skipped. One JSON per plan in benchmarks/results/train_plan_tpu/NAME-{tpu,cpu}.json,
+# the one-line summaries in NAME.log.
+#   PATH=.venv/bin:$PATH bash benchmarks/train_plan_tpu.sh
+set -uo pipefail
+out=benchmarks/results/train_plan_tpu; mkdir -p "$out"
+# name | chips (XLA:CPU devices) | topology flags | config and overrides
+rows=(
+  "sft-v5e8|8|--topology v5e:2x4|--config qwen2_7b_sft_v5e8"
+  "dpo-v5e8|8|--topology v5e:2x4|--config qwen2_7b_dpo_v5e8"
+  "sft-v5e8-shipped|8|--topology v5e:2x4|--config qwen2_7b_sft"
+  "dpo-v5e8-shipped|8|--topology v5e:2x4|--config qwen2_7b_dpo"
+  "sft-v5p8|4|--topology v5p:2x2x1|--config qwen2_7b_sft"
+  "dpo-v5p8|4|--topology v5p:2x2x1|--config qwen2_7b_dpo"
+  "sft-v5p64|32|--topology v5p:4x4x2|--config qwen2_7b_sft --set train.micro_batches=2"
+  "dpo-v5p64|32|--topology v5p:4x4x2|--config qwen2_7b_dpo --set train.micro_batches=4"
+  "sft-v5p8x2|8|--topology v5p:2x2x1 --topology-slices 2|--config qwen2_7b_sft"
+  # the plans issue 15 called fitting a v5e chip (XLA:CPU), by the TPU compiler
+  "claim-adafactor-f4t2|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_sft --mesh fsdp=4,tensor=2 --set train.optimizer=adafactor --set train.accumulate_dtype=bfloat16 --set train.micro_batches=16 --set model.attention=xla"
+  "claim-adafactor-f2t4|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_sft --mesh fsdp=2,tensor=4 --set train.optimizer=adafactor --set train.accumulate_dtype=bfloat16 --set train.micro_batches=16 --set model.attention=xla"
+)
+for row in "${rows[@]}"; do
+  IFS='|' read -r name chips topo config <<< "$row"
+  if [ ! -s "$out/$name-tpu.json" ]; then
+    # shellcheck disable=SC2086
+    python scripts/train.py $config --dry-run $topo --no-progress \
+      > "$out/$name-tpu.json" 2> >(grep -v -i "warning\|libtpu_init\|source location\|^E0000\|^$" > "$out/$name.log")
+  fi
+  if [ ! -s "$out/$name-cpu.json" ]; then
+    # shellcheck disable=SC2086
+    python scripts/train.py $config --dry-run --simulate-devices "$chips" --no-progress \
+      > "$out/$name-cpu.json" 2>> "$out/$name.log"
+  fi
+done

@@ -9,7 +9,11 @@ How (``scripts/train.py --dry-run --topology ...`` prints it):
    negative on programs of this size. So the step is compiled with every loop
    unrolled (:func:`marco_jax.loops.unrolled`) for 1 and for 2 layers, with one
    micro-batch of the run's per-device size; the optimizer update alone is
-   compiled for 1 and 2 layers too. Each figure (FLOPs, HBM bytes) is linear in
+   compiled for 1 and 2 layers too. The compiler makes loops of its own as
+   well: on wide fsdp meshes it splits a gathered matmul into a loop over the
+   shards (windowed einsum; on 32 v5p chips the 1-layer step then counts 1.3e13
+   FLOPs instead of 2.5e13), so these variants are compiled without it, and
+   one with any loop left is refused. Each figure (FLOPs, HBM bytes) is linear in
    the layers, so the run's step is
    ``M x (micro(1) + (L - 1) x layer) + update(1) + (L - 1) x update_layer``
    with ``micro = step - update`` and M micro-batches.
@@ -52,6 +56,9 @@ from marco_jax.train.objectives import objective_of
 from marco_jax.train.trainer import Setup, set_up
 
 SPLASH_BACKWARD = 3.5  # backward FLOPs of the splash kernels per forward FLOP
+# libtpu options of the counted variants: no windowed einsum (a loop per gathered matmul)
+COUNTING_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +98,15 @@ def _compiled_work(cfg: TrainConfig, devices: list, layers: int) -> tuple[Work, 
         program.abstract_state.params, program.state_shardings.params)
     weight = jax.ShapeDtypeStruct((), jnp.float32)
     with loops.unrolled():
-        step = program.step.lower(state, batch).compile()
+        step = program.step.lower(state, batch).compile(compiler_options=COUNTING_OPTIONS)
         update = jax.jit(program.update, in_shardings=(program.state_shardings, None, None),
-                         out_shardings=(program.state_shardings, None),
-                         donate_argnums=(0,)).lower(state, grads, weight).compile()
+                         out_shardings=(program.state_shardings, None), donate_argnums=(0,),
+                         ).lower(state, grads, weight).compile(compiler_options=COUNTING_OPTIONS)
+    for compiled in (step, update):
+        left = compiled.as_text().count(" while(")
+        if left:
+            raise MarcoError(f"estimate: the compiled {layers}-layer step keeps {left} loops, "
+                             "whose bodies its cost analysis would count once")
     return _counted(step), _counted(update)
 
 

@@ -19,6 +19,12 @@ rows=(
   "sft-v5p64|32|--topology v5p:4x4x2|--config qwen2_7b_sft --set train.micro_batches=2"
   "dpo-v5p64|32|--topology v5p:4x4x2|--config qwen2_7b_dpo --set train.micro_batches=4"
   "sft-v5p8x2|8|--topology v5p:2x2x1 --topology-slices 2|--config qwen2_7b_sft"
+  "sft-v5p8-dots|4|--topology v5p:2x2x1|--config qwen2_7b_sft --set model.remat=dots"
+  "sft-v6e8|8|--topology v6e:2x4|--config qwen2_7b_sft"
+  # the shipped config with pure fsdp on 16 to 64 v5e chips (issue 15's table)
+  "sft-v5e16|16|--topology v5e:4x4 --no-estimate|--config qwen2_7b_sft --set train.micro_batches=4"
+  "sft-v5e32|32|--topology v5e:4x8 --no-estimate|--config qwen2_7b_sft --set train.micro_batches=2"
+  "sft-v5e64|64|--topology v5e:8x8 --no-estimate|--config qwen2_7b_sft --set train.micro_batches=1"
   # the plans issue 15 called fitting a v5e chip (XLA:CPU), by the TPU compiler
   "claim-adafactor-f4t2|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_sft --mesh fsdp=4,tensor=2 --set train.optimizer=adafactor --set train.accumulate_dtype=bfloat16 --set train.micro_batches=16 --set model.attention=xla"
   "claim-adafactor-f2t4|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_sft --mesh fsdp=2,tensor=4 --set train.optimizer=adafactor --set train.accumulate_dtype=bfloat16 --set train.micro_batches=16 --set model.attention=xla"

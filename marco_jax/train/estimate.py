@@ -15,8 +15,11 @@ How (``scripts/train.py --dry-run --topology ...`` prints it):
    FLOPs instead of 2.5e13), so these variants are compiled without it, and
    one with any loop left is refused. Each figure (FLOPs, HBM bytes) is linear in
    the layers, so the run's step is
-   ``M x (micro(1) + (L - 1) x layer) + update(1) + (L - 1) x update_layer``
-   with ``micro = step - update`` and M micro-batches.
+   ``M x (micro(1) + (L - 1) x layer)`` with ``micro = step - update`` and M
+   micro-batches. The update itself is elementwise and memory-bound: its time
+   is the state it reads and writes (parameters and optimizer state, twice)
+   and the gradient it reads, at the HBM bandwidth (its byte counts from the
+   cost analysis vary with fusion, 4.5e9 for one layer, 4.3e9 for two).
 2. Work the compiler cannot see. A Pallas kernel (splash attention) is opaque
    to its cost analysis: its FLOPs are counted from the formula, 4·t²·h per head
    and row for the causal forward (half of QKᵀ and PV), 3.5 times that for the
@@ -50,7 +53,8 @@ from marco_jax import loops
 from marco_jax.errors import MarcoError
 from marco_jax.topology import chip_of, slice_count
 from marco_jax.train.config import TrainConfig
-from marco_jax.train.memory import abstract_step_inputs
+from marco_jax.train.checkpoint import abstract_target
+from marco_jax.train.memory import abstract_step_inputs, per_device_bytes
 from marco_jax.train.metrics import flops_per_token
 from marco_jax.train.objectives import objective_of
 from marco_jax.train.trainer import Setup, set_up
@@ -143,6 +147,16 @@ def collective_bytes(cfg: TrainConfig, setup: Setup) -> float:
     return total
 
 
+def update_traffic(setup: Setup, cfg: TrainConfig) -> float:
+    """Per device: HBM bytes of the optimizer update (parameters and optimizer state
+    read and written once, the accumulated gradient read once)."""
+    state = abstract_target(setup.program.abstract_state, setup.program.state_shardings)
+    params = per_device_bytes(state.params)
+    gradient = params * jnp.dtype(cfg.train.accumulate_dtype).itemsize // jnp.dtype(
+        setup.layout.cfg.param_dtype).itemsize
+    return 2 * (params + per_device_bytes(state.opt_state)) + gradient
+
+
 def step_estimate(cfg: TrainConfig, devices: list, progress: bool = True) -> dict[str, Any]:
     """The estimated step time, tokens/s per chip and MFU of ``cfg`` on ``devices``
     (compile-only TPU devices of a known chip); see the module docstring."""
@@ -159,7 +173,6 @@ def step_estimate(cfg: TrainConfig, devices: list, progress: bool = True) -> dic
     micro = {n: step - update for n, (step, update) in work.items()}
     m = cfg.train.micro_batches
     micro_work = micro[1] + (micro[2] - micro[1]) * (layers - 1)
-    update_work = work[1][1] + (work[2][1] - work[1][1]) * (layers - 1)
     attention = setup.attention
     kernel_flops = splash_flops(cfg, setup) if attention == "splash" else 0.0
     micro_work = micro_work + Work(kernel_flops, 0.0)
@@ -168,7 +181,8 @@ def step_estimate(cfg: TrainConfig, devices: list, progress: bool = True) -> dic
               "memory": micro_work.bytes / chip.hbm_bandwidth,
               "collectives": comm / chip.ici_bandwidth}
     bound = max(phases, key=phases.get)
-    update_s = max(update_work.flops / chip.peak_flops, update_work.bytes / chip.hbm_bandwidth)
+    update_bytes = update_traffic(setup, cfg)
+    update_s = update_bytes / chip.hbm_bandwidth
     step_s = m * phases[bound] + update_s
     rows = cfg.train.global_batch * objective_of(cfg).rows_per_example
     tokens = rows * cfg.data.seq_len
@@ -182,9 +196,9 @@ def step_estimate(cfg: TrainConfig, devices: list, progress: bool = True) -> dic
             "tokens_per_second_per_chip": tokens / step_s / len(devices),
             "mfu": model_flops / (step_s * chip.peak_flops * len(devices)),
             "model_flops_per_step": model_flops,
-            "executed_flops_per_device": m * micro_work.flops + update_work.flops,
+            "executed_flops_per_device": m * micro_work.flops,
             "attention_kernel_flops_per_device": m * kernel_flops,
-            "hbm_bytes_per_device": m * micro_work.bytes + update_work.bytes,
+            "hbm_bytes_per_device": m * micro_work.bytes + update_bytes,
             "collective_bytes_per_device": m * comm,
             "layers_extrapolated_from": [1, 2], "micro_batches": m,
             "rows_per_device_per_micro_step": _rows_per_device(cfg, setup),

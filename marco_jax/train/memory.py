@@ -42,7 +42,8 @@ def _local_bytes(tree) -> int:
                for x in jax.tree.leaves(tree))
 
 
-def _per_device(tree) -> int:
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of ``tree`` (shape-only leaves with shardings)."""
     return sum(_shard_bytes(x) for x in jax.tree.leaves(tree))
 
 
@@ -94,15 +95,15 @@ def memory_plan(cfg: TrainConfig, devices: list, simulated: bool = False) -> dic
         raise _out_of_memory(e, cfg, devices) from e
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    offloaded = _per_device(state.opt_state) if cfg.train.offload_optimizer else 0
+    offloaded = per_device_bytes(state.opt_state) if cfg.train.offload_optimizer else 0
     total = device_bytes(memory, devices[0].platform, offloaded)
     chip = chip_of(devices[0].device_kind)
     plan = {"devices": len(devices), "device_kind": devices[0].device_kind,
             "mesh": dict(setup.mesh.shape), "params": setup.layout.cfg.num_params(),
-            "param_bytes": _per_device(state.params),
-            "optimizer_bytes": _per_device(state.opt_state),
+            "param_bytes": per_device_bytes(state.params),
+            "optimizer_bytes": per_device_bytes(state.opt_state),
             "optimizer_offloaded": bool(cfg.train.offload_optimizer),
-            "batch_bytes": _per_device(batch),
+            "batch_bytes": per_device_bytes(batch),
             "activation_and_temp_bytes": memory.temp_size_in_bytes,
             "total_bytes": total, "compile_seconds": compile_s,
             "host_bytes": host_plan(cfg, state, total, devices, simulated),

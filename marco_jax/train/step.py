@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from marco_jax import loops
 from marco_jax.errors import MarcoError
 from marco_jax.sharding import ShardingRules
 from marco_jax.train.config import TrainSection
 from marco_jax.train.layout import TrainLayout
-from marco_jax import loops
 from marco_jax.train.objectives import LayerRun, Objective
 from marco_jax.train.optimizers import learning_rate_schedule, make_optimizer
 

@@ -10,9 +10,11 @@ pod run is sized from a laptop or a CPU VM.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 from marco_jax.errors import MarcoError
 
@@ -55,9 +57,10 @@ def tpu_devices(topology: str, slices: int = 1) -> list[Any]:
     try:
         from jax.experimental import topologies
 
-        description = topologies.get_topology_desc(
-            platform="tpu", topology_name=topology,
-            **({"num_slices": slices} if slices > 1 else {}))
+        with _without_stderr():  # libtpu's start-up warns that this host has no TPU
+            description = topologies.get_topology_desc(
+                platform="tpu", topology_name=topology,
+                **({"num_slices": slices} if slices > 1 else {}))
     except RuntimeError as e:  # jax.errors.JaxRuntimeError too
         text = str(e).splitlines()[0]
         if "TPU support not installed" in text:
@@ -70,6 +73,21 @@ def tpu_devices(topology: str, slices: int = 1) -> list[Any]:
     if not devices:
         raise MarcoError(f"--topology {topology!r}: no devices")
     return sorted(devices, key=lambda d: (getattr(d, "slice_index", 0) or 0, d.id))
+
+
+@contextlib.contextmanager
+def _without_stderr() -> Iterator[None]:
+    """Drop what C++ code writes to file descriptor 2 inside the block (errors still
+    arrive as Python exceptions)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def slice_count(devices: list[Any]) -> int:

@@ -113,8 +113,9 @@ def main() -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
-    if args.topology:  # compile-only devices: the attached chips (if any) stay untouched
-        jax.config.update("jax_platforms", "cpu")
+    if args.topology:  # compile-only devices: the attached chips (if any) stay untouched,
+        jax.config.update("jax_platforms", "cpu")  # and executables for them are not cached
+        jax.config.update("jax_enable_compilation_cache", False)
     from marco_jax import distributed, topology
     from marco_jax.train import estimate, memory, trainer
     from marco_jax.train.config import load_train_config

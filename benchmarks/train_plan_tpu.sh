@@ -25,6 +25,11 @@ rows=(
   "sft-v5e16|16|--topology v5e:4x4 --no-estimate|--config qwen2_7b_sft --set train.micro_batches=4"
   "sft-v5e32|32|--topology v5e:4x8 --no-estimate|--config qwen2_7b_sft --set train.micro_batches=2"
   "sft-v5e64|64|--topology v5e:8x8 --no-estimate|--config qwen2_7b_sft --set train.micro_batches=1"
+  # what each memory lever of the v5e-8 configs takes off (no estimate)
+  "lever-sft-xla-full|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_sft_v5e8 --set model.attention=xla --set model.remat=full"
+  "lever-sft-splash-full|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_sft_v5e8 --set model.remat=full"
+  "lever-sft-xla-full-f32moments|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_sft_v5e8 --set model.attention=xla --set model.remat=full --set train.moments_dtype=float32"
+  "lever-dpo-splash-full|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_dpo_v5e8 --set model.remat=full"
   # the plans issue 15 called fitting a v5e chip (XLA:CPU), by the TPU compiler
   "claim-adafactor-f4t2|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_sft --mesh fsdp=4,tensor=2 --set train.optimizer=adafactor --set train.accumulate_dtype=bfloat16 --set train.micro_batches=16 --set model.attention=xla"
   "claim-adafactor-f2t4|8|--topology v5e:2x4 --no-estimate|--config qwen2_7b_sft --mesh fsdp=2,tensor=4 --set train.optimizer=adafactor --set train.accumulate_dtype=bfloat16 --set train.micro_batches=16 --set model.attention=xla"

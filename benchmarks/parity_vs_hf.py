@@ -48,7 +48,7 @@ def our_logits(path, tokens: np.ndarray) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     model = load(path).model
     positions = jnp.arange(tokens.shape[1])[None]
-    logits, _ = model(jnp.asarray(tokens), positions)
+    logits = model(jnp.asarray(tokens), positions)
     return np.asarray(logits), time.perf_counter() - start
 
 

@@ -14,7 +14,7 @@ real tokens as the unpadded row does.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -49,38 +49,13 @@ REMAT_POLICIES = {
 }
 HOST_OFFLOAD_POLICIES = ("offload_layer_input", "offload_qkv_proj")
 
-# (queries (b, t, n, h), keys (b, t, k, h), values) -> outputs (b, t, n, h): a
-# training attention kernel, which knows its own mask (causal within segments).
+# (queries (b, t, n, h), keys (b, t, k, h), values) -> outputs (b, t, n, h): one
+# layer's attention, which knows its own mask and where its keys and values live.
 AttendFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# (layer index, queries, keys, values) -> outputs: the attention of every layer.
+LayerAttendFn = Callable[[int | jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 _NEG_INF = -1e30  # finite, so a fully masked (padding) query row stays NaN-free
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class KVCache:
-    """Keys and values of every layer, plus which cache slots hold real tokens.
-
-    Slots are shared across the batch: a call with ``t`` tokens writes slots
-    ``[end, end + t)`` of every row. Each row's RoPE position is independent of
-    its slot, so rows of unequal length share one cache by left padding.
-    """
-
-    k_lbskh: jax.Array
-    v_lbskh: jax.Array
-    valid_bs: jax.Array  # bool: slot holds a real (non-padding) token
-    end: jax.Array  # int32 scalar: first free slot
-
-    @classmethod
-    def zeros(cls, cfg: Qwen2Config, batch: int, length: int) -> "KVCache":
-        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-        dtype = cfg.jnp_compute_dtype
-        return cls(k_lbskh=jnp.zeros(shape, dtype), v_lbskh=jnp.zeros(shape, dtype),
-                   valid_bs=jnp.zeros((batch, length), bool), end=jnp.zeros((), jnp.int32))
-
-    @property
-    def length(self) -> int:
-        return self.k_lbskh.shape[2]
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...],
@@ -153,23 +128,9 @@ class Attention(nnx.Module):
         out_btnh = checkpoint_name(out_btnh, "attention_out")
         return jnp.einsum("btnh,nhd->btd", out_btnh, self.o_weight_nhd[...].astype(out_btnh.dtype))
 
-    def __call__(self, x_btd, cos_bth, sin_bth, allowed_bts, layer: int,
-                 cache: KVCache | None, attention: "AttendFn | None" = None):
-        q_btnh, k_btkh, v_btkh = self.qkv(x_btd, cos_bth, sin_bth)
-        if attention is not None:  # a training kernel over this call's tokens
-            return self.project_out(attention(q_btnh, k_btkh, v_btkh)), cache
-        if cache is None:
-            k_bskh, v_bskh = k_btkh, v_btkh
-        else:
-            # Write only the new slots of this layer, so that XLA updates the
-            # stacked cache in place instead of copying it per layer.
-            start = (layer, 0, cache.end, 0, 0)
-            cache = dataclasses.replace(
-                cache, k_lbskh=jax.lax.dynamic_update_slice(cache.k_lbskh, k_btkh[None], start),
-                v_lbskh=jax.lax.dynamic_update_slice(cache.v_lbskh, v_btkh[None], start))
-            k_bskh, v_bskh = cache.k_lbskh[layer], cache.v_lbskh[layer]
-        out_btnh = attend(q_btnh, k_bskh, v_bskh, allowed_bts, "bskh")
-        return self.project_out(out_btnh), cache
+    def __call__(self, x_btd: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array,
+                 attend: AttendFn) -> jax.Array:
+        return self.project_out(attend(*self.qkv(x_btd, cos_bth, sin_bth)))
 
 
 QUERY_CHUNK = 512  # queries per attention block once a call has 2 or more blocks
@@ -234,11 +195,13 @@ class DecoderLayer(nnx.Module):
         self.mlp_norm = RMSNorm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_btd, cos_bth, sin_bth, allowed_bts, layer, cache, attention=None):
-        attn_btd, cache = self.attn(self.attn_norm(x_btd), cos_bth, sin_bth, allowed_bts,
-                                    layer, cache, attention)
-        x_btd = x_btd + attn_btd
-        return x_btd + self.mlp(self.mlp_norm(x_btd)), cache
+    """One block, the same in every forward pass: inference over the paged KV pool,
+    the plain forward and the scanned training forward differ only in ``attend``."""
+
+    def __call__(self, x_btd: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array,
+                 attend: AttendFn) -> jax.Array:
+        x_btd = x_btd + self.attn(self.attn_norm(x_btd), cos_bth, sin_bth, attend)
+        return x_btd + self.mlp(self.mlp_norm(x_btd))
 
 
 class Qwen2(nnx.Module):
@@ -255,56 +218,38 @@ class Qwen2(nnx.Module):
         self.cfg = cfg
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array,
-                 mask_bt: jax.Array | None = None, cache: KVCache | None = None,
-                 ) -> tuple[jax.Array, KVCache | None]:
-        """Logits (b, t, v) for ``tokens_bt``; with ``cache``, continue from it.
-
-        ``mask_bt`` marks real tokens (default: all). Without a cache, attention
-        is causal over this call's tokens; with one, over every filled slot.
-        """
-        x_btd, cache = self.hidden_states(tokens_bt, positions_bt, mask_bt, cache)
-        return self.logits(x_btd), cache
+                 mask_bt: jax.Array | None = None) -> jax.Array:
+        """float32 logits (b, t, v): causal attention over this call's real tokens
+        (``mask_bt``, default all; padding sees nothing)."""
+        t = tokens_bt.shape[1]
+        mask_bt = jnp.ones(tokens_bt.shape, bool) if mask_bt is None else mask_bt
+        causal_tt = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+        allowed_bts = causal_tt[None] & mask_bt[:, None, :]
+        x_btd = self.hidden_states(tokens_bt, positions_bt,
+                                   lambda _, q, k, v: attend(q, k, v, allowed_bts, "bskh"))
+        return self.logits(x_btd)
 
     def hidden_states(self, tokens_bt: jax.Array, positions_bt: jax.Array,
-                      mask_bt: jax.Array | None = None, cache: KVCache | None = None,
-                      segment_ids_bt: jax.Array | None = None,
+                      attend: LayerAttendFn,
                       scanned_layers: tuple[nnx.GraphDef, dict] | None = None,
                       remat: str = "none", act_sharding: jax.sharding.Sharding | None = None,
-                      attention: AttendFn | None = None,
-                      ) -> tuple[jax.Array, KVCache | None]:
-        """Final-normed hidden states (b, t, d): a sampler's prefill needs the head
-        only at the last position, which saves a (b, t, vocab) product.
+                      ) -> jax.Array:
+        """Final-normed hidden states (b, t, d), the one pass through the layers
+        that every caller shares: a sampler needs the head only at the last
+        position, which saves a (b, t, vocab) product.
 
-        Training passes ``segment_ids_bt`` for packed rows (a token attends only
-        within its own segment) and ``scanned_layers``: one layer's graph and
-        every layer's parameters stacked on a leading axis, run by ``lax.scan``
-        instead of ``self.layers``, so XLA gathers one layer's fsdp shards at a
-        time and compiles one layer body (``remat`` names a :data:`REMAT_POLICIES`
-        entry: what of a layer's activations the backward pass recomputes).
-        ``act_sharding`` pins the (b, t, d) activations between layers to the
-        batch mesh axes. ``attention`` replaces the masked XLA attention with a
-        kernel that applies the training mask itself (no cache).
+        ``attend(layer, q, k, v)`` is layer ``layer``'s attention: masked XLA
+        attention over this call's tokens (:meth:`__call__`), the paged KV pool
+        (the engine, which also writes the new keys and values there), or a
+        training kernel over packed segments. Training passes ``scanned_layers``:
+        one layer's graph and every layer's parameters stacked on a leading axis,
+        run by ``lax.scan`` instead of ``self.layers``, so XLA gathers one layer's
+        fsdp shards at a time and compiles one layer body (``remat`` names a
+        :data:`REMAT_POLICIES` entry: what of a layer's activations the backward
+        pass recomputes; the layer index is then traced). ``act_sharding`` pins the
+        (b, t, d) activations between layers to the batch mesh axes.
         """
         cfg = self.cfg
-        b, t = tokens_bt.shape
-        if mask_bt is None:
-            mask_bt = jnp.ones((b, t), bool)
-        allowed_bts = None
-        if attention is not None:
-            assert cache is None, "a training attention kernel takes no cache"
-        elif cache is None:
-            slots_t = jnp.arange(t)
-            allowed_bts = (slots_t[None, :, None] >= slots_t[None, None, :]) & mask_bt[:, None, :]
-            if segment_ids_bt is not None:
-                allowed_bts &= segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
-        else:
-            valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, cache.end))
-            cache = dataclasses.replace(cache, valid_bs=valid_bs)
-            slots_s = jnp.arange(cache.length)
-            query_slots_t = cache.end + jnp.arange(t)
-            allowed_bts = ((slots_s[None, None, :] <= query_slots_t[None, :, None])
-                           & valid_bs[:, None, :])
-
         cos_bth, sin_bth = rope_cos_sin(positions_bt, cfg.head_dim, cfg.rope_theta)
         pin = (lambda x: x) if act_sharding is None else (
             lambda x: jax.lax.with_sharding_constraint(x, act_sharding))
@@ -312,22 +257,20 @@ class Qwen2(nnx.Module):
         if scanned_layers is not None:
             layer_def, stacked = scanned_layers
 
-            def one_layer(x_btd, layer_params):
+            def one_layer(x_btd, index_and_params):
+                index, layer_params = index_and_params
                 layer = nnx.merge(layer_def, layer_params)
                 x_btd = checkpoint_name(x_btd, "layer_input")
-                return pin(layer(x_btd, cos_bth, sin_bth, allowed_bts, 0, None,
-                                 attention)[0]), None
+                return pin(layer(x_btd, cos_bth, sin_bth, functools.partial(attend, index))), None
 
             policy = REMAT_POLICIES[remat]
             body = one_layer if remat == "none" else jax.checkpoint(one_layer, policy=policy)
-            x_btd, _ = loops.scan(body, x_btd, stacked)
+            count = jax.tree.leaves(stacked)[0].shape[0]
+            x_btd, _ = loops.scan(body, x_btd, (jnp.arange(count), stacked))
         else:
             for i, layer in enumerate(self.layers):
-                x_btd, cache = layer(x_btd, cos_bth, sin_bth, allowed_bts, i, cache, attention)
-                x_btd = pin(x_btd)
-        if cache is not None:
-            cache = dataclasses.replace(cache, end=cache.end + t)
-        return self.final_norm(x_btd), cache
+                x_btd = pin(layer(x_btd, cos_bth, sin_bth, functools.partial(attend, i)))
+        return self.final_norm(x_btd)
 
     def head(self) -> jax.Array:
         """The output projection (v, d): the embedding when tied."""
@@ -349,8 +292,3 @@ def init_model(cfg: Qwen2Config, seed: int = 0) -> Qwen2:
 def abstract_model(cfg: Qwen2Config) -> tuple[nnx.GraphDef, nnx.State]:
     """Graph and shape-only state, to fill from a checkpoint without allocating twice."""
     return nnx.split(nnx.eval_shape(lambda: Qwen2(cfg, rngs=nnx.Rngs(params=0))))
-
-
-def positions_from_mask(mask_bt: jax.Array) -> jax.Array:
-    """RoPE positions for a left-padded batch: 0 at each row's first real token."""
-    return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)

@@ -54,7 +54,7 @@ def _score_padded(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt: jax.Array
                   mask_bt: jax.Array, top_k: int):
     model = nnx.merge(graphdef, state)
     positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
-    logits_btv, _ = model(tokens_bt, positions_bt, mask_bt)
+    logits_btv = model(tokens_bt, positions_bt, mask_bt)
     token_lp_bt, top_lp_btk, top_ids_btk = token_and_top_logprobs(
         logits_btv[:, :-1], tokens_bt[:, 1:], top_k)
     return token_lp_bt, top_ids_btk, top_lp_btk

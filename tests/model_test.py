@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 
 from marco_jax.loading import load
-from marco_jax.model import QUERY_CHUNK, KVCache, _attend_block, attend, positions_from_mask
+from marco_jax.model import QUERY_CHUNK, _attend_block, attend
 from marco_jax.sharding import ShardingRules, make_mesh
 
 TOL = 1e-4
@@ -24,10 +24,14 @@ def random_tokens(shape, seed=0):
     return np.random.default_rng(seed).integers(0, 512, size=shape).astype(np.int32)
 
 
+def positions_from_mask(mask_bt):
+    """RoPE positions for a left-padded batch: 0 at each row's first real token."""
+    return jnp.maximum(jnp.cumsum(jnp.asarray(mask_bt, jnp.int32), axis=-1) - 1, 0)
+
+
 def ours(model, tokens, mask=None):
     mask = np.ones(tokens.shape, bool) if mask is None else mask
-    logits, _ = model(jnp.asarray(tokens), positions_from_mask(jnp.asarray(mask)), jnp.asarray(mask))
-    return np.asarray(logits)
+    return np.asarray(model(jnp.asarray(tokens), positions_from_mask(mask), jnp.asarray(mask)))
 
 
 def test_logits_match_hf(hf_checkpoint):
@@ -53,28 +57,6 @@ def test_left_padding_gives_unpadded_logits(hf_checkpoint):
         np.testing.assert_allclose(padded[i, 24 - len(row):], expected, atol=TOL, rtol=0)
 
 
-def test_kv_cache_decoding_matches_full_forward(hf_checkpoint):
-    _, path = hf_checkpoint
-    model = load(path).model
-    tokens = random_tokens((2, 20), seed=3)
-    mask = np.ones((2, 20), bool)
-    mask[1, :5] = False  # second row left-padded
-    full = ours(model, tokens, mask)
-    positions = positions_from_mask(jnp.asarray(mask))
-    cache = KVCache.zeros(model.cfg, batch=2, length=32)
-    prefill, cache = model(jnp.asarray(tokens[:, :12]), positions[:, :12],
-                           jnp.asarray(mask[:, :12]), cache)
-    steps = [np.asarray(prefill)]
-    for t in range(12, 20):
-        logits, cache = model(jnp.asarray(tokens[:, t:t + 1]), positions[:, t:t + 1],
-                              jnp.asarray(mask[:, t:t + 1]), cache)
-        steps.append(np.asarray(logits))
-    incremental = np.concatenate(steps, axis=1)
-    assert int(cache.end) == 20
-    np.testing.assert_allclose(incremental[0], full[0], atol=TOL, rtol=0)
-    np.testing.assert_allclose(incremental[1, 5:], full[1, 5:], atol=TOL, rtol=0)
-
-
 def test_sharded_model_matches_unsharded(hf_checkpoint):
     _, path = hf_checkpoint
     mesh = make_mesh(data=1, fsdp=4, tensor=2)
@@ -86,8 +68,7 @@ def test_sharded_model_matches_unsharded(hf_checkpoint):
 
     @jax.jit
     def forward(state, tokens):
-        logits, _ = nnx.merge(graphdef, state)(tokens, positions_from_mask(tokens >= 0))
-        return logits
+        return nnx.merge(graphdef, state)(tokens, positions_from_mask(tokens >= 0))
 
     batch_sharding = jax.sharding.NamedSharding(mesh, ShardingRules().spec(("batch", None), tokens.shape, mesh))
     logits = np.asarray(forward(state, jax.device_put(tokens, batch_sharding)))
@@ -105,15 +86,17 @@ def test_bf16_compute_is_close_to_fp32(hf_checkpoint):
 def test_packed_segments_equal_separate_rows():
     from marco_jax.config import preset
     from marco_jax.model import init_model
+    from marco_jax.train.attention import packed_attention
 
     model = init_model(preset("tiny"), seed=3)
     a, b = random_tokens((1, 9), seed=1), random_tokens((1, 7), seed=2)
     packed = jnp.asarray(np.concatenate([a, b], axis=1))
     segments = jnp.asarray([[1] * 9 + [2] * 7])
     positions = jnp.asarray([list(range(9)) + list(range(7))])
-    together, _ = model.hidden_states(packed, positions, segment_ids_bt=segments)
-    alone = [model.hidden_states(jnp.asarray(t), jnp.arange(t.shape[1])[None])[0]
-             for t in (a, b)]
+    attention = packed_attention("xla", segments)
+    together = model.logits(model.hidden_states(packed, positions,
+                                                lambda _, q, k, v: attention(q, k, v)))
+    alone = [model(jnp.asarray(t), jnp.arange(t.shape[1])[None]) for t in (a, b)]
     np.testing.assert_allclose(together, np.concatenate(alone, axis=1), atol=1e-5, rtol=0)
 
 

@@ -16,6 +16,7 @@ from marco_jax.sharding import make_mesh
 from marco_jax.train.config import TrainSection
 from marco_jax.train.layout import (init_params, layout_of, stack_layers,
                                     checkpoint_tensors)
+from marco_jax.train.attention import packed_attention
 from marco_jax.train.objectives import SFT, LayerRun
 from marco_jax.train.optimizers import decay_mask
 from marco_jax.train.step import batch_gradients, build_step
@@ -109,9 +110,12 @@ def test_stacked_layout_round_trips_and_runs_like_the_model():
     outer, layers = layout_of(preset("tiny")).model(stacked)
     tokens = jnp.asarray(packed_batch(2, 16)["inputs"])
     positions = jnp.broadcast_to(jnp.arange(16), (2, 16))
-    expected, _ = model.hidden_states(tokens, positions)
+    expected = model(tokens, positions)
+    causal = packed_attention("xla", jnp.ones((2, 16), jnp.int32))
     for remat in REMAT_POLICIES:
-        got, _ = outer.hidden_states(tokens, positions, scanned_layers=layers, remat=remat)
+        got = outer.logits(outer.hidden_states(tokens, positions,
+                                               lambda _, q, k, v: causal(q, k, v),
+                                               scanned_layers=layers, remat=remat))
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from marco_jax.engine.attention import paged_attention
 from marco_jax.engine.kv_pages import SCRATCH, KVPages
-from marco_jax.model import Qwen2, rope_cos_sin
+from marco_jax.model import Qwen2
 
 
 def write_targets(table_bm: jax.Array, positions_bt: jax.Array, valid_bt: jax.Array,
@@ -30,19 +30,23 @@ def paged_hidden_states(model: Qwen2, pages: KVPages, tokens_bt: jax.Array,
                         positions_bt: jax.Array, valid_bt: jax.Array, table_bm: jax.Array,
                         use_kernel: bool = True) -> tuple[jax.Array, KVPages]:
     """Final-normed hidden states (b, t, d) of the new tokens, and the pool with
-    their keys/values written. Padding tokens (``valid_bt`` False) write to scratch."""
-    cfg = model.cfg
+    their keys/values written. Padding tokens (``valid_bt`` False) write to scratch.
+
+    The layers are the model's own (:meth:`Qwen2.hidden_states`); only their
+    attention is the pool's: each layer writes its new keys and values into its
+    pages, then attends through the rows' block tables.
+    """
     block_bt, offset_bt = write_targets(table_bm, positions_bt, valid_bt, pages.block_size)
-    cos_bth, sin_bth = rope_cos_sin(positions_bt, cfg.head_dim, cfg.rope_theta)
-    x_btd = jnp.take(model.embed_vd[...], tokens_bt, axis=0).astype(cfg.jnp_compute_dtype)
-    k_pages, v_pages = pages.k_lkpzh, pages.v_lkpzh
-    for i, layer in enumerate(model.layers):
-        q_btnh, k_btkh, v_btkh = layer.attn.qkv(layer.attn_norm(x_btd), cos_bth, sin_bth)
+    pool = {"k": pages.k_lkpzh, "v": pages.v_lkpzh}  # threaded through the layers at trace time
+
+    def attend(layer: int, q_btnh, k_btkh, v_btkh):
         # Mixed indexing puts the (b, t) index dims first: targets are (b, t, k, h).
-        k_pages = k_pages.at[i, :, block_bt, offset_bt].set(k_btkh.astype(k_pages.dtype))
-        v_pages = v_pages.at[i, :, block_bt, offset_bt].set(v_btkh.astype(v_pages.dtype))
-        out_btnh = paged_attention(q_btnh, k_pages[i], v_pages[i], table_bm, positions_bt,
-                                   use_kernel)
-        x_btd = x_btd + layer.attn.project_out(out_btnh.astype(x_btd.dtype))
-        x_btd = x_btd + layer.mlp(layer.mlp_norm(x_btd))
-    return model.final_norm(x_btd), dataclasses.replace(pages, k_lkpzh=k_pages, v_lkpzh=v_pages)
+        for name, new_btkh in (("k", k_btkh), ("v", v_btkh)):
+            pool[name] = pool[name].at[layer, :, block_bt, offset_bt].set(
+                new_btkh.astype(pool[name].dtype))
+        out_btnh = paged_attention(q_btnh, pool["k"][layer], pool["v"][layer], table_bm,
+                                   positions_bt, use_kernel)
+        return out_btnh.astype(q_btnh.dtype)
+
+    x_btd = model.hidden_states(tokens_bt, positions_bt, attend)
+    return x_btd, dataclasses.replace(pages, k_lkpzh=pool["k"], v_lkpzh=pool["v"])

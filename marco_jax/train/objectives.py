@@ -63,10 +63,9 @@ def masked_logprob_sums(layout: TrainLayout, params: Params, batch: dict[str, ja
     model, layers = layout.model(params)
     attention = packed_attention(run.attention, batch["segment_ids"], run.mesh,
                                  interpret=run.interpret)
-    x_btd, _ = model.hidden_states(batch["inputs"], batch["positions"],
-                                   batch["segment_ids"] > 0, scanned_layers=layers,
-                                   remat=run.remat, act_sharding=run.act_sharding,
-                                   attention=attention)
+    x_btd = model.hidden_states(batch["inputs"], batch["positions"],
+                                lambda _, q, k, v: attention(q, k, v), scanned_layers=layers,
+                                remat=run.remat, act_sharding=run.act_sharding)
     b, t, _ = x_btd.shape
     k = masks_kbt.shape[0]
     chunk = LOSS_CHUNK if t % LOSS_CHUNK == 0 else t

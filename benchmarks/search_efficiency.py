@@ -28,8 +28,9 @@ from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
-from marco_jax.search.mcts import Search
+from marco_jax.search.mcts import MCTS
 from marco_jax.search.runner import wrap
+from marco_jax.search.searcher import Searcher
 
 
 class RecordingEngine(Engine):
@@ -69,7 +70,7 @@ def main() -> None:
 
     searched = RecordingEngine(loaded.model, loaded.eos_ids, config, stop_table=table)
     searched.warmup()
-    search = Search(searched, tokenizer, job.search)
+    search = Searcher(MCTS(tokenizer, job.search, config.max_model_len), {"policy": searched})
     start = time.perf_counter()
     search.run(prompts)
     search_s = time.perf_counter() - start

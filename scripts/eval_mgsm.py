@@ -71,9 +71,9 @@ def main() -> None:
     run_stats = {"seconds_this_run": 0.0}
     if todo:
         engine_config, mesh = engine_setup(args)
-        search = run_job(load(args.model), job, todo, output, None, engine_config, mesh,
-                         args.trees_in_flight)
-        run_stats = {"seconds_this_run": search.seconds, **search.stats()}
+        figures = run_job(load(args.model), job, todo, output, None, engine_config, mesh,
+                          args.trees_in_flight)
+        run_stats = {"seconds_this_run": figures.pop("seconds"), **figures}
     summary = summarize(output, {p["id"] for p in problems})
     print(json.dumps({"data": str(args.data), "method": args.method, **summary, **run_stats,
                       "per_problem": str(output)}, indent=1))

@@ -35,6 +35,7 @@ from marco_jax.loading import load
 from marco_jax.search import job as job_lib
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
+from marco_jax.search.driver import stats_line
 from marco_jax.search.runner import run_job
 
 
@@ -89,9 +90,10 @@ def main() -> None:
     engine_config, mesh = engine_setup(args)
     checker = None if args.checker_model is None else \
         load(args.checker_model, param_dtype=args.dtype, compute_dtype=args.dtype)
-    search = run_job(loaded, job, todo, args.output, args.tree_dir, engine_config, mesh,
-                     args.trees_in_flight, checker)
-    print(f"{len(todo)} problems in {search.seconds:.1f}s; {search.summary()} -> {args.output}")
+    figures = run_job(loaded, job, todo, args.output, args.tree_dir, engine_config, mesh,
+                      args.trees_in_flight, checker)
+    print(f"{len(todo)} problems in {figures['seconds']:.1f}s; {stats_line(figures)} "
+          f"-> {args.output}")
 
 
 if __name__ == "__main__":

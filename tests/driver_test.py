@@ -36,7 +36,7 @@ def test_calls_go_breadth_first_over_trees_then_oldest_first(tiny):
     log = []
     programs = [("a", program("a", 3, log)), ("b", program("b", 1, log)),
                 ("c", program("c", 1, log))]
-    done = list(drive({"policy": one_slot_engine(tiny)}, programs, max_in_flight=2))
+    done = list(drive(Driver({"policy": one_slot_engine(tiny)}), programs, max_in_flight=2))
     assert log == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("a", 2)]
     assert [key for key, _ in done] == ["b", "c", "a"]
     assert [value for _, value in done] == ["b", "c", "a"]
@@ -45,7 +45,7 @@ def test_calls_go_breadth_first_over_trees_then_oldest_first(tiny):
 def test_max_in_flight_bounds_the_trees_started(tiny):
     started, log = [], []
     programs = [(i, program(i, 2, log)) for i in range(5)]
-    for key, _ in drive({"policy": one_slot_engine(tiny)}, programs, max_in_flight=2,
+    for key, _ in drive(Driver({"policy": one_slot_engine(tiny)}), programs, max_in_flight=2,
                         on_start=started.append):
         assert len(started) - len([k for k, r in log if r == 1]) <= 2
     assert sorted(started) == list(range(5))
@@ -55,7 +55,7 @@ def test_a_call_for_a_model_that_is_not_there_is_refused(tiny):
     def asks_checker():
         yield [dataclasses.replace(Call([1, 2], 2, 0), model="checker")]
     with pytest.raises(MarcoError, match="asked for model 'checker'"):
-        list(drive({"policy": one_slot_engine(tiny)}, [("p", asks_checker())], 1))
+        list(drive(Driver({"policy": one_slot_engine(tiny)}), [("p", asks_checker())], 1))
 
 
 

@@ -11,11 +11,10 @@ from marco_jax.search import export
 from marco_jax.search.config import load_job_config
 from marco_jax.search.results import Problem
 from marco_jax.search.runner import tree_json
-from marco_jax.search.tagged import TaggedSearch
 from marco_jax.search.verifiers import verifier
 from marco_jax.train.data import read_records, tokenize_record
 from cli_test import assert_one_line_error, run_script
-from tagged_test import TextEngine, writer
+from tagged_test import TextEngine, tagged, writer
 
 MGSM_EN_1 = ("Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and "
              "bakes muffins for her friends every day with four. She sells the remainder at the "
@@ -155,8 +154,8 @@ def test_trees_from_the_tagged_search_export(tok, tmp_path):
         count[0] += 1
         return 3 if count[0] % 2 == 0 else 4
     job = load_job_config("v2-letters", iterations=6, max_tokens=100_000)
-    search = TaggedSearch({"policy": TextEngine(tok, writer(answer))}, tok, job.search,
-                          job.action_tree)
+    search = tagged({"policy": TextEngine(tok, writer(answer))}, tok, job.search,
+                    job.action_tree)
     prompt = tok.encode("Q: how many r in strawberry?", add_special_tokens=False)
     [(key, result)] = list(search.stream([Problem("p", prompt, 0, "3")]))
     problem = {"id": "p", "question": "how many r in strawberry?", "answer": "3"}

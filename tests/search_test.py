@@ -1,5 +1,5 @@
 """MCTS as an engine client: rewards, streaming, reproducibility, and the review bugs
-(each driven through ``Search.run``)."""
+(each driven through ``Searcher.run``)."""
 
 import dataclasses
 
@@ -13,8 +13,9 @@ from marco_jax.search.config import JobConfig, SearchConfig
 from marco_jax.search.environment import ReasoningEnv
 from marco_jax.search.job import choose
 from marco_jax.search.driver import row_seed
-from marco_jax.search.mcts import Search
+from marco_jax.search.mcts import MCTS
 from marco_jax.search.results import Problem
+from marco_jax.search.searcher import Searcher
 from marco_jax.search.tree import ANSWER, CUT
 from marco_jax.sharding import make_mesh
 
@@ -30,6 +31,12 @@ def tiny():
     return load("builtin:tiny")
 
 
+def search(engine, tokenizer, cfg, max_trees=None) -> Searcher:
+    """v1's MCTS over one engine."""
+    return Searcher(MCTS(tokenizer, cfg, engine.config.max_model_len), {"policy": engine},
+                    max_trees)
+
+
 def engine(tiny, **kw):
     return Engine(tiny.model, tiny.eos_ids, dataclasses.replace(ENGINE, **kw))
 
@@ -40,7 +47,7 @@ def prompts(tokenizer, n):
 
 def test_reward_is_mean_confidence_of_the_rollout(tiny):
     cfg = dataclasses.replace(CFG, iterations=1)
-    [result] = Search(engine(tiny), tiny.tokenizer, cfg).run(prompts(tiny.tokenizer, 1))
+    [result] = search(engine(tiny), tiny.tokenizer, cfg).run(prompts(tiny.tokenizer, 1))
     tree = result.tree
     prompt = tree.tokens[0]
     reference = engine(tiny)
@@ -59,11 +66,11 @@ def test_reward_is_mean_confidence_of_the_rollout(tiny):
 
 def test_trees_do_not_depend_on_their_companions_or_the_mesh(tiny):
     ps = prompts(tiny.tokenizer, 5)
-    first = Search(engine(tiny), tiny.tokenizer, CFG).run(ps)
-    alone = Search(engine(tiny), tiny.tokenizer, CFG).run(ps[2:3], problem_seeds=[2])
-    few_slots = Search(engine(tiny, slots=2), tiny.tokenizer, CFG, max_trees=1).run(ps)
+    first = search(engine(tiny), tiny.tokenizer, CFG).run(ps)
+    alone = search(engine(tiny), tiny.tokenizer, CFG).run(ps[2:3], problem_seeds=[2])
+    few_slots = search(engine(tiny, slots=2), tiny.tokenizer, CFG, max_trees=1).run(ps)
     mesh = make_mesh(data=4, fsdp=1, tensor=2)
-    sharded = Search(Engine(tiny.model, tiny.eos_ids, ENGINE, mesh=mesh), tiny.tokenizer,
+    sharded = search(Engine(tiny.model, tiny.eos_ids, ENGINE, mesh=mesh), tiny.tokenizer,
                      CFG).run(ps)
     pairs = [(first[2], alone[0])] + list(zip(first, few_slots)) + list(zip(first, sharded))
     for a, b in pairs:
@@ -78,17 +85,18 @@ def test_problems_stream_and_paths_reuse_cached_blocks(tiny):
     long_prompts = [p * 5 for p in prompts(tiny.tokenizer, 6)]  # several blocks each
     cfg = dataclasses.replace(CFG, mini_step_tokens=20, call_tokens=40, max_tokens=200,
                               iterations=4)
-    search = Search(engine(tiny, slots=4), tiny.tokenizer, cfg, max_trees=2)
+    served = engine(tiny, slots=4)
+    searcher = search(served, tiny.tokenizer, cfg, max_trees=2)
     started, finished = [], []
-    for key, result in search.stream((Problem(i, p, i) for i, p in enumerate(long_prompts)),
+    for key, result in searcher.stream((Problem(i, p, i) for i, p in enumerate(long_prompts)),
                                      on_start=started.append):
         finished.append(key)
         assert len(started) - len(finished) <= 1  # a new tree starts only as one finishes
         assert max(result.tree.depth_n) >= 2  # continued from its own earlier actions
     assert sorted(finished) == list(range(6))
-    stats = search.engine.stats
+    stats = served.stats
     assert stats.cached_tokens > stats.prefilled_tokens  # paths came from the prefix cache
-    assert search.engine.blocks.held == 0
+    assert served.blocks.held == 0
 
 
 # ---- review bugs, through Search.run with a scripted engine ----------------------------
@@ -134,7 +142,7 @@ def test_several_children_closing_the_thought_each_get_a_reflection(tiny):
     cfg = SearchConfig(action="step", step_delimiter="\n\n", children=3, iterations=2,
                        reflection=True, call_tokens=32, max_tokens=64)
     fake = ScriptedEngine(lambda prompt, budget: (closing + ids(tok, "<Output>2"), "stop"))
-    [result] = Search(fake, tok, cfg).run([ids(tok, "q")])
+    [result] = search(fake, tok, cfg).run([ids(tok, "q")])
     kinds = [result.tree.kind_n[c] for c in result.tree.children(0)]
     assert kinds.count(2) == 3 and kinds.count(1) == 3  # every closing child has its sibling
     reflection = next(c for c in result.tree.children(0) if result.tree.kind_n[c] == 2)
@@ -151,7 +159,7 @@ def test_a_reflection_at_the_token_budget_is_cut_not_an_error(tiny):
         return (closing + ids(tok, "<Output>"))[:budget], "length"
 
     fake = ScriptedEngine(script)
-    [result] = Search(fake, tok, cfg).run([ids(tok, "q")])
+    [result] = search(fake, tok, cfg).run([ids(tok, "q")])
     tree = result.tree
     reflections = [n for n in range(tree.size) if tree.kind_n[n] == 2]
     assert reflections and all(tree.finish_n[n] == CUT for n in reflections)
@@ -170,7 +178,7 @@ def test_a_path_cut_by_the_budget_is_never_chosen_over_a_finished_one(tiny):
     script.calls = 0
     cfg = SearchConfig(action="mini_step", mini_step_tokens=4, children=3, iterations=3,
                        call_tokens=12, max_tokens=12, temperature=1.0)
-    [result] = Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")])
+    [result] = search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")])
     tree = result.tree
     assert sum(c.finished for c in result.candidates) == 1
     best = next(c for c in result.candidates if c.finished)
@@ -186,7 +194,7 @@ def test_prompts_longer_than_1024_tokens_search(tiny):
     tok = tiny.tokenizer
     long_prompt = (ids(tok, "a long question with many words ") * 200)[:1100]
     cfg = dataclasses.replace(CFG, iterations=2)
-    [result] = Search(engine(tiny), tok, cfg).run([long_prompt])
+    [result] = search(engine(tiny), tok, cfg).run([long_prompt])
     assert result.tree.visits_n[0] == cfg.iterations * cfg.children
 
 
@@ -216,14 +224,14 @@ def test_verifier_reward_and_early_stop_in_the_v1_search(tiny):
     script.calls = 0
     cfg = SearchConfig(action="mini_step", mini_step_tokens=4, children=2, iterations=6,
                        call_tokens=16, max_tokens=64, reward="verifier", stop_at_correct=2)
-    [result] = Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
+    [result] = search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
     values = {c.value for c in result.candidates}
     assert values == {0.0, 1.0}
     assert all(c.correct == (c.value == 1.0) for c in result.candidates)
     assert result.correct == 2 and result.stopped_early  # 2 right answers after 2 iterations
     assert result.tree.visits_n[0] == 2 * cfg.children
     with pytest.raises(MarcoError, match="has no answer"):
-        Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")])
+        search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")])
 
 
 def test_a_wrong_answer_gets_a_reflection_sibling_that_continues_it(tiny):
@@ -240,7 +248,7 @@ def test_a_wrong_answer_gets_a_reflection_sibling_that_continues_it(tiny):
     cfg = SearchConfig(action="step", step_delimiter="\n\n", children=2, iterations=2,
                        call_tokens=16, max_tokens=64, reward="verifier",
                        reflect_wrong="continue", reflection_text=text)
-    [result] = Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
+    [result] = search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
     tree = result.tree
     first, reflection, second = tree.children(0)  # the reflection follows its chain
     assert [tree.kind(n) for n in (first, reflection, second)] == ["action", "reflection",
@@ -271,7 +279,7 @@ def test_restart_reflection_starts_over_from_the_root_naming_the_wrong_answer(ti
     cfg = SearchConfig(action="step", step_delimiter="\n\n", children=2, iterations=3,
                        call_tokens=16, max_tokens=64, reward="verifier",
                        reflect_wrong="restart", reflection_text=text)
-    [result] = Search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
+    [result] = search(ScriptedEngine(script), tok, cfg).run([ids(tok, "q")], golds=["7"])
     tree = result.tree
     root_kids = tree.children(0)
     reflections = [n for n in range(tree.size) if tree.kind(n) == "reflection"]

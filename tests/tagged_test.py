@@ -10,7 +10,8 @@ from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search.config import load_job_config
 from marco_jax.search.results import Problem
-from marco_jax.search.tagged import TaggedSearch
+from marco_jax.search.searcher import Searcher
+from marco_jax.search.tagged import TaggedMCTS
 from marco_jax.search.tree import ANSWER, CUT
 
 
@@ -68,8 +69,14 @@ def job(**search):
     return load_job_config("v2-letters", **{"iterations": 12, "max_tokens": 100_000, **search})
 
 
+def tagged(engines, tok, cfg, plan) -> Searcher:
+    """v2's tagged search over ``engines``."""
+    max_model_len = min(e.config.max_model_len for e in engines.values())
+    return Searcher(TaggedMCTS(tok, cfg, plan, max_model_len), engines)
+
+
 def run(tok, engine, cfg_job, gold="3", key="p"):
-    search = TaggedSearch({"policy": engine}, tok, cfg_job.search, cfg_job.action_tree)
+    search = tagged({"policy": engine}, tok, cfg_job.search, cfg_job.action_tree)
     prompt = tok.encode("Q: count the r in strawberry", add_special_tokens=False)
     [(k, result)] = list(search.stream([Problem(key, prompt, 7, gold)]))
     return result
@@ -163,14 +170,14 @@ def test_checker_types_go_to_the_second_engine(tok):
     types["double_check"] = dataclasses.replace(types["double_check"], model="checker")
     plan = dataclasses.replace(plan, types=types)
     policy, checker = TextEngine(tok, writer(lambda c: 3)), TextEngine(tok, writer(lambda c: 3))
-    search = TaggedSearch({"policy": policy, "checker": checker}, tok, job().search, plan)
+    search = tagged({"policy": policy, "checker": checker}, tok, job().search, plan)
     prompt = tok.encode("Q", add_special_tokens=False)
     list(search.stream([Problem("p", prompt, 0, "3")]))
     assert checker.contexts and all(open_tag(c).startswith("<double-check>")
                                     for c in checker.contexts)
     assert not any(open_tag(c).startswith("<double-check>") for c in policy.contexts)
     with pytest.raises(MarcoError, match="uses model\\(s\\) checker"):
-        TaggedSearch({"policy": policy}, tok, job().search, plan)
+        tagged({"policy": policy}, tok, job().search, plan)
 
 
 def test_a_node_at_the_token_budget_ends_its_path(tok):

@@ -86,6 +86,7 @@ class Driver:
         self._active: dict[Any, _Running] = {}
         self._owners: dict[tuple[str, int], tuple[_Running, int]] = {}
         self._started = 0
+        self.calls = 0  # continuations the programs asked for, over the driver's life
 
     @property
     def active(self) -> int:
@@ -148,6 +149,7 @@ class Driver:
         if not calls:
             raise MarcoError(f"search program {run.key!r} asked for no continuations")
         run.results = [None] * len(calls)
+        self.calls += len(calls)
         for index, call in enumerate(calls):
             if call.model not in self.engines:
                 raise MarcoError(f"search program {run.key!r} asked for model {call.model!r}; "
@@ -160,12 +162,12 @@ class Driver:
         run.rounds += 1
 
 
-def drive(engines: Mapping[str, Engine], programs: Iterable[tuple[Any, Program]],
+def drive(driver: Driver, programs: Iterable[tuple[Any, Program]],
           max_in_flight: int, on_start: Callable[[Any], None] | None = None,
           ) -> Iterator[tuple[Any, Any]]:
-    """Run ``(key, program)`` pairs, at most ``max_in_flight`` at a time, yielding
-    ``(key, returned value)`` as each program finishes (not in input order)."""
-    driver = Driver(engines)
+    """Run ``(key, program)`` pairs on ``driver``, at most ``max_in_flight`` at a
+    time, yielding ``(key, returned value)`` as each program finishes (not in
+    input order)."""
     source = iter(programs)
     exhausted = False
     while True:

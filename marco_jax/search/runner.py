@@ -1,4 +1,4 @@
-"""Running a search job: problems streamed through one Search on one engine,
+"""Running a search job: problems streamed through one Searcher over the engines,
 each finished problem appended to the output (and its tree written) at once."""
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from marco_jax.files import lines
 from marco_jax.loading import LoadedModel
 from marco_jax.search import job as job_lib
 from marco_jax.search.config import JobConfig
-from marco_jax.search.mcts import Search
+from marco_jax.search.mcts import MCTS
 from marco_jax.search.results import Problem, SearchResult
-from marco_jax.search.tagged import TaggedSearch
+from marco_jax.search.searcher import Algorithm, Searcher
+from marco_jax.search.tagged import TaggedMCTS
 from marco_jax.search.tree import FINISHES, Tree
 from marco_jax.search.verifiers import verifier
 
@@ -88,12 +89,11 @@ def record(problem: dict, result: SearchResult, job: JobConfig, decode) -> dict:
     }
 
 
-def make_search(job: JobConfig, engines: dict[str, Engine], tokenizer,
-                max_trees: int | None = None) -> Search | TaggedSearch:
-    """The job's search algorithm over its engines: v2's tagged tree or v1's MCTS."""
+def make_algorithm(job: JobConfig, tokenizer, max_model_len: int) -> Algorithm:
+    """The job's search algorithm: v2's tagged tree or v1's MCTS."""
     if job.action_tree is not None:
-        return TaggedSearch(engines, tokenizer, job.search, job.action_tree, max_trees)
-    return Search(engines["policy"], tokenizer, job.search, max_trees)
+        return TaggedMCTS(tokenizer, job.search, job.action_tree, max_model_len)
+    return MCTS(tokenizer, job.search, max_model_len)
 
 
 def question_text(job: JobConfig, question: str) -> str:
@@ -104,10 +104,11 @@ def question_text(job: JobConfig, question: str) -> str:
 def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathlib.Path,
             tree_dir: pathlib.Path | None = None, engine_config: EngineConfig = EngineConfig(),
             mesh: Mesh | None = None, max_trees: int | None = None,
-            checker: LoadedModel | None = None) -> Search | TaggedSearch:
+            checker: LoadedModel | None = None) -> dict:
     """Search ``todo`` through the engines, appending each problem's line to
-    ``output`` (and writing its tree) as soon as its tree finishes. ``checker``
-    serves the node types an action tree assigns to a second model."""
+    ``output`` (and writing its tree) as soon as its tree finishes; returns the
+    run's figures (seconds, requests, engine statistics). ``checker`` serves the
+    node types an action tree assigns to a second model."""
     tokenizer = loaded.tokenizer
     engines = {"policy": loaded}
     if checker is not None:
@@ -120,7 +121,8 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
                             stop_table=stops.build_stop_table(tokenizer, job.stops,
                                                               m.cfg.vocab_size))
                for name, m in engines.items()}
-    search = make_search(job, engines, tokenizer, max_trees)
+    max_model_len = min(e.config.max_model_len for e in engines.values())
+    searcher = Searcher(make_algorithm(job, tokenizer, max_model_len), engines, max_trees)
     eos = set(loaded.eos_ids)
 
     def decode(tokens: list[int]) -> str:
@@ -139,7 +141,7 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
     start = time.perf_counter()
     solved = tokens = 0
     with tqdm(total=len(todo), desc=f"search {job.name}", unit="problem") as bar:
-        for problem_id, result in search.stream(problems):
+        for problem_id, result in searcher.stream(problems):
             problem = by_id[problem_id]
             line = record(problem, result, job, decode)
             job_lib.append_line(output, line)
@@ -152,9 +154,8 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
             bar.update(1)
             bar.set_postfix(solved=f"{solved / bar.n:.2f}",
                             tok_s=f"{tokens / (time.perf_counter() - start):.0f}",
-                            slots=f"{search.stats()['slot_utilisation']:.2f}")
-    search.seconds = time.perf_counter() - start
-    return search
+                            slots=f"{searcher.stats()['slot_utilisation']:.2f}")
+    return {"seconds": time.perf_counter() - start, **searcher.stats()}
 
 
 def summarize(output: pathlib.Path, ids: set[str] | None = None,

@@ -25,60 +25,35 @@ and node, so a tree does not depend on what else runs.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
-import numpy as np
-
-from marco_jax.engine.engine import Completion, Engine
-from marco_jax.errors import MarcoError
+from marco_jax.engine.engine import Completion
 from marco_jax.search.action_tree import ActionTree
 from marco_jax.search.config import SearchConfig
-from marco_jax.search.driver import (Call, Program, default_trees_in_flight, drive,
-                                     engine_stats, row_seed, stats_line)
+from marco_jax.search.driver import Call, Program, row_seed
 from marco_jax.search.results import Candidate, Problem, SearchResult, choose_best
 from marco_jax.search.rewards import Reward
-from marco_jax.search.tree import ANSWER, CUT, ROOT, Tree, backup, uct_scores
+from marco_jax.search.tree import ANSWER, CUT, ROOT, Outcome, Tree, backup, select_child, uct
 
 PREFILL_STREAM = 1 << 20  # seeds for prefill choices, apart from the sampling seeds
 
 
-class TaggedSearch:
-    """Runs v2 trees through the engines (``policy``, and ``checker`` if the action
-    tree assigns node types to a second model)."""
+class TaggedMCTS:
+    """Marco-o1 v2's search (a :class:`marco_jax.search.searcher.Algorithm`) over
+    the models its action tree names (``policy``, and ``checker`` for node types
+    assigned to a second model); contexts up to ``max_model_len`` tokens."""
 
-    def __init__(self, engines: Mapping[str, Engine], tokenizer: Any, cfg: SearchConfig,
-                 plan: ActionTree, max_trees: int | None = None):
-        if missing := sorted(plan.models - set(engines)):
-            raise MarcoError(f"the action tree uses model(s) {', '.join(missing)} but only "
-                             f"{', '.join(engines)} were given")
-        self.engines, self.cfg, self.plan = dict(engines), cfg, plan
+    def __init__(self, tokenizer: Any, cfg: SearchConfig, plan: ActionTree, max_model_len: int):
+        self.cfg, self.plan, self.max_model_len = cfg, plan, max_model_len
+        self.models = frozenset({"policy", *plan.models})
         self.reward = Reward(cfg)
+        self.rule = uct(cfg.c_uct)
         self.kinds = ("root", *plan.types)
         self.encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
         self.decode = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
-        self.max_model_len = min(e.config.max_model_len for e in self.engines.values())
         # the most children one expansion adds: calls per expansion, and a tree's width
-        self.widest = max([*(sum(t.children.values()) for t in plan.types.values()),
-                           sum(plan.root.values())])
-        slots = self.engines["policy"].config.slots
-        self.max_trees = max_trees or default_trees_in_flight(slots, self.widest)
-        self.requests = 0
-        self.generated_tokens = 0
-
-    def stats(self) -> dict:
-        return engine_stats(self.engines["policy"], self.requests)
-
-    def summary(self) -> str:
-        return stats_line(self.stats())
-
-    def stream(self, problems: Iterable[Problem], on_start: Callable[[Any], None] | None = None,
-               ) -> Iterator[tuple[Any, SearchResult]]:
-        """Search problems, yielding ``(key, result)`` as each tree finishes."""
-        def programs():
-            for problem in problems:
-                self.reward.check_gold(problem.key, problem.gold)
-                yield problem.key, self.program(problem)
-        return drive(self.engines, programs(), self.max_trees, on_start)
+        self.width = max([*(sum(t.children.values()) for t in plan.types.values()),
+                          sum(plan.root.values())])
 
     def program(self, problem: Problem,
                 on_grow: Callable[[Tree], None] | None = None) -> Program:
@@ -86,7 +61,7 @@ class TaggedSearch:
         each node's children on first visit, until the stopping rules hold;
         ``on_grow`` sees the tree after each rollout and reflection."""
         cfg, plan = self.cfg, self.plan
-        width = self.widest + sum(plan.reflection.values())
+        width = self.width + sum(plan.reflection.values())
         tree = Tree.new(problem.prompt, width, kinds=self.kinds)
         grown: set[int] = set()  # nodes whose children exist
         reached: set[int] = set()  # answers already counted
@@ -99,11 +74,9 @@ class TaggedSearch:
                     children = plan.root if node == ROOT else plan.types[tree.kind(node)].children
                     generated += yield from self._grow(tree, node, children, problem)
                     if not len(tree.children(node)):  # nothing fits the token budget
-                        tree.terminal_n[node] = True
-                        tree.finish_n[node] = CUT
-                        tree.rollout_value_n[node] = 0.0
+                        tree.end(node, CUT, 0.0)
                         break
-                node = self._select_child(tree, node)
+                node = select_child(tree, node, self.rule)  # unvisited children first
             backup(tree, node, float(tree.rollout_value_n[node]))
             rollouts += 1
             if on_grow is not None:
@@ -120,7 +93,6 @@ class TaggedSearch:
                 generated += yield from self._grow(tree, anchor, plan.reflection, problem)
                 if on_grow is not None:
                     on_grow(tree)
-        self.generated_tokens += generated
         candidates = [Candidate(n, tree.path_tokens(n)[len(problem.prompt):],
                                 float(tree.rollout_value_n[n]), True,
                                 None if tree.correct_n[n] < 0 else bool(tree.correct_n[n]))
@@ -128,13 +100,6 @@ class TaggedSearch:
         path, tokens, value = choose_best(tree, candidates, len(problem.prompt))
         return SearchResult(tree, path, tokens, value, candidates, generated, rollouts=rollouts,
                             correct=correct, stopped_early=rollouts < cfg.iterations)
-
-    def _select_child(self, tree: Tree, node: int) -> int:
-        """The first unvisited child, else the UCT best (ties: the first)."""
-        kids = tree.children(node)
-        scores = uct_scores(int(tree.visits_n[node]), tree.visits_n[kids],
-                            tree.value_sum_n[kids], self.cfg.c_uct)
-        return int(kids[int(np.argmax(scores))])
 
     def _grow(self, tree: Tree, parent: int, children: Mapping[str, int],
               problem: Problem) -> Program:
@@ -169,20 +134,17 @@ class TaggedSearch:
             slot += count
         completions: list[Completion] = []
         if calls:
-            self.requests += len(calls)
             completions = yield calls
         for name, prefill, index in plans:
             kind = self.plan.types[name]
             done = completions[index] if index >= 0 else None
             body = self.plan.node_body(self.decode(done.tokens)) if done else ""
-            text = kind.text(prefill, body)
-            child = tree.add_child(parent, self.encode(text), kind.terminal, kind=name)
+            tokens = self.encode(kind.text(prefill, body))
+            outcome = None
             if kind.terminal:
-                answer = self.decode(tree.path_tokens(child)[len(problem.prompt):])
+                answer = self.decode(tree.path_tokens(parent)[len(problem.prompt):] + tokens)
                 value, verdict = self.reward(done.confidence if done else 0.0, answer,
                                              problem.gold)
-                tree.finish_n[child] = ANSWER
-                tree.rollout_value_n[child] = value
-                tree.rollout_finished_n[child] = True
-                tree.correct_n[child] = -1 if verdict is None else int(verdict)
+                outcome = Outcome(ANSWER, value, True, verdict)
+            tree.add_child(parent, tokens, kind=name, outcome=outcome)
         return sum(len(c.tokens) for c in completions)

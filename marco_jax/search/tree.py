@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -19,6 +20,21 @@ ROOT = 0
 KINDS = ("root", "action", "reflection")
 OPEN, ANSWER, CUT = 0, 1, 2  # finish_n: not terminal, ended the answer, hit the token budget
 FINISHES = ("open", "answer", "cut")
+# (parent visits, children's visits, children's value sums) -> children's scores
+SelectionRule = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What valued a new node: why it ends (``OPEN``: it does not), the value its
+    rollout (or answer) got, whether that rollout ended the answer, the
+    verifier's verdict, and the rollout's tokens (v1; v2 nodes have none)."""
+
+    finish: int = OPEN
+    value: float = math.nan
+    finished: bool = False
+    correct: bool | None = None
+    rollout: tuple[int, ...] | list[int] = ()
 
 
 @dataclasses.dataclass
@@ -66,8 +82,10 @@ class Tree:
         self.rollout_finished_n = grow(self.rollout_finished_n, False)
         self.correct_n = grow(self.correct_n, -1)
 
-    def add_child(self, parent: int, tokens: list[int], terminal: bool,
-                  kind: str = "action") -> int:
+    def add_child(self, parent: int, tokens: list[int], kind: str = "action",
+                  outcome: Outcome | None = None) -> int:
+        """A new child of ``parent``: its action's tokens, its kind, and what valued
+        it (none yet: an open node); terminal when its outcome ends it."""
         slots = np.flatnonzero(self.children_nc[parent] < 0)
         if not len(slots):  # e.g. v2's reflections, added after a wrong answer
             slots = [self.max_children]
@@ -81,11 +99,23 @@ class Tree:
         self.parent_n[node] = parent
         self.children_nc[parent, slots[0]] = node
         self.depth_n[node] = self.depth_n[parent] + 1
-        self.terminal_n[node] = terminal
         self.kind_n[node] = self.kinds.index(kind)
         self.tokens.append(list(tokens))
         self.rollouts.append([])
+        if outcome is not None:
+            self.terminal_n[node] = outcome.finish != OPEN
+            self.finish_n[node] = outcome.finish
+            self.rollout_value_n[node] = outcome.value
+            self.rollout_finished_n[node] = outcome.finished
+            self.correct_n[node] = -1 if outcome.correct is None else int(outcome.correct)
+            self.rollouts[node] = list(outcome.rollout)
         return node
+
+    def end(self, node: int, finish: int, value: float) -> None:
+        """Make ``node`` terminal (e.g. cut: no room left to continue it)."""
+        self.terminal_n[node] = True
+        self.finish_n[node] = finish
+        self.rollout_value_n[node] = value
 
     def children(self, node: int) -> np.ndarray:
         row = self.children_nc[node]
@@ -120,26 +150,33 @@ class Tree:
         return self.value_sum_n[node] / self.visits_n[node] if self.visits_n[node] else math.nan
 
 
-def uct_scores(parent_visits: int, visits_c: np.ndarray, value_sum_c: np.ndarray,
-               c_uct: float) -> np.ndarray:
+def uct(c_uct: float) -> SelectionRule:
     """UCT = mean value + c * sqrt(ln N_parent / n_child); unvisited children score +inf."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        explore = c_uct * np.sqrt(np.log(max(parent_visits, 1)) / visits_c)
-        scores = value_sum_c / visits_c + explore
-    return np.where(visits_c > 0, scores, np.inf)
+
+    def scores(parent_visits: int, visits_c: np.ndarray, value_sum_c: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            explore = c_uct * np.sqrt(np.log(max(parent_visits, 1)) / visits_c)
+            score_c = value_sum_c / visits_c + explore
+        return np.where(visits_c > 0, score_c, np.inf)
+
+    return scores
 
 
-def select_leaf(tree: Tree, c_uct: float) -> int:
-    """Descend from the root by UCT (ties: the first child) to a node without
-    children; terminal nodes are returned as they are (they cannot be expanded)."""
+def select_child(tree: Tree, node: int, rule: SelectionRule) -> int:
+    """The child of ``node`` that ``rule`` scores highest (ties: the first)."""
+    kids = tree.children(node)
+    scores = rule(int(tree.visits_n[node]), tree.visits_n[kids], tree.value_sum_n[kids])
+    return int(kids[int(np.argmax(scores))])
+
+
+def select_leaf(tree: Tree, rule: SelectionRule) -> int:
+    """Descend from the root by ``rule`` to a node without children; terminal nodes
+    are returned as they are (they cannot be expanded)."""
     node = ROOT
     while not tree.terminal_n[node]:
-        kids = tree.children(node)
-        if not len(kids):
+        if not len(tree.children(node)):
             return node
-        scores = uct_scores(int(tree.visits_n[node]), tree.visits_n[kids],
-                            tree.value_sum_n[kids], c_uct)
-        node = int(kids[int(np.argmax(scores))])
+        node = select_child(tree, node, rule)
     return node
 
 

@@ -273,7 +273,7 @@ class EngineWorker:
 
     def _begin_search(self, job: Job) -> None:
         config = job.search
-        search = runner.make_search(config, {"policy": self.engine}, self.tokenizer)
+        algorithm = runner.make_algorithm(config, self.tokenizer, self.engine.config.max_model_len)
         problem = Problem(job.id, job.prompt_ids, job.seed)
         steps = itertools.count(1)
         generated = [0]
@@ -290,7 +290,7 @@ class EngineWorker:
                                               "nodes": runner.tree_nodes(tree, decode_once)}))
 
         self._searching[job.id] = (job, problem)
-        self.driver.start(job.id, _with_stops(search.program(problem, on_grow), config.stops,
+        self.driver.start(job.id, _with_stops(algorithm.program(problem, on_grow), config.stops,
                                               on_round))
         self._collect_searches()
 

@@ -25,6 +25,7 @@ import pathlib
 from report import report
 
 from marco_jax.files import lines
+from marco_jax.search.record import TreeRecord
 
 
 def read(path: pathlib.Path) -> dict[str, dict]:
@@ -48,23 +49,23 @@ def within(record: dict, budget: int) -> tuple[int, int]:
     return sum(ok for _, ok in samples), sum(tokens for tokens, _ in samples)
 
 
-def attempts(tree: dict) -> dict[str, list[int]]:
+def attempts(tree: TreeRecord) -> dict[str, list[int]]:
     """[answers, right ones] of a plain MCTS tree by where each was drawn:
     ``fresh`` (a child of the root), ``reflection`` (below a reflection node),
     ``branch`` (below another step). An answer cut off by the budget counts
     as drawn and wrong."""
-    nodes = {n["id"]: n for n in tree["nodes"]}
+    nodes = {n.id: n for n in tree.nodes}
     out = {"fresh": [0, 0], "branch": [0, 0], "reflection": [0, 0]}
-    for node in tree["nodes"]:
-        if node["kind"] != "action" or node["rollout_value"] is None:
+    for node in tree.nodes:
+        if node.kind != "action" or node.rollout_value is None:
             continue
-        where, parent = "fresh" if node["parent"] == 0 else "branch", node["parent"]
+        where, parent = "fresh" if node.parent == 0 else "branch", node.parent
         while parent > 0:
-            if nodes[parent]["kind"] == "reflection":
+            if nodes[parent].kind == "reflection":
                 where = "reflection"
-            parent = nodes[parent]["parent"]
+            parent = nodes[parent].parent
         out[where][0] += 1
-        out[where][1] += bool(node["correct"])
+        out[where][1] += bool(node.correct)
     return out
 
 
@@ -74,8 +75,7 @@ def attempt_rates(tree_dir: pathlib.Path, ids: list[str], sampling: dict[str, di
     that fit in the tree's tokens."""
     total = {"fresh": [0, 0], "branch": [0, 0], "reflection": [0, 0], "sampling": [0, 0]}
     for i in ids:
-        tree = json.loads((tree_dir / f"{i}.json").read_text(encoding="utf-8"))
-        for where, (n, right) in attempts(tree).items():
+        for where, (n, right) in attempts(TreeRecord.load(tree_dir / f"{i}.json")).items():
             total[where][0] += n
             total[where][1] += right
         samples = counted(sampling[i], budgets[i])

@@ -32,7 +32,7 @@ from marco_jax.cli import run
 from marco_jax.loading import checkpoint_tokenizer
 from marco_jax.search import export
 from marco_jax.search.config import VERIFIERS
-from marco_jax.search.verifiers import verifier
+from marco_jax.grading import verifier
 
 
 def parse_args() -> argparse.Namespace:

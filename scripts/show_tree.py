@@ -15,7 +15,8 @@ import pathlib
 
 from marco_jax.cli import run
 from marco_jax.errors import MarcoError
-from marco_jax.search.tree_html import load_tree, render
+from marco_jax.search.record import TreeRecord
+from marco_jax.search.tree_html import render
 
 
 def parse_args() -> argparse.Namespace:
@@ -29,7 +30,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     output = args.output or args.tree.with_suffix(".html")
-    page = render(load_tree(args.tree), args.tree)
+    page = render(TreeRecord.load(args.tree), args.tree.stem)
     try:
         output.write_text(page, encoding="utf-8")
     except OSError as e:

@@ -1,17 +1,18 @@
 """Exporting trees as SFT chains and DPO pairs: verified, deduplicated, never MGSM."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from marco_jax.errors import MarcoError
+from marco_jax.grading import verifier
 from marco_jax.loading import load
 from marco_jax.search import export
 from marco_jax.search.config import load_job_config
+from marco_jax.search.record import TreeRecord
 from marco_jax.search.results import Problem
-from marco_jax.search.runner import tree_json
-from marco_jax.search.verifiers import verifier
 from marco_jax.train.data import read_records, tokenize_record
 from cli_test import assert_one_line_error, run_script
 from tagged_test import TextEngine, tagged, writer
@@ -42,7 +43,8 @@ def tree(question="What is 2+2?", answer="4"):
              node(5, 4, "<answer>The answer is: \\boxed{5}</answer>\n", "answer", "answer"),
              node(6, 4, "<reflection>Wait! wrong.\n</reflection>\n", "reflection"),
              node(7, 6, "<answer>The answer is: \\boxed{4}</answer>\n", "answer", "answer")]
-    return {"id": "p1", "question": question, "answer": answer, "nodes": nodes}
+    return TreeRecord.from_json({"id": "p1", "question": question, "answer": answer,
+                                 "nodes": nodes}, "tree")
 
 
 def test_chains_are_reverified_and_selected_by_length():
@@ -109,8 +111,9 @@ def test_pairs_share_a_real_prefix_and_are_capped(tok):
 def cut_tree(text="<Thought>\n2+2=4, 2+2=4, 2+2=4, 2+2"):
     """A later model's greedy chain on the same problem, cut off by the token budget
     (a number that matches the gold answer must not make it correct)."""
-    return {"id": "p1", "question": "What is 2+2?", "answer": "4",
-            "nodes": [node(0, -1, "Q", "root"), node(1, 0, text, "action", "cut")]}
+    return TreeRecord.from_json({"id": "p1", "question": "What is 2+2?", "answer": "4",
+                                 "nodes": [node(0, -1, "Q", "root"),
+                                           node(1, 0, text, "action", "cut")]}, "tree")
 
 
 def test_unfinished_chains_are_the_rejected_side_on_request(tok):
@@ -131,7 +134,8 @@ def test_unfinished_chains_are_the_rejected_side_on_request(tok):
     _, alone, _ = export.export([cut_tree()], verifier("numeric"), tok.encode, rejected="both")
     assert alone == []  # nothing correct to prefer over it
     with pytest.raises(MarcoError, match="different gold answers"):
-        export.export([tree(), {**cut_tree(), "answer": "5"}], verifier("numeric"), tok.encode)
+        export.export([tree(), dataclasses.replace(cut_tree(), answer="5")], verifier("numeric"),
+                      tok.encode)
     with pytest.raises(MarcoError, match="rejected must be one of"):
         export.export(merged, verifier("numeric"), tok.encode, rejected="looping")
 
@@ -159,7 +163,9 @@ def test_trees_from_the_tagged_search_export(tok, tmp_path):
     prompt = tok.encode("Q: how many r in strawberry?", add_special_tokens=False)
     [(key, result)] = list(search.stream([Problem("p", prompt, 0, "3")]))
     problem = {"id": "p", "question": "how many r in strawberry?", "answer": "3"}
-    trees = [json.loads(json.dumps(tree_json(problem, result, tok.decode, None)))]
+    written = TreeRecord.of(result.tree, tok.decode, problem["id"], problem["question"],
+                            problem["answer"], None, result.best_path)
+    trees = [TreeRecord.from_json(json.loads(json.dumps(written.to_json())), "tree")]
     sft, prefs, counts = export.export(trees, verifier("letter_count"), tok.encode, how="all")
     assert counts["correct"] == result.correct >= 2
     texts = [r["messages"][1]["content"] for r in sft]
@@ -171,14 +177,14 @@ def test_trees_from_the_tagged_search_export(tok, tmp_path):
 def test_export_cli(tmp_path):
     trees = tmp_path / "trees"
     trees.mkdir()
-    (trees / "p1.json").write_text(json.dumps(tree()))
+    tree().write(trees / "p1.json")
     proc = run_script("export_data.py", "--trees", str(trees), "--sft", str(tmp_path / "s.jsonl"),
                       "--pairs", str(tmp_path / "p.jsonl"), "--select", "all")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"trees": 1, "solved": 1, "chains": 3, "correct": 2,
                                        "unfinished": 0, "sft_records": 2, "pairs": 2}
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
-    (trees / "p2.json").write_text(json.dumps({**tree(question=MGSM_EN_1), "id": "p2"}))
+    dataclasses.replace(tree(question=MGSM_EN_1), id="p2").write(trees / "p2.json")
     proc = run_script("export_data.py", "--trees", str(trees), "--sft", str(tmp_path / "s.jsonl"))
     assert_one_line_error(proc, "evaluation (MGSM) question")
     assert_one_line_error(run_script("export_data.py", "--trees", str(tmp_path), "--sft", "x"),
@@ -186,7 +192,7 @@ def test_export_cli(tmp_path):
     (trees / "p2.json").unlink()
     later = tmp_path / "later"
     later.mkdir()
-    (later / "p1.json").write_text(json.dumps(cut_tree()))
+    cut_tree().write(later / "p1.json")
     proc = run_script("export_data.py", "--trees", str(trees), "--trees", str(later),
                       "--pairs", str(tmp_path / "cut.jsonl"), "--rejected", "unfinished")
     assert proc.returncode == 0, proc.stderr

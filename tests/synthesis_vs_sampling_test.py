@@ -8,6 +8,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 
 import synthesis_vs_sampling as compare  # noqa: E402
 
+from marco_jax.search.record import TreeRecord  # noqa: E402
+
 
 def node(id_, parent, kind="action", correct=None, value=0.0):
     return {"id": id_, "parent": parent, "kind": kind, "correct": correct,
@@ -19,7 +21,8 @@ def test_answers_are_counted_by_where_they_were_drawn():
                       node(3, 0, "reflection"), node(4, 3, correct=True),
                       node(5, 4, correct=False), node(6, 1, correct=True),
                       node(7, 1, correct=None, value=None)]}  # 7: never valued
-    assert compare.attempts(tree) == {"fresh": [2, 1], "branch": [1, 1], "reflection": [2, 1]}
+    record = TreeRecord.from_json(tree, "tree")
+    assert compare.attempts(record) == {"fresh": [2, 1], "branch": [1, 1], "reflection": [2, 1]}
 
 
 def test_sampling_gets_the_samples_that_start_within_the_trees_tokens(tmp_path):

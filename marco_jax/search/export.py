@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pathlib
 import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from marco_jax.answers import extract_answer
+from marco_jax.grading import final_answer
 from marco_jax.errors import MarcoError
 from marco_jax.prompts import OUTPUT_CLOSE, OUTPUT_OPEN, THOUGHT_CLOSE, THOUGHT_OPEN
 from marco_jax.search.problems import read_problems
+from marco_jax.search.record import TreeRecord
 
 SELECTIONS = ("shortest", "median", "longest", "all")
 FORMATS = ("marco", "tags")
@@ -63,27 +63,27 @@ def eval_question_keys(extra: Sequence[pathlib.Path] = ()) -> set[str]:
     return keys
 
 
-def chains(tree: dict, verify: Callable[[str, str], bool], search: int = 0) -> list[Chain]:
-    """Every chain of a tree JSON (``scripts/search.py --tree-dir``) that ended: the
+def chains(tree: TreeRecord, verify: Callable[[str, str], bool], search: int = 0) -> list[Chain]:
+    """Every chain of a tree (``scripts/search.py --tree-dir``) that ended: the
     finished ones verified against the tree's gold answer, and those the token
     budget cut off (``finished=False``, never correct), which make the rejected
     side of pairs against running out of budget (looping, rambling)."""
-    nodes = {n["id"]: n for n in tree["nodes"]}
+    nodes = {n.id: n for n in tree.nodes}
     out = []
-    for node in tree["nodes"]:
-        v2_answer = node["finish"] == "answer" and not node.get("rollout_text")
-        v1_rollout = node["kind"] == "action" and node.get("rollout_finished")
-        cut = node["finish"] == "cut" or (node["kind"] == "action" and node.get("rollout_text")
-                                          and not node.get("rollout_finished"))
+    for node in tree.nodes:
+        v2_answer = node.finish == "answer" and not node.rollout_text
+        v1_rollout = node.kind == "action" and node.rollout_finished
+        cut = node.finish == "cut" or (node.kind == "action" and node.rollout_text
+                                       and not node.rollout_finished)
         if not (v2_answer or v1_rollout or cut):
             continue
         path, n = [], node
-        while n["parent"] >= 0:
-            path.append(n["text"])
-            n = nodes[n["parent"]]
-        text = "".join(reversed(path)) + (node.get("rollout_text") or "")
+        while n.parent >= 0:
+            path.append(n.text)
+            n = nodes[n.parent]
+        text = "".join(reversed(path)) + node.rollout_text
         finished = not cut
-        out.append(Chain(node["id"], text, finished and verify(text, tree["answer"]), finished,
+        out.append(Chain(node.id, text, finished and verify(text, tree.answer), finished,
                          search))
     return out
 
@@ -115,7 +115,7 @@ def render(text: str, form: str, finished: bool = True) -> str:
         parts = _TAG.split(text)[::3] if _TAG.match(text.lstrip()) else [text]
         return THOUGHT_OPEN + "\n" + "\n\n".join(p.strip() for p in parts if p.strip())
     if "<answer>" not in text:
-        answer = extract_answer(text)
+        answer = final_answer(text)
         if answer is None:
             return text
         return (f"{THOUGHT_OPEN}\n{text.strip()}\n{THOUGHT_CLOSE}\n{OUTPUT_OPEN}\n"
@@ -135,7 +135,7 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def pairs(tree: dict, found: list[Chain], encode: Callable[[str], list[int]],
+def pairs(tree: TreeRecord, found: list[Chain], encode: Callable[[str], list[int]],
           form: str, cap: int, rejected: str = "wrong") -> list[dict]:
     """Up to ``cap`` (correct, rejected) pairs of one problem, each correct and each
     rejected chain used as evenly as possible. Rejected chains are the wrong
@@ -159,30 +159,30 @@ def pairs(tree: dict, found: list[Chain], encode: Callable[[str], list[int]],
         rejected_chain = max(wrong, key=lambda w: (-used.get(w, 0), not w.finished,
                                                    shared_prefix(tokens[chosen], tokens[w]),
                                                    -w.search, -w.node))
-        pair_id = f"{tree['id']}:{chosen.label}-{rejected_chain.label}"
+        pair_id = f"{tree.id}:{chosen.label}-{rejected_chain.label}"
         if any(p["id"] == pair_id for p in out):
             break  # every combination is used
         used[rejected_chain] = used.get(rejected_chain, 0) + 1
-        out.append({"id": pair_id, "tree": tree["id"],
-                    "prompt": [{"role": "user", "content": tree["question"]}],
+        out.append({"id": pair_id, "tree": tree.id,
+                    "prompt": [{"role": "user", "content": tree.question}],
                     "chosen": texts[chosen], "rejected": texts[rejected_chain],
                     "chosen_node": chosen.node, "rejected_node": rejected_chain.node,
                     "chosen_search": chosen.search, "rejected_search": rejected_chain.search,
                     "rejected_finished": rejected_chain.finished,
                     "shared_prefix_tokens": shared_prefix(tokens[chosen],
                                                           tokens[rejected_chain]),
-                    "answer": tree["answer"]})
+                    "answer": tree.answer})
     return out
 
 
-def sft_records(tree: dict, found: list[Chain], how: str, form: str) -> list[dict]:
-    return [{"id": f"{tree['id']}:{c.label}", "tree": tree["id"],
-             "messages": [{"role": "user", "content": tree["question"]},
+def sft_records(tree: TreeRecord, found: list[Chain], how: str, form: str) -> list[dict]:
+    return [{"id": f"{tree.id}:{c.label}", "tree": tree.id,
+             "messages": [{"role": "user", "content": tree.question},
                           {"role": "assistant", "content": render(c.text, form)}]}
             for c in select([c for c in found if c.correct], how)]
 
 
-def export(trees: Iterable[dict], verify: Callable[[str, str], bool],
+def export(trees: Iterable[TreeRecord], verify: Callable[[str, str], bool],
            encode: Callable[[str], list[int]], how: str = "shortest", form: str = "marco",
            cap: int = 4, refused: set[str] = frozenset(), rejected: str = "wrong",
            ) -> tuple[list[dict], list[dict], dict]:
@@ -193,20 +193,20 @@ def export(trees: Iterable[dict], verify: Callable[[str, str], bool],
     A tree whose question is an evaluation question (``refused`` keys) is refused
     with an error."""
     sft, seen = [], set()
-    problems: dict[str, list[tuple[dict, list[Chain]]]] = {}
+    problems: dict[str, list[tuple[TreeRecord, list[Chain]]]] = {}
     counts = {"trees": 0, "solved": 0, "chains": 0, "correct": 0, "unfinished": 0}
     for tree in trees:
-        if tree.get("answer") is None:
-            raise MarcoError(f"tree {tree['id']!r} has no gold answer to verify against")
-        key = question_key(tree["question"])
+        if tree.answer is None:
+            raise MarcoError(f"tree {tree.id!r} has no gold answer to verify against")
+        key = question_key(tree.question)
         if key in refused:
-            raise MarcoError(f"tree {tree['id']!r}: its question is an evaluation (MGSM) "
+            raise MarcoError(f"tree {tree.id!r}: its question is an evaluation (MGSM) "
                              "question; never train on it")
         group = problems.setdefault(key, [])
-        if group and str(group[0][0]["answer"]) != str(tree["answer"]):
-            raise MarcoError(f"trees {group[0][0]['id']!r} and {tree['id']!r} ask the same "
-                             f"question with different gold answers ({group[0][0]['answer']!r}, "
-                             f"{tree['answer']!r})")
+        if group and str(group[0][0].answer) != str(tree.answer):
+            raise MarcoError(f"trees {group[0][0].id!r} and {tree.id!r} ask the same "
+                             f"question with different gold answers ({group[0][0].answer!r}, "
+                             f"{tree.answer!r})")
         found = chains(tree, verify, search=len(group))
         group.append((tree, found))
         records = sft_records(tree, found, how, form)
@@ -226,9 +226,9 @@ def export(trees: Iterable[dict], verify: Callable[[str, str], bool],
     return sft, prefs, counts
 
 
-def read_trees(directory: pathlib.Path) -> list[dict[str, Any]]:
+def read_trees(directory: pathlib.Path) -> list[TreeRecord]:
     files = sorted(directory.glob("*.json"))
     if not files:
         raise MarcoError(f"{directory}: no tree files (*.json); write them with "
                          "scripts/search.py --tree-dir")
-    return [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    return [TreeRecord.load(f) for f in files]

@@ -14,7 +14,7 @@ import os
 import pathlib
 from typing import Iterable
 
-from marco_jax.answers import extract_answer, majority_answer
+from marco_jax.grading import final_answer, majority_answer
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
 from marco_jax.search.results import SearchResult
@@ -62,12 +62,12 @@ def choose(result: SearchResult, final: str, decode) -> tuple[str, float]:
         return decode(best.tokens), best.value
     if final == "vote" and pool:
         texts = [decode(c.tokens) for c in pool]
-        winner = majority_answer([extract_answer(t) for t in texts])
+        winner = majority_answer([final_answer(t) for t in texts])
         for text, candidate in zip(texts, pool):
-            if extract_answer(text) == winner:
+            if final_answer(text) == winner:
                 return text, candidate.value
     return decode(result.best_tokens), result.best_value
 
 
 def candidate_answers(result: SearchResult, decode) -> Iterable[str | None]:
-    return (extract_answer(decode(c.tokens)) for c in result.candidates)
+    return (final_answer(decode(c.tokens)) for c in result.candidates)

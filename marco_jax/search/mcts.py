@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from marco_jax.answers import extract_answer
+from marco_jax.grading import final_answer
 from marco_jax.engine.engine import Completion
 from marco_jax.search.config import SearchConfig
 from marco_jax.search.driver import Call, Program, row_seed
@@ -105,7 +105,7 @@ class MCTS:
             if step.reflection is not None:
                 tree.add_child(leaf, step.reflection, kind="reflection")
             elif self.cfg.reflect_wrong != "off" and step.ended and verdict is False:
-                self._reflect(tree, leaf, completion.tokens, extract_answer(text))
+                self._reflect(tree, leaf, completion.tokens, final_answer(text))
         return correct
 
     def _reflect(self, tree: Tree, leaf: int, chain: list[int], answer: str | None) -> None:

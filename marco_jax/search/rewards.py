@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from marco_jax.errors import MarcoError
 from marco_jax.search.config import SearchConfig
-from marco_jax.search.verifiers import verifier
+from marco_jax.grading import verifier
 
 
 class Reward:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from marco_jax import prompts as prompt_lib
 from marco_jax import stops
-from marco_jax.answers import answers_match, extract_answer, majority_answer
+from marco_jax.grading import answers_match, final_answer, majority_answer
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
@@ -21,11 +21,11 @@ from marco_jax.loading import LoadedModel
 from marco_jax.search import job as job_lib
 from marco_jax.search.config import JobConfig
 from marco_jax.search.mcts import MCTS
+from marco_jax.search.record import TreeRecord
 from marco_jax.search.results import Problem, SearchResult
 from marco_jax.search.searcher import Algorithm, Searcher
 from marco_jax.search.tagged import TaggedMCTS
-from marco_jax.search.tree import FINISHES, Tree
-from marco_jax.search.verifiers import verifier
+from marco_jax.grading import verifier
 
 
 def wrap(template: str, question: str) -> str:
@@ -36,32 +36,9 @@ def wrap(template: str, question: str) -> str:
     return question
 
 
-def tree_json(problem: dict, result: SearchResult, decode, chosen: str | None) -> dict:
-    return {"id": problem["id"], "question": problem["question"], "answer": problem["answer"],
-            "chosen_answer": chosen, "nodes": tree_nodes(result.tree, decode),
-            "best_path": result.best_path}
-
-
-def tree_nodes(tree: Tree, decode) -> list[dict]:
-    """Every node of a tree as JSON: text, statistics, kind, rollout, verdict."""
-    nodes = []
-    for n in range(tree.size):
-        value = tree.mean_value(n)
-        rollout_value = float(tree.rollout_value_n[n])
-        nodes.append({"id": n, "parent": int(tree.parent_n[n]), "text": decode(tree.tokens[n]),
-                      "visits": int(tree.visits_n[n]), "value": None if value != value else value,
-                      "depth": int(tree.depth_n[n]), "terminal": bool(tree.terminal_n[n]),
-                      "kind": tree.kind(n), "finish": FINISHES[tree.finish_n[n]],
-                      "rollout_text": decode(tree.rollouts[n]),
-                      "rollout_value": None if rollout_value != rollout_value else rollout_value,
-                      "rollout_finished": bool(tree.rollout_finished_n[n]),
-                      "correct": None if tree.correct_n[n] < 0 else bool(tree.correct_n[n])})
-    return nodes
-
-
 def record(problem: dict, result: SearchResult, job: JobConfig, decode) -> dict:
     text, reward = job_lib.choose(result, job.final, decode)
-    chosen = extract_answer(text)
+    chosen = final_answer(text)
     gold = problem["answer"]
     answers = list(job_lib.candidate_answers(result, decode))
     tree = result.tree
@@ -146,9 +123,9 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
             line = record(problem, result, job, decode)
             job_lib.append_line(output, line)
             if tree_dir:
-                tree = tree_json(problem, result, decode, line["chosen_answer"])
-                (tree_dir / f"{problem_id}.json").write_text(
-                    json.dumps(tree, ensure_ascii=False), encoding="utf-8")
+                TreeRecord.of(result.tree, decode, problem["id"], problem["question"],
+                              problem["answer"], line["chosen_answer"], result.best_path,
+                              ).write(tree_dir / f"{problem_id}.json")
             solved += line["status"] == "solved"
             tokens += result.generated_tokens
             bar.update(1)

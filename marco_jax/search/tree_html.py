@@ -11,14 +11,13 @@ server's page shows it while a search grows.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import html
 import json
-import pathlib
 import re
 
-from marco_jax.errors import MarcoError
+from marco_jax.grading import same_answer
+from marco_jax.search.record import NodeRecord, TreeRecord
 
 # Node types in their colours; any other type gets one of PALETTE by its name.
 KIND_COLOURS = {"root": "#0550ae", "action": "#24292f", "reflection": "#8250df",
@@ -67,101 +66,6 @@ function bestOnly() {
 """
 
 
-@dataclasses.dataclass
-class Node:
-    id: int
-    parent: int
-    text: str
-    visits: int
-    value: float | None
-    terminal: bool
-    kind: str
-    rollout_text: str | None
-    rollout_value: float | None
-    correct: bool | None = None
-
-
-def load_tree(path: pathlib.Path) -> dict:
-    """Read the tree JSON; any unreadable or malformed file is a MarcoError naming it."""
-    if not path.is_file():
-        raise MarcoError(f"{path}: no such file")
-    try:
-        tree = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise MarcoError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise MarcoError(f"{path}: invalid JSON: {e}") from None
-    if not isinstance(tree, dict) or not isinstance(tree.get("nodes"), list):
-        raise MarcoError(f'{path}: no "nodes" list in the tree JSON')
-    return tree
-
-
-def is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def parse_node(raw: object, index: int, path: pathlib.Path) -> Node:
-    """Check one node's fields; errors name the node id (or its index if it has none)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("id"), int) or isinstance(raw["id"], bool):
-        raise MarcoError(f"{path}: node #{index} in the list has no integer id")
-    name = f"{path}: node {raw['id']}"
-    parent, visits = raw.get("parent"), raw.get("visits", 0)
-    value, rollout_value = raw.get("value"), raw.get("rollout_value")
-    if not isinstance(parent, int) or isinstance(parent, bool):
-        raise MarcoError(f"{name}: no integer parent")
-    if not isinstance(visits, int) or isinstance(visits, bool):
-        raise MarcoError(f"{name}: visits must be an integer")
-    if not (value is None or is_number(value)) or not (rollout_value is None or is_number(rollout_value)):
-        raise MarcoError(f"{name}: value and rollout_value must be numbers or null")
-    for key in ("text", "kind", "rollout_text"):
-        if key in raw and not isinstance(raw[key], str):
-            raise MarcoError(f"{name}: {key} must be a string")
-    if raw.get("correct") not in (None, True, False):
-        raise MarcoError(f"{name}: correct must be true, false or null")
-    return Node(raw["id"], parent, raw.get("text", ""), visits, value, bool(raw.get("terminal")),
-                raw.get("kind", "action"), raw.get("rollout_text"), rollout_value,
-                raw.get("correct"))
-
-
-def build(tree: dict, path: pathlib.Path) -> tuple[dict[int, Node], dict[int, list[int]], list[int]]:
-    """Nodes by id, children by id (most visited first) and the roots (parent -1)."""
-    nodes: dict[int, Node] = {}
-    for i, raw in enumerate(tree["nodes"]):
-        node = parse_node(raw, i, path)
-        if node.id in nodes:
-            raise MarcoError(f"{path}: node {node.id}: duplicate id")
-        nodes[node.id] = node
-    if not nodes:
-        raise MarcoError(f"{path}: the tree has no nodes")
-    children: dict[int, list[int]] = {i: [] for i in nodes}
-    roots = []
-    for node in nodes.values():
-        if node.parent == -1:
-            roots.append(node.id)
-        elif node.parent not in nodes:
-            raise MarcoError(f"{path}: node {node.id}: parent {node.parent} does not exist")
-        else:
-            children[node.parent].append(node.id)
-    for ids in children.values():
-        ids.sort(key=lambda i: (-nodes[i].visits, i))
-    return nodes, children, roots
-
-
-def depths(children: dict[int, list[int]], roots: list[int], path: pathlib.Path) -> dict[int, int]:
-    """Depth of every node from its root, walked iteratively; nodes in a cycle are an error."""
-    depth = {r: 0 for r in roots}
-    stack = list(roots)
-    while stack:
-        i = stack.pop()
-        for c in children[i]:
-            depth[c] = depth[i] + 1
-            stack.append(c)
-    unreached = sorted(set(children) - set(depth))
-    if unreached:
-        raise MarcoError(f"{path}: node {unreached[0]} is not reachable from a root (parent cycle)")
-    return depth
-
-
 def fmt_value(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -186,7 +90,7 @@ def kind_colour(kind: str) -> str:
     return PALETTE[hashlib.sha256(kind.encode()).digest()[0] % len(PALETTE)]
 
 
-def render_node_open(node: Node, best: set[int], is_root: bool, in_reflection: bool) -> str:
+def render_node_open(node: NodeRecord, best: set[int], is_root: bool, in_reflection: bool) -> str:
     """A node's opening <details>, summary line and body, up to where its children go."""
     slug = re.sub(r"[^a-z0-9_-]", "", node.kind.lower())
     classes = ["node", f"kind-{slug}"] + (["best"] if node.id in best else [])
@@ -204,14 +108,14 @@ def render_node_open(node: Node, best: set[int], is_root: bool, in_reflection: b
         f'</span>{terminal} <span class="preview">{html.escape(preview(node.text))}</span></summary>',
         text_block(node.text, "text"),
     ]
-    if node.rollout_text is not None or node.rollout_value is not None:
+    if node.rollout_text or node.rollout_value is not None:
         label = f"rollout (value {fmt_value(node.rollout_value)})"
         parts.append(f'<details class="fold"><summary>{html.escape(label)}</summary>'
                      f"<pre>{html.escape(node.rollout_text or '')}</pre></details>")
     return "\n".join(parts)
 
 
-def render_nodes(nodes: dict[int, Node], children: dict[int, list[int]], roots: list[int],
+def render_nodes(nodes: dict[int, NodeRecord], children: dict[int, list[int]], roots: list[int],
                  best: set[int]) -> list[str]:
     """The nested <details> of every node, built with an explicit stack (no recursion)."""
     out: list[str] = []
@@ -232,68 +136,50 @@ def render_nodes(nodes: dict[int, Node], children: dict[int, list[int]], roots: 
     return out
 
 
-def answers_match(gold: str, chosen: str) -> bool:
-    """Equal after stripping, or equal as numbers ("18" and "18.0")."""
-    gold, chosen = gold.strip(), chosen.strip()
-    if gold == chosen:
-        return True
-    try:
-        return float(gold.replace(",", "")) == float(chosen.replace(",", ""))
-    except ValueError:
-        return False
-
-
-def render_header(tree: dict, count: int, max_depth: int) -> list[str]:
+def render_header(tree: TreeRecord, count: int, max_depth: int) -> list[str]:
     """Title, question, answers (with match), tree size and the config table."""
-    rows = [("id", html.escape(str(tree.get("id", "-"))))]
-    gold, chosen = tree.get("answer"), tree.get("chosen_answer")
+    rows = [("id", html.escape(str(tree.id if tree.id is not None else "-")))]
+    gold, chosen = tree.answer, tree.chosen_answer
     if gold is not None:
         rows.append(("gold answer", html.escape(str(gold))))
     if chosen is not None:
         rows.append(("chosen answer", html.escape(str(chosen))))
     if gold is not None and chosen is not None:
-        ok = answers_match(str(gold), str(chosen))
+        ok = same_answer(str(chosen), str(gold))
         rows.append(("match", f'<span class="{"match" if ok else "mismatch"}">'
                               f'{"yes" if ok else "no"}</span>'))
     rows += [("nodes", str(count)), ("max depth", str(max_depth))]
-    out = [f"<h1>Search tree {html.escape(str(tree.get('id', '')))}</h1>"]
-    if tree.get("question") is not None:
-        out.append(f"<h2>Question</h2><pre>{html.escape(str(tree['question']))}</pre>")
+    out = [f"<h1>Search tree {html.escape(str(tree.id if tree.id is not None else ''))}</h1>"]
+    if tree.question is not None:
+        out.append(f"<h2>Question</h2><pre>{html.escape(str(tree.question))}</pre>")
     out.append("<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
-    config = tree.get("config")
-    if isinstance(config, dict) and config:
+    if isinstance(tree.config, dict) and tree.config:
         out.append("<h2>Config</h2><table>" + "".join(
             f"<tr><th>{html.escape(str(k))}</th><td>"
             f"{html.escape(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}</td></tr>"
-            for k, v in config.items()) + "</table>")
+            for k, v in tree.config.items()) + "</table>")
     return out
 
 
-def render_fragment(tree: dict, path: pathlib.Path) -> str:
+def render_fragment(tree: TreeRecord) -> str:
     """The header and the nested tree, without the page around them (the
     server's page puts it in its own)."""
-    nodes, children, roots = build(tree, path)
-    depth = depths(children, roots, path)
-    best_path = tree.get("best_path") or []
-    if not isinstance(best_path, list):
-        raise MarcoError(f"{path}: best_path must be a list of node ids")
-    for i in best_path:
-        if not isinstance(i, int) or i not in nodes:
-            raise MarcoError(f"{path}: best_path node {i} does not exist")
+    nodes = {n.id: n for n in tree.nodes}
+    depth = tree.depths()
     return "\n".join([
         *render_header(tree, len(nodes), max(depth.values())),
         '<h2>Tree</h2><div class="toolbar">'
         '<button onclick="setOpen(\'details.node\', true)">expand all</button>'
         '<button onclick="setOpen(\'details.node\', false)">collapse all</button>'
         '<button onclick="bestOnly()">best path only</button></div>',
-        *render_nodes(nodes, children, roots, set(best_path)),
+        *render_nodes(nodes, tree.children(), tree.roots(), set(tree.best_path)),
     ])
 
 
-def render(tree: dict, path: pathlib.Path) -> str:
-    """The whole HTML page for a loaded tree JSON."""
-    fragment = render_fragment(tree, path)
-    title = html.escape(f"Search tree {tree.get('id', path.stem)}")
+def render(tree: TreeRecord, title: str) -> str:
+    """The whole HTML page for a tree."""
+    fragment = render_fragment(tree)
+    title = html.escape(f"Search tree {tree.id if tree.id is not None else title}")
     return "\n".join([
         "<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{title}</title>",
         f"<style>{CSS}</style>", f"<script>{JS}</script>", "</head><body>", fragment,

@@ -31,6 +31,7 @@ from marco_jax.engine.engine import FILTER_WIDTH
 from marco_jax.search import runner
 from marco_jax.search import tree_html as tree_html_lib
 from marco_jax.search.config import JobConfig, load_job_config
+from marco_jax.search.record import TreeRecord
 from marco_jax.serve import protocol
 from marco_jax.serve.protocol import GenerationRequest, RequestError
 from marco_jax.serve.worker import EngineWorker, Event, Job
@@ -185,7 +186,7 @@ class _Handlers:
         return JSONResponse(protocol.response_body(kind, rid, request.model, choices,
                                                    event.data["usage"]))
 
-    def keep_tree(self, tree_id: str, tree: dict) -> None:
+    def keep_tree(self, tree_id: str, tree: TreeRecord) -> None:
         self.trees[tree_id] = tree
         self.trees.move_to_end(tree_id)
         while len(self.trees) > KEPT_TREES:
@@ -199,8 +200,7 @@ class _Handlers:
     def progress(self, job: Job, data: dict) -> dict:
         """A growing tree is kept (the page fetches it); the event carries its size."""
         nodes = data.pop("nodes")
-        self.keep_tree(job.tree_id, {"id": job.tree_id, "question": job.request.question,
-                                     "nodes": nodes, "best_path": []})
+        self.keep_tree(job.tree_id, TreeRecord(job.tree_id, nodes, job.request.question))
         return {**data, "nodes": len(nodes), "tree_id": job.tree_id}
 
     async def stream(self, job: Job, queue: asyncio.Queue) -> AsyncIterator[str]:
@@ -333,7 +333,7 @@ def create_app(worker: EngineWorker, settings: ServerSettings) -> FastAPI:
         if found is None:
             return _error(RequestError(f"no tree '{tree_id}' (the server keeps the last "
                                        f"{KEPT_TREES})", "tree_id", status=404))
-        return JSONResponse(found)
+        return JSONResponse(found.to_json())
 
     @app.get("/")
     async def page() -> Response:
@@ -344,7 +344,7 @@ def create_app(worker: EngineWorker, settings: ServerSettings) -> FastAPI:
         found = handlers.trees.get(tree_id)
         if found is None:
             return _error(RequestError(f"no tree '{tree_id}'", "tree_id", status=404))
-        return HTMLResponse(tree_html_lib.render_fragment(found, pathlib.Path(tree_id)))
+        return HTMLResponse(tree_html_lib.render_fragment(found))
 
     @app.get("/health")
     async def health() -> Response:

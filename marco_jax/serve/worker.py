@@ -22,13 +22,14 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from marco_jax import stops
-from marco_jax.answers import extract_answer
 from marco_jax.engine.engine import Completion, Engine
 from marco_jax.errors import MarcoError
+from marco_jax.grading import final_answer
 from marco_jax.search import job as job_lib
 from marco_jax.search import runner
 from marco_jax.search.config import JobConfig
 from marco_jax.search.driver import Driver, Program
+from marco_jax.search.record import TreeRecord, nodes_of
 from marco_jax.search.results import Problem, SearchResult
 from marco_jax.search.tree import Tree
 from marco_jax.serve.protocol import FINISH, GenerationRequest, RequestError, TokenInfo, usage
@@ -287,7 +288,7 @@ class EngineWorker:
 
         def on_grow(tree: Tree) -> None:
             job.emit(Event("progress", data={"step": next(steps), "generated_tokens": generated[0],
-                                              "nodes": runner.tree_nodes(tree, decode_once)}))
+                                              "nodes": nodes_of(tree, decode_once)}))
 
         self._searching[job.id] = (job, problem)
         self.driver.start(job.id, _with_stops(algorithm.program(problem, on_grow), config.stops,
@@ -371,14 +372,14 @@ class EngineWorker:
     def _search_result(self, job: Job, problem: Problem, result: SearchResult) -> dict:
         decode = self._decode
         text, value = job_lib.choose(result, job.search.final, decode)
-        question = {"id": job.tree_id, "question": job.request.question, "answer": None}
-        return {"text": text, "answer": extract_answer(text), "value": value,
+        return {"text": text, "answer": final_answer(text), "value": value,
                 "config": job.search.name, "rollouts": result.rollouts,
                 "generated_tokens": result.generated_tokens,
                 "candidates": [{"node": c.node, "text": shown, "value": c.value,
-                                "finished": c.finished, "answer": extract_answer(shown)}
+                                "finished": c.finished, "answer": final_answer(shown)}
                                for c, shown in ((c, decode(c.tokens)) for c in result.candidates)],
-                "tree": runner.tree_json(question, result, decode, extract_answer(text))}
+                "tree": TreeRecord.of(result.tree, decode, job.tree_id, job.request.question,
+                                      None, final_answer(text), result.best_path)}
 
     def _first_token(self, job: Job) -> None:
         job.first_token = time.perf_counter()

@@ -1,12 +1,27 @@
-"""Final numeric answers from free-form math solutions (MGSM, English and Chinese).
+"""Grading generated answers: extraction, comparison and the ground-truth
+verifiers, in one place so that a record, a reward, the tree page and the data
+export never disagree about an answer.
 
-Small models state their answer in many ways: ``\\boxed{18}``, a Marco-o1
+Final numeric answers from free-form math solutions (MGSM, English and Chinese):
+small models state their answer in many ways: ``\\boxed{18}``, a Marco-o1
 ``<Output>`` section, "The answer is 18.", "答案是 18", an invented
 ```` ```output ```` block after some Python, or just a last number, often with
 ``$``, units, thousands commas or LaTeX around it, and sometimes in a loop cut
 off mid-number. :func:`extract_answer` picks the most explicit statement and
 spells the number canonically, so that :func:`answers_match` can compare it to
 the gold answer and :func:`majority_answer` can count votes across samples.
+
+Verifiers (whether a generation's answer equals the gold one; Marco-o1 v2
+builds its training data from answers checked this way, reward 1 or 0) must
+never be fooled by a number elsewhere in the reasoning: each reads the final
+answer region first (an ``<answer>`` or ``<Output>`` section, then
+``\\boxed{}``), and so does :func:`final_answer`, the answer a record states:
+
+- ``numeric``: :func:`extract_answer` against the gold number (GSM8K, MGSM):
+  "1,234", "-3", "2.50" and "\\boxed{3/4}" all work.
+- ``letter_count``: the same, and a spelled count ("three") is read too.
+- ``exact``: the final answer region equals the gold text after trimming,
+  case folding, collapsing spaces and dropping a trailing full stop.
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from fractions import Fraction
+from typing import Callable
 
 from marco_jax.errors import MarcoError
 
@@ -168,3 +184,71 @@ def _format(value: Fraction) -> str:
     whole, decimals = divmod(int(abs(value) * 10**10), 10**10)
     sign = "-" if value < 0 else ""
     return f"{sign}{whole}.{decimals:010d}".rstrip("0")
+
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL | re.IGNORECASE)
+_OUTPUT_SECTION = re.compile(r"<Output>(.*?)(?:</Output>|\Z)", re.DOTALL | re.IGNORECASE)
+_BOXED_TEXT = re.compile(r"\\boxed\{([^{}]*)\}")
+_COUNT_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                "fourteen fifteen sixteen seventeen eighteen nineteen twenty").split()
+_COUNT_WORD = re.compile(r"\b(" + "|".join(_COUNT_WORDS) + r")\b", re.IGNORECASE)
+
+
+def final_region(text: str) -> str:
+    """The part of a generation that states the final answer: the last
+    ``<answer>`` section, else the last ``<Output>`` section, else the whole text."""
+    for tag in (_ANSWER_TAG, _OUTPUT_SECTION):
+        sections = tag.findall(text)
+        if sections:
+            return sections[-1]
+    return text
+
+
+def final_answer(text: str) -> str | None:
+    """The number a generation states as its answer: :func:`extract_answer` of its
+    :func:`final_region` (what records, votes and the numeric verifier use)."""
+    return extract_answer(final_region(text))
+
+
+def same_answer(chosen: str, gold: str) -> bool:
+    """Whether two stated answers agree: as numbers when both are numbers (within
+    1e-6 relative), else as texts after :func:`exact`'s normalisation (a gold
+    answer need not be a number here: the tree page shows any search)."""
+    if _parse(gold) is not None:
+        return answers_match(chosen, gold)
+    return _normal(chosen) == _normal(gold)
+
+
+def numeric(text: str, gold: str) -> bool:
+    return answers_match(final_answer(text), gold)
+
+
+def letter_count(text: str, gold: str) -> bool:
+    region = final_region(text)
+    if numeric(region, gold):
+        return True
+    if re.search(r"\d", region):  # a stated number wins over a word in the prose
+        return False
+    words = _COUNT_WORD.findall(region)
+    return bool(words) and answers_match(str(_COUNT_WORDS.index(words[-1].lower())), gold)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.casefold().split()).rstrip(".").strip()
+
+
+def exact(text: str, gold: str) -> bool:
+    region = final_region(text)
+    boxed = _BOXED_TEXT.findall(region)
+    return _normal(boxed[-1] if boxed else region) == _normal(gold)
+
+
+VERIFIERS: dict[str, Callable[[str, str], bool]] = {
+    "numeric": numeric, "letter_count": letter_count, "exact": exact}
+
+
+def verifier(name: str) -> Callable[[str, str], bool]:
+    """The verifier called ``name``; an unknown name is an error listing the known ones."""
+    if name not in VERIFIERS:
+        raise MarcoError(f"unknown verifier {name!r} (known: {', '.join(VERIFIERS)})")
+    return VERIFIERS[name]

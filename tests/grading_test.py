@@ -1,9 +1,13 @@
-"""Answer extraction on the kinds of text small models really write for MGSM."""
+"""Grading in one place: answer extraction on the kinds of text small models really
+write for MGSM, the ground-truth verifiers on the spellings GSM8K, v2's tags and
+small models produce, and the cases where the four graders of old disagreed."""
 
 import pytest
 
-from marco_jax.answers import answers_match, extract_answer, majority_answer
 from marco_jax.errors import MarcoError
+from marco_jax.grading import (answers_match, extract_answer, final_answer, final_region,
+                               majority_answer, same_answer, verifier)
+from marco_jax.search.problems import gold_answer
 
 MARCO = """<Thought>
 Janet's ducks lay 16 eggs. She eats 3 and bakes with 4, so 16 - 3 - 4 = 9 are left.
@@ -119,3 +123,64 @@ def test_bad_gold_is_an_error():
 ])
 def test_majority_answer(answers, expected):
     assert majority_answer(answers) == expected
+
+
+# --- verifiers ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, gold, ok", [
+    ("So she sold 1234 clips.", "1,234", True),                       # GSM8K thousands gold
+    ("<answer>The total is 1,234.</answer>", "1234", True),
+    ("The temperature drops to -7 degrees.", "-7", True),
+    ("The temperature drops 7 degrees.", "-7", False),
+    ("Each costs \\boxed{2.50} dollars", "2.5", True),
+    ("I think 12 at first. <answer>13</answer> then 12 again", "12", False),  # the tag decides
+    ("<Thought>24 then 72</Thought><Output>72</Output>", "72", True),
+    ("no number here", "5", False),
+])
+def test_numeric(text, gold, ok):
+    assert verifier("numeric")(text, gold) is ok
+
+
+def test_numeric_reads_gsm8k_gold_answers():
+    gold, _ = gold_answer("She earns 12/60 = $<<12/60=0.2>>0.2 a minute.\n#### 10")
+    assert verifier("numeric")("Total: $10.00", gold)
+    assert not verifier("numeric")("Total: $0.2", gold)
+
+
+def test_letter_count_reads_digits_and_words():
+    check = verifier("letter_count")
+    assert check("<answer>There are three r's in strawberry.</answer>", "3")
+    assert check("<answer>3</answer>", "3")
+    assert not check("<answer>There are two r's.</answer>", "3")
+    assert not check("<answer>I count 2, not three.</answer>", "3")  # the digit is the answer
+
+
+def test_exact_and_final_region():
+    check = verifier("exact")
+    assert check("<answer> Paris. </answer>", "paris")
+    assert check("so \\boxed{Blue whale}", "blue  whale")
+    assert not check("<answer>Paris is the capital</answer>", "Paris")
+    assert final_region("a <answer>x</answer> b <answer>y") == "y"
+    with pytest.raises(MarcoError, match="unknown verifier 'fuzzy'"):
+        verifier("fuzzy")
+
+
+# --- where the graders of old disagreed -------------------------------------------------
+
+def test_a_record_states_the_answer_the_verifier_checks():
+    """The record's chosen answer used to come from the whole text, the numeric
+    verifier's from the final region: on a v2 answer followed by more prose, they
+    named different numbers."""
+    text = "<answer>3</answer> (double-checked: 2 + 1, not 5)"
+    assert extract_answer(text) == "5"  # the whole text's last number
+    assert final_answer(text) == "3"    # what a record now states
+    assert verifier("numeric")(text, "3") and answers_match(final_answer(text), "3")
+
+
+def test_the_page_compares_answers_as_the_records_do():
+    """The tree page had its own rule (string or float equality): "1,234" and "1234"
+    differed there, and a text gold answer raised nothing but never matched case."""
+    assert same_answer("1234", "1,234") and same_answer("18", "18.0")
+    assert same_answer("0.5", "1/2")
+    assert same_answer("Paris", "paris.") and not same_answer("Paris", "Lyon")
+    assert not same_answer("17", "18")

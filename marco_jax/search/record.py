@@ -1,0 +1,191 @@
+"""The tree record: one search tree as data, written in one place (a search job's
+``--tree-dir``, the server's growing tree) and read by every consumer (the data
+export, the tree page, the server's tree endpoint, the benchmarks).
+
+On disk it is JSON with a schema version. Files written before the version
+existed carry no ``schema`` key and read as version 1, the same layout; fields
+they lack take their defaults. Reading checks every node, and an error names
+the file and the node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any, Callable
+
+from marco_jax.errors import MarcoError
+from marco_jax.search.tree import FINISHES, Tree
+
+SCHEMA = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRecord:
+    """One node: its text (its action's tokens decoded), statistics, kind, how it
+    ends, the rollout that valued it and the verifier's verdict."""
+
+    id: int
+    parent: int  # -1: a root
+    text: str = ""
+    visits: int = 0
+    value: float | None = None  # mean backed-up value; None: unvisited
+    depth: int = 0
+    terminal: bool = False
+    kind: str = "action"
+    finish: str = "open"  # open, answer, cut
+    rollout_text: str = ""
+    rollout_value: float | None = None
+    rollout_finished: bool = False
+    correct: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeRecord:
+    id: Any
+    nodes: tuple[NodeRecord, ...]
+    question: str | None = None
+    answer: str | None = None  # the gold answer
+    chosen_answer: str | None = None
+    best_path: tuple[int, ...] = ()
+    config: dict | None = None
+
+    @classmethod
+    def of(cls, tree: Tree, decode: Callable[[list[int]], str], id: Any, question: str | None,
+           answer: str | None = None, chosen_answer: str | None = None,
+           best_path: list[int] = ()) -> "TreeRecord":
+        return cls(id, nodes_of(tree, decode), question, answer, chosen_answer,
+                   tuple(best_path))
+
+    def to_json(self) -> dict:
+        data = {"schema": SCHEMA, **dataclasses.asdict(self)}
+        data["best_path"] = list(self.best_path)
+        if data["config"] is None:
+            del data["config"]
+        return data
+
+    def write(self, path: pathlib.Path) -> None:
+        path.write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> "TreeRecord":
+        """Read and check a tree file; any unreadable or malformed one is a
+        :class:`MarcoError` naming it."""
+        if not path.is_file():
+            raise MarcoError(f"{path}: no such file")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise MarcoError(f"{path}: not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            raise MarcoError(f"{path}: invalid JSON: {e}") from None
+        return cls.from_json(data, str(path))
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "TreeRecord":
+        if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+            raise MarcoError(f'{where}: no "nodes" list in the tree JSON')
+        if data.get("schema", SCHEMA) != SCHEMA:
+            raise MarcoError(f"{where}: tree schema {data['schema']!r}; this version reads "
+                             f"schema {SCHEMA}")
+        nodes = tuple(_node(raw, i, where) for i, raw in enumerate(data["nodes"]))
+        ids = {n.id for n in nodes}
+        if len(ids) < len(nodes):
+            seen: set[int] = set()
+            duplicate = next(n.id for n in nodes if n.id in seen or seen.add(n.id))
+            raise MarcoError(f"{where}: node {duplicate}: duplicate id")
+        if not nodes:
+            raise MarcoError(f"{where}: the tree has no nodes")
+        for node in nodes:
+            if node.parent != -1 and node.parent not in ids:
+                raise MarcoError(f"{where}: node {node.id}: parent {node.parent} does not exist")
+        best = data.get("best_path") or []
+        if not isinstance(best, list):
+            raise MarcoError(f"{where}: best_path must be a list of node ids")
+        for i in best:
+            if not isinstance(i, int) or i not in ids:
+                raise MarcoError(f"{where}: best_path node {i} does not exist")
+        record = cls(data.get("id"), nodes, data.get("question"), data.get("answer"),
+                     data.get("chosen_answer"), tuple(best), data.get("config"))
+        record.depths(where)  # every node reachable from a root
+        return record
+
+    def children(self) -> dict[int, list[int]]:
+        """Children of every node, most visited first (ties: lower id)."""
+        visits = {n.id: n.visits for n in self.nodes}
+        out: dict[int, list[int]] = {n.id: [] for n in self.nodes}
+        for node in self.nodes:
+            if node.parent != -1:
+                out[node.parent].append(node.id)
+        for ids in out.values():
+            ids.sort(key=lambda i: (-visits[i], i))
+        return out
+
+    def roots(self) -> list[int]:
+        return [n.id for n in self.nodes if n.parent == -1]
+
+    def depths(self, where: str = "tree") -> dict[int, int]:
+        """Depth of every node from its root, walked iteratively; a node in a
+        parent cycle is an error."""
+        children = self.children()
+        depth = {r: 0 for r in self.roots()}
+        stack = list(depth)
+        while stack:
+            i = stack.pop()
+            for c in children[i]:
+                depth[c] = depth[i] + 1
+                stack.append(c)
+        unreached = sorted(set(children) - set(depth))
+        if unreached:
+            raise MarcoError(f"{where}: node {unreached[0]} is not reachable from a root "
+                             "(parent cycle)")
+        return depth
+
+
+def nodes_of(tree: Tree, decode: Callable[[list[int]], str]) -> tuple[NodeRecord, ...]:
+    """Every node of a live tree as a record."""
+    out = []
+    for n in range(tree.size):
+        value, rollout_value = tree.mean_value(n), float(tree.rollout_value_n[n])
+        out.append(NodeRecord(
+            n, int(tree.parent_n[n]), decode(tree.tokens[n]), int(tree.visits_n[n]),
+            None if math.isnan(value) else value, int(tree.depth_n[n]),
+            bool(tree.terminal_n[n]), tree.kind(n), FINISHES[tree.finish_n[n]],
+            decode(tree.rollouts[n]), None if math.isnan(rollout_value) else rollout_value,
+            bool(tree.rollout_finished_n[n]),
+            None if tree.correct_n[n] < 0 else bool(tree.correct_n[n])))
+    return tuple(out)
+
+
+def _integer(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _node(raw: Any, index: int, where: str) -> NodeRecord:
+    """One node's fields checked; errors name the node id (or its index if it has none)."""
+    if not isinstance(raw, dict) or not _integer(raw.get("id")):
+        raise MarcoError(f"{where}: node #{index} in the list has no integer id")
+    name = f"{where}: node {raw['id']}"
+    if not _integer(raw.get("parent")):
+        raise MarcoError(f"{name}: no integer parent")
+    if not _integer(raw.get("visits", 0)) or not _integer(raw.get("depth", 0)):
+        raise MarcoError(f"{name}: visits and depth must be integers")
+    for key in ("value", "rollout_value"):
+        if not (raw.get(key) is None or _number(raw[key])):
+            raise MarcoError(f"{name}: value and rollout_value must be numbers or null")
+    for key in ("text", "kind", "rollout_text", "finish"):
+        if key in raw and not isinstance(raw[key], str | None):
+            raise MarcoError(f"{name}: {key} must be a string")
+    if raw.get("correct") not in (None, True, False):
+        raise MarcoError(f"{name}: correct must be true, false or null")
+    values = {f.name: raw[f.name] for f in dataclasses.fields(NodeRecord)
+              if raw.get(f.name) is not None}  # absent or null: the default
+    values["terminal"] = bool(raw.get("terminal"))
+    values["rollout_finished"] = bool(raw.get("rollout_finished"))
+    return NodeRecord(**values)

@@ -22,7 +22,7 @@ import time
 
 from report import report
 
-from marco_jax import stops
+from marco_jax.engine import stops
 from marco_jax.cli import enable_compilation_cache
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load

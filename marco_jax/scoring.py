@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from marco_jax.engine.sampling import token_and_top_logprobs
 from marco_jax.errors import MarcoError
 from marco_jax.model import Qwen2
 
@@ -38,15 +39,6 @@ class TokenScores:
     @property
     def perplexity(self) -> float:
         return float(np.exp(-self.total / max(len(self.logprobs), 1)))
-
-
-def token_and_top_logprobs(logits_xv: jax.Array, tokens_x: jax.Array, top_k: int):
-    """Log-probabilities of ``tokens_x`` under ``logits_xv`` and the top-k
-    (log-probabilities, ids), over any leading shape ``x``."""
-    logprobs_xv = jax.nn.log_softmax(logits_xv, axis=-1)
-    token_lp_x = jnp.take_along_axis(logprobs_xv, tokens_x[..., None], axis=-1)[..., 0]
-    top_lp_xk, top_ids_xk = jax.lax.top_k(logprobs_xv, top_k)
-    return token_lp_x, top_lp_xk, top_ids_xk
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

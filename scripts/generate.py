@@ -21,10 +21,9 @@ import sys
 import time
 
 from marco_jax import prompts as prompt_lib
-from marco_jax import stops
 from marco_jax.cli import run
-from marco_jax.engine.engine import Completion, Engine
-from marco_jax.engine.options import add_engine_args, engine_setup
+from marco_jax.engine.engine import Completion
+from marco_jax.engine.options import add_engine_args, build_engine, engine_setup
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
 from marco_jax.loading import load
@@ -108,9 +107,7 @@ def main() -> None:
     start = time.perf_counter()
     loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
     tokenizer = loaded.tokenizer
-    table = stops.build_stop_table(tokenizer, args.stop, loaded.cfg.vocab_size)
-    engine_config, mesh = engine_setup(args, top_logprobs=args.top_logprobs)
-    engine = Engine(loaded.model, loaded.eos_ids, engine_config, stop_table=table, mesh=mesh)
+    engine = build_engine(loaded, *engine_setup(args, top_logprobs=args.top_logprobs), args.stop)
     load_s = time.perf_counter() - start
     if args.marco:
         wrapped = [prompt_lib.marco_prompt(t) for t in texts]

@@ -19,10 +19,8 @@ import pathlib
 
 import uvicorn
 
-from marco_jax import stops
 from marco_jax.cli import run
-from marco_jax.engine.engine import Engine
-from marco_jax.engine.options import add_engine_args, engine_setup
+from marco_jax.engine.options import add_engine_args, build_engine, engine_setup
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search.config import load_job_config
@@ -89,16 +87,14 @@ def main() -> None:
             raise MarcoError(f"search config {name!r} gives node types to a second (checker) "
                              "model, which the server does not load")
     loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
-    table = stops.build_stop_table(loaded.tokenizer, engine_stop_strings(searches.values()),
-                                   loaded.cfg.vocab_size)
-    config, mesh = engine_setup(args, top_logprobs=args.top_logprobs)
-    engine = Engine(loaded.model, loaded.eos_ids, config, stop_table=table, mesh=mesh)
+    engine = build_engine(loaded, *engine_setup(args, top_logprobs=args.top_logprobs),
+                          engine_stop_strings(searches.values()))
     if not args.no_warmup:
         logging.info("compiled %d engine programs", engine.warmup())
     worker = EngineWorker(engine, loaded.tokenizer, loaded.eos_ids, args.max_requests,
                           admit_wait_s=args.admit_wait_ms / 1000)
     name = args.served_model_name or pathlib.Path(str(args.model)).name
-    settings = ServerSettings(name, config.max_model_len, args.top_logprobs, searches,
+    settings = ServerSettings(name, engine.config.max_model_len, args.top_logprobs, searches,
                               args.grace_s)
     uvicorn.run(create_app(worker, settings), host=args.host, port=args.port,
                 timeout_graceful_shutdown=int(args.grace_s), log_level="info")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from marco_jax import stops
+from marco_jax.engine import stops
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load

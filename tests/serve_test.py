@@ -17,7 +17,7 @@ import openai
 import pytest
 import uvicorn
 
-from marco_jax import stops
+from marco_jax.engine import stops
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
 from marco_jax.scoring import score

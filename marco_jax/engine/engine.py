@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from marco_jax import stops
+from marco_jax.engine import stops
 from marco_jax.engine import programs
 from marco_jax.engine.blocks import BlockManager
 from marco_jax.engine.kv_pages import blocks_for_budget, make_pages

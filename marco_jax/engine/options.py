@@ -1,14 +1,17 @@
-"""Command-line options shared by every inference script: the engine's size
-and the device mesh it runs on."""
+"""How every inference tool builds its engine: the command-line options for the
+engine's size and the device mesh it runs on, and :func:`build_engine`."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
 from jax.sharding import Mesh
 
-from marco_jax.engine.engine import EngineConfig
+from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.engine.stops import build_stop_table
 from marco_jax.errors import MarcoError
+from marco_jax.loading import LoadedModel
 from marco_jax.sharding import MESH_AXES, make_mesh
 
 
@@ -48,3 +51,11 @@ def engine_setup(args: argparse.Namespace, top_logprobs: int = 5) -> tuple[Engin
                           top_logprobs=top_logprobs)
     mesh = None if args.mesh is None else make_mesh(**parse_mesh(args.mesh))
     return config, mesh
+
+
+def build_engine(loaded: LoadedModel, config: EngineConfig, mesh: Mesh | None = None,
+                 stop_strings: Sequence[str] = ()) -> Engine:
+    """An engine over a loaded model, its stop strings compiled for the model's
+    tokenizer (stops found on device)."""
+    table = build_stop_table(loaded.tokenizer, list(stop_strings), loaded.cfg.vocab_size)
+    return Engine(loaded.model, loaded.eos_ids, config, stop_table=table, mesh=mesh)

@@ -20,10 +20,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from marco_jax import sampling, stops
+from marco_jax.engine import sampling, stops
 from marco_jax.engine.forward import paged_hidden_states
 from marco_jax.engine.kv_pages import KVPages, constrain_pages
-from marco_jax.scoring import token_and_top_logprobs
 from marco_jax.sharding import ShardingRules
 
 RUNNING, LENGTH, EOS, STOP, IDLE = -1, 0, 1, 2, 3
@@ -79,7 +78,7 @@ def decode_steps(graphdef: nnx.GraphDef, params: nnx.State, pages: KVPages, stat
         logits_sv = model.logits(x_s1d)[:, 0]
         token_s = sampling.next_tokens(logits_sv, state.temperature_s, state.top_k_s,
                                        state.top_p_s, state.seed_s, state.count_s, width)
-        token_lp_s, top_lp_sk, top_ids_sk = token_and_top_logprobs(logits_sv, token_s,
+        token_lp_s, top_lp_sk, top_ids_sk = sampling.token_and_top_logprobs(logits_sv, token_s,
                                                                    top_logprobs)
         c_s = jnp.exp(token_lp_s) / jnp.exp(top_lp_sk).sum(-1)
         stop_sj, hit_s = stops.advance(stop_sjv, stop_lengths_j, state.stop_sj, token_s,

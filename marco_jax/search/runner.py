@@ -12,9 +12,9 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from marco_jax import prompts as prompt_lib
-from marco_jax import stops
 from marco_jax.grading import answers_match, final_answer, majority_answer
-from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.engine.engine import EngineConfig
+from marco_jax.engine.options import build_engine
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
 from marco_jax.loading import LoadedModel
@@ -94,9 +94,7 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
             raise MarcoError("the checker model must share the policy's tokenizer: contexts "
                              "are token ids")
         engines["checker"] = checker
-    engines = {name: Engine(m.model, m.eos_ids, engine_config, mesh=mesh,
-                            stop_table=stops.build_stop_table(tokenizer, job.stops,
-                                                              m.cfg.vocab_size))
+    engines = {name: build_engine(m, engine_config, mesh, job.stops)
                for name, m in engines.items()}
     max_model_len = min(e.config.max_model_len for e in engines.values())
     searcher = Searcher(make_algorithm(job, tokenizer, max_model_len), engines, max_trees)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import pathlib
 import re
 
 from marco_jax.grading import same_answer
@@ -28,42 +29,9 @@ LONG_CHARS = 400  # longer texts (or more lines) are folded behind their own <su
 LONG_LINES = 8
 PREVIEW_CHARS = 80
 
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.3em; }
-table { border-collapse: collapse; margin: .5em 0; }
-td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; vertical-align: top; }
-pre { white-space: pre-wrap; word-break: break-word; margin: .3em 0; padding: .4em;
-      background: #f6f6f6; border-radius: 3px; }
-.match { color: #1a7f37; font-weight: bold; }
-.mismatch { color: #cf222e; font-weight: bold; }
-details.node { margin: 3px 0 3px 1.2em; padding: 2px 6px; border-left: 3px solid #ddd; }
-details.node > summary { cursor: pointer; }
-details.node.best { border-left: 3px solid #1a7f37; background: #f0faf2; }
-details.kind-reflection { border-left-style: dashed; background: #fbf5ff; }
-details.kind-reflection.best { background: #eef5f0; }
-.kind { display: inline-block; min-width: 5.5em; font-weight: bold; }
-.kind-reflection > summary .kind { color: #8250df; }
-.kind-root > summary .kind { color: #0550ae; }
-.stats { color: #555; font-family: monospace; }
-.terminal { color: #9a6700; font-weight: bold; }
-.verdict-correct { color: #1a7f37; font-weight: bold; }
-.verdict-wrong { color: #cf222e; font-weight: bold; }
-details.reflection-branch { border-left-style: dashed; border-left-color: #c297ff; }
-.preview { color: #777; }
-.fold > summary { color: #555; cursor: pointer; font-size: .9em; }
-.toolbar button { margin-right: .5em; }
-"""
-
-JS = """
-function setOpen(selector, open) {
-  document.querySelectorAll(selector).forEach(function (d) { d.open = open; });
-}
-function bestOnly() {
-  setOpen("details.node", false);
-  setOpen("details.node.best", true);
-}
-"""
+# The page's style and its expand/collapse buttons, shipped beside this module.
+CSS = pathlib.Path(__file__).with_name("tree_page.css").read_text(encoding="utf-8")
+JS = pathlib.Path(__file__).with_name("tree_page.js").read_text(encoding="utf-8")
 
 
 def fmt_value(value: float | None) -> str:

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from marco_jax import stops
+from marco_jax.engine import stops
 from marco_jax.engine.engine import Completion, Engine
 from marco_jax.errors import MarcoError
 from marco_jax.grading import final_answer

@@ -179,3 +179,12 @@ def next_tokens(logits_bv: jax.Array, temperature_b: jax.Array, top_k_b: jax.Arr
                                  lambda: scaled_bv)
     drawn_b = inverse_cdf(scaled_bv, row_uniforms(seed_b, step))
     return jnp.where(temperature_b > 0, drawn_b, jnp.argmax(logits_bv, axis=-1).astype(jnp.int32))
+
+
+def token_and_top_logprobs(logits_xv: jax.Array, tokens_x: jax.Array, top_k: int):
+    """Log-probabilities of ``tokens_x`` under ``logits_xv`` and the top-k
+    (log-probabilities, ids), over any leading shape ``x``."""
+    logprobs_xv = jax.nn.log_softmax(logits_xv, axis=-1)
+    token_lp_x = jnp.take_along_axis(logprobs_xv, tokens_x[..., None], axis=-1)[..., 0]
+    top_lp_xk, top_ids_xk = jax.lax.top_k(logprobs_xv, top_k)
+    return token_lp_x, top_lp_xk, top_ids_xk

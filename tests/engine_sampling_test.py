@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marco_jax import sampling
+from marco_jax.engine import sampling
 
 
 def reference_filter(scaled, top_k, top_p):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marco_jax import stops
+from marco_jax.engine import stops
 from marco_jax.errors import MarcoError
 from marco_jax.tokenizer import builtin_tokenizer
 

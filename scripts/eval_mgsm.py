@@ -27,7 +27,8 @@ from marco_jax.loading import load
 from marco_jax.search import job as job_lib
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
-from marco_jax.search.runner import run_job, summarize
+from marco_jax.search.job import summarize
+from marco_jax.search.runner import run_job
 
 METHODS = ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32")
 

@@ -14,7 +14,7 @@ from marco_jax.files import lines
 from marco_jax.search import job as job_lib
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
-from marco_jax.search.runner import summarize
+from marco_jax.search.job import summarize
 
 FAST = ["--iterations", "2", "--slots", "4"]
 

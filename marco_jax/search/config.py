@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+from marco_jax import prompts
 from marco_jax.errors import MarcoError
-from marco_jax.search.action_tree import ActionTree
 from marco_jax.files import named_config
+from marco_jax.search.action_tree import ActionTree
 from marco_jax.settings import apply_overrides, build
 
 FINALS = ("most_visited", "max_value", "vote")
@@ -143,6 +144,17 @@ class JobConfig:
         """Stop strings for the engine: the config's, and every tag of the action tree."""
         extra = self.action_tree.stops if self.action_tree else ()
         return tuple(dict.fromkeys(self.stop + extra))
+
+    def prompt_text(self, question: str) -> str:
+        """The prompt a question becomes: an action tree's instruction before the
+        question, in the config's template (Marco-o1's system prompt, plain ChatML,
+        or the bare text)."""
+        user = (self.action_tree.instruction if self.action_tree else "") + question
+        if self.template == "marco":
+            return prompts.marco_prompt(user)
+        if self.template == "chat":
+            return prompts.chat_prompt(user)
+        return user
 
 
 def load_job_config(name_or_path: str, overrides: Sequence[str] = (),

@@ -1,5 +1,5 @@
 """The pieces of a batched search job: resumable output, process shards, the
-final answer rule. Input problems are read by :mod:`marco_jax.search.problems`,
+final answer rule, a finished problem's output line and a file's summary. Input problems are read by :mod:`marco_jax.search.problems`,
 named configs by :mod:`marco_jax.search.config`.
 
 Output is JSONL appended one finished problem at a time and flushed, so a
@@ -14,9 +14,10 @@ import os
 import pathlib
 from typing import Iterable
 
-from marco_jax.grading import final_answer, majority_answer
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
+from marco_jax.grading import answers_match, final_answer, majority_answer, verifier
+from marco_jax.search.config import JobConfig
 from marco_jax.search.results import SearchResult
 
 
@@ -71,3 +72,59 @@ def choose(result: SearchResult, final: str, decode) -> tuple[str, float]:
 
 def candidate_answers(result: SearchResult, decode) -> Iterable[str | None]:
     return (final_answer(decode(c.tokens)) for c in result.candidates)
+
+
+def result_line(problem: dict, result: SearchResult, job: JobConfig, decode) -> dict:
+    """A finished problem's output line: the chosen answer graded against the gold
+    one, every candidate's answer, and the search's figures."""
+    text, reward = choose(result, job.final, decode)
+    chosen = final_answer(text)
+    gold = problem["answer"]
+    answers = list(candidate_answers(result, decode))
+    tree = result.tree
+    if gold is None:
+        correct = test_at_n = status = None
+    elif job.search.verifier == "numeric":
+        correct = answers_match(chosen, gold)
+        test_at_n = any(answers_match(a, gold) for a in answers)
+    else:
+        correct = verifier(job.search.verifier)(text, gold)
+        test_at_n = any(c.correct for c in result.candidates)
+    if gold is not None:
+        status = "solved" if result.correct else "unsolved"
+    return {
+        "id": problem["id"], "question": problem["question"], "answer": gold,
+        "chosen_answer": chosen, "correct": correct, "test_at_n": test_at_n,
+        "n": len(answers), "reward": reward, "text": text, "candidate_answers": answers,
+        "candidate_tokens": [len(c.tokens) for c in result.candidates],
+        "candidate_correct": [c.correct for c in result.candidates],
+        "generated_tokens": result.generated_tokens, "config": job.name,
+        "status": status, "rollouts": result.rollouts, "correct_answers": result.correct,
+        "stopped_early": result.stopped_early,
+        "tree": {"nodes": tree.size, "max_depth": int(tree.depth_n[:tree.size].max()),
+                 "root_visits": int(tree.visits_n[0])},
+    }
+
+
+def summarize(output: pathlib.Path, ids: set[str] | None = None,
+              test_at: tuple[int, ...] = (1, 8, 32)) -> dict:
+    """pass@1 (the answer the config's final rule chose), Test@N over all N
+    rollouts, vote@N (their majority answer, whatever the final rule), and Test@k
+    over the first k rollouts in generation order for each k < N."""
+    records = [json.loads(line) for line in lines(output.read_text(encoding="utf-8"))
+               if line.strip()]
+    chosen = [r for r in records if ids is None or r["id"] in ids]
+    graded = [r for r in chosen if r["correct"] is not None]
+    count = max(len(graded), 1)
+    n = max((l["n"] for l in graded), default=0)
+    summary = {"problems": len(graded),
+               "pass@1": sum(l["correct"] for l in graded) / count,
+               f"test@{n}": sum(l["test_at_n"] for l in graded) / count}
+    summary[f"vote@{n}"] = sum(answers_match(majority_answer(l["candidate_answers"]), l["answer"])
+                               for l in graded) / count
+    for k in (k for k in test_at if k < n):
+        summary[f"test@{k}"] = sum(
+            any(answers_match(a, l["answer"]) for a in l["candidate_answers"][:k])
+            for l in graded) / count
+    summary["generated_tokens"] = sum(r["generated_tokens"] for r in chosen)
+    return summary

@@ -15,9 +15,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 
 from marco_jax.engine.engine import Engine
 from marco_jax.errors import MarcoError
+from marco_jax.search.config import JobConfig
 from marco_jax.search.driver import Driver, Program, default_trees_in_flight, drive, engine_stats
+from marco_jax.search.mcts import MCTS
 from marco_jax.search.results import Problem, SearchResult
 from marco_jax.search.rewards import Reward
+from marco_jax.search.tagged import TaggedMCTS
 from marco_jax.search.tree import Tree
 
 
@@ -32,6 +35,13 @@ class Algorithm(Protocol):
                 on_grow: Callable[[Tree], None] | None = None) -> Program:
         """The problem's search; returns a :class:`SearchResult`. ``on_grow`` sees
         the tree each time it grows (a server drawing it live)."""
+
+
+def make_algorithm(job: JobConfig, tokenizer: Any, max_model_len: int) -> Algorithm:
+    """The job's search algorithm: v2's tagged tree or v1's MCTS."""
+    if job.action_tree is not None:
+        return TaggedMCTS(tokenizer, job.search, job.action_tree, max_model_len)
+    return MCTS(tokenizer, job.search, max_model_len)
 
 
 class Searcher:

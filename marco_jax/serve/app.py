@@ -28,7 +28,6 @@ from fastapi.responses import (HTMLResponse, JSONResponse, PlainTextResponse, Re
                                StreamingResponse)
 
 from marco_jax.engine.engine import FILTER_WIDTH
-from marco_jax.search import runner
 from marco_jax.search import tree_html as tree_html_lib
 from marco_jax.search.config import JobConfig, load_job_config
 from marco_jax.search.record import TreeRecord
@@ -79,7 +78,7 @@ class _Handlers:
                                "top_k")
         search = self.search_config(request)
         if search is not None:
-            text = runner.wrap(search.template, runner.question_text(search, request.question))
+            text = search.prompt_text(request.question)
             prompt_ids = self.tokenizer.encode(text, add_special_tokens=False)
         elif isinstance(request.prompt, str):
             prompt_ids = self.tokenizer.encode(request.prompt, add_special_tokens=False)

@@ -26,11 +26,11 @@ from marco_jax.engine.engine import Completion, Engine
 from marco_jax.errors import MarcoError
 from marco_jax.grading import final_answer
 from marco_jax.search import job as job_lib
-from marco_jax.search import runner
 from marco_jax.search.config import JobConfig
 from marco_jax.search.driver import Driver, Program
 from marco_jax.search.record import TreeRecord, nodes_of
 from marco_jax.search.results import Problem, SearchResult
+from marco_jax.search.searcher import make_algorithm
 from marco_jax.search.tree import Tree
 from marco_jax.serve.protocol import FINISH, GenerationRequest, RequestError, TokenInfo, usage
 from marco_jax.serve.text import ChoiceText
@@ -274,7 +274,7 @@ class EngineWorker:
 
     def _begin_search(self, job: Job) -> None:
         config = job.search
-        algorithm = runner.make_algorithm(config, self.tokenizer, self.engine.config.max_model_len)
+        algorithm = make_algorithm(config, self.tokenizer, self.engine.config.max_model_len)
         problem = Problem(job.id, job.prompt_ids, job.seed)
         steps = itertools.count(1)
         generated = [0]

@@ -67,7 +67,8 @@ def detect_format(path: str | pathlib.Path) -> str:
 
 def checkpoint_config(path: str | pathlib.Path) -> Qwen2Config:
     """The architecture of the checkpoint at ``path`` (any format), without its weights."""
-    return _config(path, detect_format(path))
+    fmt = detect_format(path)
+    return _config(path, fmt)
 
 
 def checkpoint_tokenizer(path: str | pathlib.Path):

@@ -147,9 +147,10 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
     axes (the objective's ``row_fields``: (micro_batches, rows)). Both functions donate
     their input, so a fine-tune never holds two copies of the parameters.
     """
-    params_sharding = layout.shardings(mesh, rules)
     optimizer = make_optimizer(cfg)
     schedule = learning_rate_schedule(cfg)
+    host = offload_memory_kind(mesh) if cfg.offload_optimizer else None
+    params_sharding = layout.shardings(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def init(params: Params) -> TrainState:
@@ -161,9 +162,8 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
         abstract_state.opt_state, params_sharding, abstract_state.params,
         transform_non_params=lambda _: replicated)
     opt_shardings = opt_on_device
-    if cfg.offload_optimizer:
-        opt_shardings = jax.tree.map(lambda s: s.with_memory_kind(offload_memory_kind(mesh)),
-                                     opt_on_device)
+    if host is not None:
+        opt_shardings = jax.tree.map(lambda s: s.with_memory_kind(host), opt_on_device)
     state_shardings = TrainState(replicated, params_sharding, opt_shardings)
     batch_axes = rules.mesh_axes("batch")
     batch_shardings = {

@@ -61,11 +61,15 @@ def set_up(cfg: TrainConfig, devices: list | None = None, layers: int | None = N
     """Mesh, parameter shardings and the jitted step, without allocating parameters
     (``layers``: a variant of the model with that many layers, for the step-time
     estimate)."""
+    devices = list(jax.devices() if devices is None else devices)
+    objective = objective_of(cfg)
+    attention = attention_lib.resolve(cfg.model.attention, devices[0].platform,
+                                      cfg.model.compute_dtype)
     model_cfg = model_config_of(cfg)
     if layers is not None:
         model_cfg = model_cfg.replace(num_layers=layers)
+    layout = layout_of(model_cfg)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
-    objective = objective_of(cfg)
     rows = cfg.train.global_batch * objective.rows_per_example // cfg.train.micro_batches
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % batch_ways:
@@ -73,9 +77,6 @@ def set_up(cfg: TrainConfig, devices: list | None = None, layers: int | None = N
             f"config {cfg.name}: {rows} rows per micro-batch (train.global_batch x "
             f"{objective.rows_per_example} / train.micro_batches) do not split over data x "
             f"fsdp = {batch_ways} devices")
-    layout = layout_of(model_cfg)
-    attention = attention_lib.resolve(cfg.model.attention, mesh.devices.flat[0].platform,
-                                      cfg.model.compute_dtype)
     return Setup(layout, mesh, build_step(layout, cfg.train, mesh, cfg.model.remat, objective,
                                           attention), attention)
 

@@ -22,7 +22,7 @@ import re
 from report import report
 
 from marco_jax.files import lines
-from marco_jax.search.job import summarize
+from marco_jax.search.job_files import summarize
 
 MODELS = ("base", "sft", "dpo1", "dpo")
 ROWS = (("cot", "marco", "cot-marco"), ("cot", "chat", "cot-chat"),

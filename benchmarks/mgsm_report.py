@@ -16,7 +16,7 @@ import pathlib
 from report import report
 
 from marco_jax.files import lines
-from marco_jax.search.job import summarize
+from marco_jax.search.job_files import summarize
 
 METHODS = ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32")
 

@@ -24,10 +24,10 @@ from marco_jax.cli import run
 from marco_jax.engine.options import add_engine_args, engine_setup
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
-from marco_jax.search import job as job_lib
+from marco_jax.search import job_files
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
-from marco_jax.search.job import summarize
+from marco_jax.search.job_files import summarize
 from marco_jax.search.runner import run_job
 
 METHODS = ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32")
@@ -67,7 +67,7 @@ def main() -> None:
     problems = problems_lib.read_problems(args.data)[:args.limit]
     name = "-".join(filter(None, (args.data.stem, args.method, args.tag)))
     output = args.out_dir / f"{name}.jsonl"
-    done = job_lib.finished_ids(output)
+    done = job_files.finished_ids(output)
     todo = [p for p in problems if p["id"] not in done]
     run_stats = {"seconds_this_run": 0.0}
     if todo:

@@ -32,7 +32,7 @@ from marco_jax.cli import run
 from marco_jax.engine.options import add_engine_args, engine_setup
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
-from marco_jax.search import job as job_lib
+from marco_jax.search import job_files
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
 from marco_jax.search.driver import stats_line
@@ -77,8 +77,8 @@ def main() -> None:
     problems = problems_lib.read_problems(args.input, args.on_bad_line)[:args.limit]
     index = jax.process_index() if args.process_index is None else args.process_index
     count = jax.process_count() if args.process_count is None else args.process_count
-    problems = job_lib.shard(problems, index, count)
-    done = job_lib.finished_ids(args.output)
+    problems = job_files.shard(problems, index, count)
+    done = job_files.finished_ids(args.output)
     todo = [p for p in problems if p["id"] not in done]
     if not todo:
         print(f"all {len(problems)} problems already in {args.output}")

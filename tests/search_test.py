@@ -11,7 +11,7 @@ from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search.config import JobConfig, SearchConfig
 from marco_jax.search.environment import ReasoningEnv
-from marco_jax.search.job import choose
+from marco_jax.search.job_files import choose
 from marco_jax.search.driver import row_seed
 from marco_jax.search.mcts import MCTS
 from marco_jax.search.results import Problem

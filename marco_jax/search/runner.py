@@ -14,7 +14,7 @@ from marco_jax.engine.engine import EngineConfig
 from marco_jax.engine.options import build_engine
 from marco_jax.errors import MarcoError
 from marco_jax.loading import LoadedModel
-from marco_jax.search import job as job_lib
+from marco_jax.search import job_files
 from marco_jax.search.config import JobConfig
 from marco_jax.search.record import TreeRecord
 from marco_jax.search.results import Problem
@@ -60,8 +60,8 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
     with tqdm(total=len(todo), desc=f"search {job.name}", unit="problem") as bar:
         for problem_id, result in searcher.stream(problems):
             problem = by_id[problem_id]
-            line = job_lib.result_line(problem, result, job, decode)
-            job_lib.append_line(output, line)
+            line = job_files.result_line(problem, result, job, decode)
+            job_files.append_line(output, line)
             if tree_dir:
                 TreeRecord.of(result.tree, decode, problem["id"], problem["question"],
                               problem["answer"], line["chosen_answer"], result.best_path,

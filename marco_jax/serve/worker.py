@@ -25,7 +25,7 @@ from marco_jax.engine import stops
 from marco_jax.engine.engine import Completion, Engine
 from marco_jax.errors import MarcoError
 from marco_jax.grading import final_answer
-from marco_jax.search import job as job_lib
+from marco_jax.search import job_files
 from marco_jax.search.config import JobConfig
 from marco_jax.search.driver import Driver, Program
 from marco_jax.search.record import TreeRecord, nodes_of
@@ -371,7 +371,7 @@ class EngineWorker:
 
     def _search_result(self, job: Job, problem: Problem, result: SearchResult) -> dict:
         decode = self._decode
-        text, value = job_lib.choose(result, job.search.final, decode)
+        text, value = job_files.choose(result, job.search.final, decode)
         return {"text": text, "answer": final_answer(text), "value": value,
                 "config": job.search.name, "rollouts": result.rollouts,
                 "generated_tokens": result.generated_tokens,

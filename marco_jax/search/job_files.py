@@ -1,4 +1,4 @@
-"""The pieces of a batched search job: resumable output, process shards, the
+"""The files of a batched search job: resumable output, process shards, the
 final answer rule, a finished problem's output line and a file's summary. Input problems are read by :mod:`marco_jax.search.problems`,
 named configs by :mod:`marco_jax.search.config`.
 

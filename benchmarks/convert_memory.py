@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from report import report
 
-from marco_jax.config import load_hf_config
+from marco_jax.model_config import load_hf_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -114,7 +114,7 @@ def child(args: argparse.Namespace) -> None:
 
 def per_token_costs(hf_dir: pathlib.Path, context: int) -> dict:
     """FLOPs and weight bytes one decode token needs (fp32; embedding rows are gathered)."""
-    from marco_jax.config import load_hf_config
+    from marco_jax.model_config import load_hf_config
     cfg = load_hf_config(hf_dir / "config.json")
     d, f, l = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
     kv = cfg.num_kv_heads * cfg.head_dim

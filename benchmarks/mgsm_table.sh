@@ -2,7 +2,7 @@
 # The MGSM table of BENCHMARKS.md: every method on the first 40 problems of
 # MGSM-En and MGSM-Zh, chat template, 384 generated tokens per path, MCTS with
 # 2 iterations of 4 children. Each run appends to its per-problem file in
-# benchmarks/mgsm/ (committed, so a table survives the machine) and resumes
+# benchmarks/results/mgsm/ (committed, so a table survives the machine) and resumes
 # where it stopped; a finished run only re-prints its summary (summary-*.json,
 # written only when the run completes).
 #   bash benchmarks/mgsm_table.sh MODEL_DIR MGSM_DIR [RUN ...]
@@ -10,7 +10,7 @@
 set -euo pipefail
 model=${1:?model directory}; data=${2:?directory with mgsm_en.tsv and mgsm_zh.tsv}
 shift 2
-out=benchmarks/mgsm
+out=benchmarks/results/mgsm
 runs=("$@")
 if [ ${#runs[@]} -eq 0 ]; then
   for method in cot mcts-mini64 sc mcts-step mcts-mini32; do runs+=("$method-en" "$method-zh"); done

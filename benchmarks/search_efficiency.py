@@ -26,6 +26,7 @@ from marco_jax.engine import stops
 from marco_jax.cli import enable_compilation_cache
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
+from marco_jax.prompts import render
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
 from marco_jax.search.mcts import MCTS
@@ -62,7 +63,8 @@ def main() -> None:
     loaded = load(args.model)
     tokenizer = loaded.tokenizer
     questions = problems_lib.read_problems(args.mgsm)[:args.problems]
-    prompts = [tokenizer.encode(job.prompt_text(q["question"]), add_special_tokens=False)
+    prompts = [tokenizer.encode(render(job.template, job.instruction + q["question"]),
+                                add_special_tokens=False)
                for q in questions]
     table = stops.build_stop_table(tokenizer, job.stop, loaded.cfg.vocab_size)
     config = EngineConfig(slots=args.slots, max_model_len=args.max_model_len)

@@ -2,7 +2,8 @@
 # Marco-o1 v2's data engine on the demo checkpoint (issue 14): tagged tree
 # search with dynamic reflection vs plain sampling, verified against the gold
 # answers, and v2's own letter-counting demo. Every run appends to its
-# per-problem file in benchmarks/synth/ (committed) and resumes where it stopped;
+# per-problem file and its trees (trees-RUN.jsonl) in benchmarks/results/synth/
+# (committed) and resumes where it stopped;
 # 32 trees in flight bounds what a killed run loses.
 #   bash benchmarks/synthesis_runs.sh MODEL_DIR DATA_DIR [RUN ...]
 # RUN: gsm8k-v2 (first 100 GSM8K train problems), gsm8k-step (the same, v2's verified
@@ -18,7 +19,7 @@
 set -euo pipefail
 model=${1:?model directory}; data=${2:?directory with gsm8k/ and marco/}
 shift 2
-out=benchmarks/synth
+out=benchmarks/results/synth
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(gsm8k-v2 gsm8k-step gsm8k-restart gsm8k-sc letters-v2)
 budget=(--set search.token_budget=1024 --set search.call_tokens=256 --set search.max_tokens=1024)
@@ -38,5 +39,5 @@ for run in "${runs[@]}"; do
     *) echo "unknown run $run" >&2; exit 2;;
   esac
   python scripts/search.py --model "$model" "${args[@]}" --slots 64 --max-model-len 2048 --trees-in-flight 32 \
-    --output "$out/$run.jsonl" --tree-dir "$out/trees-$run" 2>> "$out/$run.log" | tee -a "$out/$run.summary"
+    --output "$out/$run.jsonl" --trees "$out/trees-$run.jsonl" 2>> "$out/$run.log" | tee -a "$out/$run.summary"
 done

@@ -1,8 +1,9 @@
 """Tree search with dynamic reflection against plain sampling at equal tokens, per problem.
 
-    python benchmarks/synthesis_vs_sampling.py --tree synth/gsm8k-v2.jsonl \
-        --sampling synth/gsm8k-sc.jsonl [--trees synth/trees-gsm8k-v2] \
-        [--json-out results/synthesis_vs_sampling.json]
+    python benchmarks/synthesis_vs_sampling.py --tree benchmarks/results/synth/gsm8k-v2.jsonl \
+        --sampling benchmarks/results/synth/gsm8k-sc.jsonl \
+        [--trees benchmarks/results/synth/trees-gsm8k-v2.jsonl] [--limit N] \
+        [--json-out benchmarks/results/synth/synthesis_vs_sampling.json]
 
 Both files are ``scripts/search.py`` outputs over the same problems (the tree
 search with a ``v2-*`` config, sampling with ``sc`` and many samples). For each
@@ -11,9 +12,12 @@ samples count in generation order while the tokens spent before them are
 below the tree's, so neither side gets more. Reported per side: share of
 problems with at least one verified-correct chain, distinct correct chains per
 problem, generated tokens per correct chain. With ``--trees`` (a plain MCTS
-tree's JSON files) it also says why: how often an answer is right by where
-it was drawn (a child of the root: a fresh sample; below another step; below
-a reflection), against the sampling side's samples.
+search's ``--trees`` file, JSON lines, one tree a line) it also says why: how
+often an answer is right by where it was drawn (a child of the root: a fresh
+sample; below another step; below a reflection), against the sampling side's
+samples. ``--limit N`` compares only the problems of the tree file's first N
+lines (a run later resumed with a higher ``--limit`` still gives its first
+figures).
 """
 
 from __future__ import annotations
@@ -25,11 +29,22 @@ import pathlib
 from report import report
 
 from marco_jax.files import lines
-from marco_jax.search.record import TreeRecord
+from marco_jax.search.record import TreeRecord, read_trees
 
 
-def read(path: pathlib.Path) -> dict[str, dict]:
-    return {r["id"]: r for r in map(json.loads, lines(path.read_text(encoding="utf-8")))}
+def read(path: pathlib.Path, limit: int | None = None) -> dict[str, dict]:
+    """Problem id -> its record, over the file's first ``limit`` lines (all: None)."""
+    records = list(map(json.loads, lines(path.read_text(encoding="utf-8"))))
+    return {r["id"]: r for r in records[:limit]}
+
+
+def trees_by_id(path: pathlib.Path) -> dict:
+    """Problem id -> its tree, from a search's ``--trees`` file (or a directory of
+    one JSON file per tree); the first tree of an id counts."""
+    out: dict = {}
+    for tree in read_trees(path):
+        out.setdefault(tree.id, tree)
+    return out
 
 
 def counted(record: dict, budget: int) -> list[tuple[int, bool]]:
@@ -69,13 +84,16 @@ def attempts(tree: TreeRecord) -> dict[str, list[int]]:
     return out
 
 
-def attempt_rates(tree_dir: pathlib.Path, ids: list[str], sampling: dict[str, dict],
+def attempt_rates(trees: dict, ids: list[str], sampling: dict[str, dict],
                   budgets: dict[str, int]) -> dict:
     """Answers and the share right, per kind of tree attempt and for the samples
-    that fit in the tree's tokens."""
+    that fit in the tree's tokens. ``trees``: problem id -> its tree."""
+    missing = [i for i in ids if i not in trees]
+    if missing:
+        raise SystemExit(f"no tree for {len(missing)} of the problems, e.g. {missing[0]!r}")
     total = {"fresh": [0, 0], "branch": [0, 0], "reflection": [0, 0], "sampling": [0, 0]}
     for i in ids:
-        for where, (n, right) in attempts(TreeRecord.load(tree_dir / f"{i}.json")).items():
+        for where, (n, right) in attempts(trees[i]).items():
             total[where][0] += n
             total[where][1] += right
         samples = counted(sampling[i], budgets[i])
@@ -90,10 +108,12 @@ def main() -> None:
     parser.add_argument("--tree", required=True, type=pathlib.Path)
     parser.add_argument("--sampling", required=True, type=pathlib.Path)
     parser.add_argument("--trees", type=pathlib.Path,
-                        help="the tree side's --tree-dir (a plain MCTS search's)")
+                        help="the tree side's --trees file (a plain MCTS search's)")
+    parser.add_argument("--limit", type=int,
+                        help="only the problems of the tree file's first N lines")
     parser.add_argument("--json-out", type=pathlib.Path)
     args = parser.parse_args()
-    tree, sampling = read(args.tree), read(args.sampling)
+    tree, sampling = read(args.tree, args.limit), read(args.sampling)
     ids = sorted(set(tree) & set(sampling))
     if not ids:
         raise SystemExit("no problem is in both files")
@@ -110,7 +130,7 @@ def main() -> None:
     out["solved_ratio"] = (out["tree"]["solved"] / out["sampling"]["solved"]
                            if out["sampling"]["solved"] else None)
     if args.trees:
-        out["attempts"] = attempt_rates(args.trees, ids, sampling,
+        out["attempts"] = attempt_rates(trees_by_id(args.trees), ids, sampling,
                                         {i: tree[i]["generated_tokens"] for i in ids})
     report(out, args.json_out)
 

@@ -2,12 +2,24 @@
 # Qwen2-7B SFT and DPO planned by the TPU compiler (libtpu, ahead of time, on this
 # CPU host) for v5e-8, v5p-8, a multi-host v5p-64 and two v5p-8 slices, each
 # with its step-time / MFU estimate, beside XLA:CPU's plan of the same config on
-# as many simulated devices (issue 31). Resumable: a row whose JSON exists is
-# skipped. One JSON per plan in benchmarks/results/train_plan_tpu/NAME-{tpu,cpu}.json,
-# the one-line summaries in NAME.log.
+# as many simulated devices (issue 31). All plans are JSON lines in
+# benchmarks/results/train_plan_tpu/plans.jsonl, one plan a line:
+# {"name": NAME, "target": "tpu" or "cpu", "plan": the dry run's JSON}; each
+# row's log (the one-line summaries) is a "== NAME ==" section of plans.log.
+# Resumable: a plan already in plans.jsonl is skipped.
 #   PATH=.venv/bin:$PATH bash benchmarks/train_plan_tpu.sh
 set -uo pipefail
 out=benchmarks/results/train_plan_tpu; mkdir -p "$out"
+plans=$out/plans.jsonl
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+planned() {  # NAME TARGET: whether plans.jsonl has it
+  [ -f "$plans" ] && grep -qF "{\"name\": \"$1\", \"target\": \"$2\"," "$plans"
+}
+keep() {  # NAME TARGET: the plan in $tmp/plan.json, appended to plans.jsonl as one line
+  python -c 'import json, sys
+print(json.dumps({"name": sys.argv[1], "target": sys.argv[2],
+                  "plan": json.load(open(sys.argv[3]))}))' "$1" "$2" "$tmp/plan.json" >> "$plans"
+}
 # name | chips (XLA:CPU devices) | topology flags | config and overrides
 rows=(
   "sft-v5e8|8|--topology v5e:2x4|--config qwen2_7b_sft_v5e8"
@@ -36,18 +48,21 @@ rows=(
 )
 for row in "${rows[@]}"; do
   IFS='|' read -r name chips topo config <<< "$row"
-  if [ ! -s "$out/$name-tpu.json" ]; then
+  : > "$tmp/log"
+  if ! planned "$name" tpu; then
     # shellcheck disable=SC2086
     if ! python scripts/train.py $config --dry-run $topo --no-progress \
-        > "$out/$name-tpu.json" 2> "$out/$name.log"; then
+        > "$tmp/plan.json" 2>> "$tmp/log"; then
       # a plan the compiler refuses: its one-line error is the result
       python -c 'import json, sys; print(json.dumps({"error": sys.argv[1]}))' \
-        "$(grep '^error:' "$out/$name.log")" > "$out/$name-tpu.json"
+        "$(grep '^error:' "$tmp/log")" > "$tmp/plan.json"
     fi
+    keep "$name" tpu
   fi
-  if [ ! -s "$out/$name-cpu.json" ]; then
+  if ! planned "$name" cpu; then
     # shellcheck disable=SC2086
     python scripts/train.py $config --dry-run --simulate-devices "$chips" --no-progress \
-      > "$out/$name-cpu.json" 2>> "$out/$name.log"
+      > "$tmp/plan.json" 2>> "$tmp/log" && keep "$name" cpu
   fi
+  if [ -s "$tmp/log" ]; then { echo "== $name =="; cat "$tmp/log"; } >> "$out/plans.log"; fi
 done

@@ -2,7 +2,12 @@
 the TPU compiler's per-device HBM plan beside XLA:CPU's plan of the same config,
 and the step-time estimate.
 
-    python benchmarks/train_plan_tpu_table.py [--dir benchmarks/results/train_plan_tpu]
+    python benchmarks/train_plan_tpu_table.py \
+        [--plans benchmarks/results/train_plan_tpu/plans.jsonl]
+
+Reads the script's JSON lines ({"name", "target": "tpu" or "cpu", "plan"}); a
+row is listed once its TPU plan is there, ordered by ``NAME-tpu.json`` (the
+names of the per-plan files the plans were first kept in).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+
+from marco_jax.files import lines as split_lines
 
 GIB = 2**30
 HEADER = ("| run | chips | mesh | micro-batches x rows/device | TPU compiler GiB/device "
@@ -40,24 +47,27 @@ def row(name: str, tpu: dict, cpu: dict | None) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def table(directory: pathlib.Path) -> str:
+def table(plans: pathlib.Path) -> str:
+    found: dict[tuple[str, str], dict] = {}
+    for line in split_lines(plans.read_text(encoding="utf-8")):
+        if line:
+            record = json.loads(line)
+            found[record["name"], record["target"]] = record["plan"]
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
-    for path in sorted(directory.glob("*-tpu.json")):
-        if not path.stat().st_size:  # being written
-            continue
-        name = path.name[:-len("-tpu.json")]
-        cpu_path = directory / f"{name}-cpu.json"
-        cpu = (json.loads(cpu_path.read_text())
-               if cpu_path.is_file() and cpu_path.stat().st_size else None)
-        lines.append(row(name, json.loads(path.read_text()), cpu))
+    names = sorted((n for n, target in found if target == "tpu"), key=lambda n: f"{n}-tpu.json")
+    for name in names:
+        lines.append(row(name, found[name, "tpu"], found.get((name, "cpu"))))
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=pathlib.Path,
-                        default=pathlib.Path("benchmarks/results/train_plan_tpu"))
-    print(table(parser.parse_args().dir))
+    parser.add_argument("--plans", type=pathlib.Path,
+                        default=pathlib.Path("benchmarks/results/train_plan_tpu/plans.jsonl"))
+    args = parser.parse_args()
+    if not args.plans.is_file():
+        parser.error(f"--plans {args.plans}: no such file")
+    print(table(args.plans))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 
 from report import report
 
-from marco_jax import config as model_config
+from marco_jax import model_config as model_config
 from marco_jax.train import checkpoint as checkpoint_lib
 from marco_jax.train import metrics as metrics_lib
 from marco_jax.train import trainer
@@ -91,7 +91,7 @@ def main() -> None:
         overrides.append("model.preset=shortened")
     cfg = load_train_config(args.config, overrides)
     timeline = Timeline()
-    for owner, name in ((trainer, "set_up"), (trainer, "dataset"), (trainer, "_initial_params"),
+    for owner, name in ((trainer, "set_up"), (trainer, "sft_batches"), (trainer, "_initial_params"),
                         (checkpoint_lib.RunCheckpoints, "save"),
                         (metrics_lib.MetricsLog, "write"), (trainer, "export")):
         timeline.wrap(owner, name)

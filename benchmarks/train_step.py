@@ -77,7 +77,7 @@ def run_hf(args: argparse.Namespace) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from marco_jax.config import preset
+    from marco_jax.model_config import preset
 
     torch.manual_seed(0)
     ours = preset("qwen2-0.5b")
@@ -106,7 +106,7 @@ def run_hf(args: argparse.Namespace) -> dict:
 
 
 def flops_per_token(seq_len: int) -> float:
-    from marco_jax.config import preset
+    from marco_jax.model_config import preset
     from marco_jax.train.metrics import flops_per_token as per_token
 
     return per_token(preset("qwen2-0.5b"), seq_len)

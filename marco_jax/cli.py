@@ -17,10 +17,9 @@ DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "marco-jax" / "xla"
 
 
 def enable_compilation_cache() -> None:
-    """Use JAX's persistent compilation cache (``$MARCO_JAX_COMPILATION_CACHE``,
-    default ~/.cache/marco-jax/xla; empty: off). Every sampler bucket and train
-    step is a separate program, so a rerun, a resumed job or the next method of
-    an evaluation would otherwise compile them all again."""
+    """Use JAX's persistent compilation cache (``$MARCO_JAX_COMPILATION_CACHE``, default
+    ~/.cache/marco-jax/xla; empty: off), so that a rerun, a resumed job or the next method
+    of an evaluation does not compile every engine and train step program again."""
     path = os.environ.get(CACHE_ENV, str(DEFAULT_CACHE))
     if path:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))

@@ -1,9 +1,6 @@
-"""Joining a multi-process (multi-host) run before JAX starts its backends.
-
-On TPU VMs (and under SLURM, Kubernetes or MPI) ``jax.distributed.initialize()``
-finds its peers by itself. Anywhere else, e.g. several CPU processes on one
-machine standing for hosts, the coordinator's address, the process count and
-this process's id must be given; CPU processes then exchange data through gloo.
+"""Joining a multi-process (multi-host) run before JAX starts its backends: on TPU VMs
+(and under SLURM, Kubernetes or MPI) peers are found automatically; anywhere else (e.g.
+CPU processes standing for hosts) they are given, and CPU processes talk through gloo.
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from marco_jax import config as config_lib
+from marco_jax import model_config as config_lib
 from marco_jax import tokenizer as tokenizer_lib
 from marco_jax.checkpoint import gguf_io, orbax_io, safetensors_io
-from marco_jax.checkpoint.names import iter_state_paths, tensor_specs
+from marco_jax.checkpoint.names import tensor_specs
 from marco_jax.checkpoint.tensors import iter_tensors
-from marco_jax.config import Qwen2Config
+from marco_jax.model_config import Qwen2Config
 from marco_jax.errors import MarcoError
 from marco_jax.model import Qwen2, abstract_model, init_model
 from marco_jax.sharding import ShardingRules, shard_state
@@ -65,18 +65,9 @@ def detect_format(path: str | pathlib.Path) -> str:
                      "model.safetensors[.index.json], or config.json with params/)")
 
 
-def checkpoint_config(path: str | pathlib.Path) -> Qwen2Config:
+def checkpoint_config(path: str | pathlib.Path, fmt: str | None = None) -> Qwen2Config:
     """The architecture of the checkpoint at ``path`` (any format), without its weights."""
-    fmt = detect_format(path)
-    return _config(path, fmt)
-
-
-def checkpoint_tokenizer(path: str | pathlib.Path):
-    """The tokenizer of the checkpoint at ``path`` (any format)."""
-    return _tokenizer(path, detect_format(path))
-
-
-def _config(path: str | pathlib.Path, fmt: str) -> Qwen2Config:
+    fmt = fmt or detect_format(path)
     if fmt == "builtin":
         return config_lib.preset(str(path)[len(BUILTIN_PREFIX):])
     if fmt == "gguf":
@@ -85,7 +76,9 @@ def _config(path: str | pathlib.Path, fmt: str) -> Qwen2Config:
     return config_lib.load_hf_config(pathlib.Path(path) / "config.json")
 
 
-def _tokenizer(path: str | pathlib.Path, fmt: str):
+def checkpoint_tokenizer(path: str | pathlib.Path, fmt: str | None = None):
+    """The tokenizer of the checkpoint at ``path`` (any format)."""
+    fmt = fmt or detect_format(path)
     if fmt == "builtin":
         return tokenizer_lib.builtin_tokenizer()
     if fmt == "gguf":
@@ -93,37 +86,32 @@ def _tokenizer(path: str | pathlib.Path, fmt: str):
     return tokenizer_lib.load_tokenizer(path)
 
 
-def _with_dtypes(cfg: Qwen2Config, param_dtype: str | None,
-                 compute_dtype: str | None) -> Qwen2Config:
-    return cfg.replace(param_dtype=param_dtype or cfg.param_dtype,
-                       compute_dtype=compute_dtype or cfg.compute_dtype)
-
-
 def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
          compute_dtype: str | None = None, mesh: Mesh | None = None,
          rules: ShardingRules = ShardingRules(), with_tokenizer: bool = True) -> LoadedModel:
-    """Config, parameters (placed on ``mesh`` if given) and tokenizer from ``path``.
-
-    Tensors stream from disk one at a time straight to their devices.
-    """
+    """Config, parameters (placed on ``mesh`` if given) and tokenizer from ``path``."""
     fmt = detect_format(path)
+    gguf_reader = gguf_io.GGUFReader(path) if fmt == "gguf" else None  # metadata and tensors
+    cfg = gguf_reader.config() if gguf_reader else checkpoint_config(path, fmt)
+    cfg = cfg.replace(param_dtype=param_dtype or cfg.param_dtype,
+                      compute_dtype=compute_dtype or cfg.compute_dtype)
     if fmt == "builtin":
-        cfg = _with_dtypes(_config(path, fmt), param_dtype, compute_dtype)
         model = init_model(cfg)
         if mesh is not None:
             nnx.update(model, shard_state(nnx.state(model), mesh, rules))
-        return LoadedModel(cfg, model, _tokenizer(path, fmt) if with_tokenizer else None, fmt)
-
-    path = pathlib.Path(path)
-    if fmt == "gguf":  # one reader for the metadata and the tensors
-        reader = gguf_io.GGUFReader(path)
-        cfg = reader.config()
     else:
-        cfg = _config(path, fmt)
-        reader = safetensors_io.SafetensorsReader(path) if fmt == "hf" else None
-    cfg = _with_dtypes(cfg, param_dtype, compute_dtype)
+        model = _read_model(pathlib.Path(path), fmt, cfg, gguf_reader, mesh, rules)
+    tokenizer = checkpoint_tokenizer(path, fmt) if with_tokenizer else None
+    return LoadedModel(cfg, model, tokenizer, fmt)
+
+
+def _read_model(path: pathlib.Path, fmt: str, cfg: Qwen2Config,
+                gguf_reader: gguf_io.GGUFReader | None, mesh: Mesh | None,
+                rules: ShardingRules) -> Qwen2:
+    """The stored model, its tensors streamed one at a time straight to their devices."""
     graphdef, abstract = abstract_model(cfg)
-    axes = {".".join(p): v.get_metadata()["logical_axes"] for p, v in iter_state_paths(abstract)}
+    axes = {".".join(map(str, p)): v.get_metadata()["logical_axes"]
+            for p, v in abstract.flat_state()}
     dtype = np.dtype(cfg.jnp_param_dtype)
 
     def sharding_of(key: str, shape) -> jax.sharding.Sharding:
@@ -133,14 +121,13 @@ def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
 
     if fmt == "orbax":
         stored = orbax_io.check_shapes(path, {s.key: s.shape for s in tensor_specs(cfg)})
-        target = orbax_io.nest({k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_of(k, shape))
-                                for k, (shape, _) in stored.items()})
-        params = orbax_io.restore(path, target)
+        params = orbax_io.restore(path, orbax_io.nest({
+            k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_of(k, shape))
+            for k, (shape, _) in stored.items()}))
     else:
-        with reader:
+        with gguf_reader or safetensors_io.SafetensorsReader(path) as reader:
             params = orbax_io.nest({
                 spec.key: jax.device_put(tensor, sharding_of(spec.key, tensor.shape))
                 for spec, tensor in iter_tensors(reader, cfg, str(path), dtype, f"loading {fmt}")})
-    tokenizer = _tokenizer(path, fmt) if with_tokenizer else None
     abstract.replace_by_pure_dict(params)
-    return LoadedModel(cfg, nnx.merge(graphdef, abstract), tokenizer, fmt)
+    return nnx.merge(graphdef, abstract)

@@ -1,11 +1,7 @@
 """The training step's loops (layers, micro-batches, loss chunks, attention blocks),
-rolled by default and unrolled on request.
-
-Rolled, XLA compiles one body per loop, which keeps compiles short and memory
-low. The TPU compiler's cost analysis, though, counts a loop body once, however
-many times it runs; the step-time estimate (:mod:`marco_jax.train.estimate`)
-therefore compiles small variants with every loop unrolled, inside
-:func:`unrolled`, so that every iteration is counted.
+rolled by default (short compiles, low memory) and unrolled inside :func:`unrolled`,
+because the TPU compiler's cost analysis counts a loop body once however often it runs
+and the step-time estimate (:mod:`marco_jax.train.estimate`) must count every iteration.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from marco_jax import loops
-from marco_jax.config import Qwen2Config
+from marco_jax.model_config import Qwen2Config
 
 _cp = jax.checkpoint_policies
 _OFFLOAD = dict(offload_src="device", offload_dst="pinned_host")
@@ -47,7 +47,6 @@ REMAT_POLICIES = {
         names_which_can_be_saved=[], names_which_can_be_offloaded=[
             "layer_input", "query_proj", "key_proj", "value_proj"], **_OFFLOAD),
 }
-HOST_OFFLOAD_POLICIES = ("offload_layer_input", "offload_qkv_proj")
 
 # (queries (b, t, n, h), keys (b, t, k, h), values) -> outputs (b, t, n, h): one
 # layer's attention, which knows its own mask and where its keys and values live.

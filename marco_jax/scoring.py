@@ -44,12 +44,11 @@ class TokenScores:
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _score_padded(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt: jax.Array,
                   mask_bt: jax.Array, top_k: int):
+    """(token log-probs, top-k log-probs, top-k ids) of every token after the first."""
     model = nnx.merge(graphdef, state)
     positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
     logits_btv = model(tokens_bt, positions_bt, mask_bt)
-    token_lp_bt, top_lp_btk, top_ids_btk = token_and_top_logprobs(
-        logits_btv[:, :-1], tokens_bt[:, 1:], top_k)
-    return token_lp_bt, top_ids_btk, top_lp_btk
+    return token_and_top_logprobs(logits_btv[:, :-1], tokens_bt[:, 1:], top_k)
 
 
 def bucket_length(n: int, max_length: int) -> int:
@@ -71,7 +70,7 @@ def score(model: Qwen2, token_ids: list[int], top_k: int = 5) -> TokenScores:
     tokens[0, :n] = token_ids
     mask = np.arange(length)[None] < n
     graphdef, state = nnx.split(model)
-    token_lp, top_ids, top_lp = jax.device_get(
+    token_lp, top_lp, top_ids = jax.device_get(
         _score_padded(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), top_k))
     return TokenScores(ids=np.asarray(token_ids), logprobs=token_lp[0, :n - 1],
                        top_ids=top_ids[0, :n - 1], top_logprobs=top_lp[0, :n - 1])

@@ -1,9 +1,7 @@
-"""Logical axis names -> physical mesh axes (data, fsdp, tensor).
+"""Logical axis names (each parameter's, see ``model.py``) -> mesh axes (data, fsdp, tensor).
 
-Every parameter of the model carries a tuple of logical axis names (see
-``model.py``); :class:`ShardingRules` says which mesh axis, if any, each name is
-split over. A dimension that the mesh axis does not divide stays replicated, so
-one rule set serves a 2-KV-head 0.5B model and a 4-KV-head 7B model alike.
+A dimension that its mesh axis does not divide stays replicated, so that one rule set
+serves a 2-KV-head 0.5B model and a 4-KV-head 7B model alike.
 """
 
 from __future__ import annotations
@@ -68,15 +66,10 @@ class ShardingRules:
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
               devices: Sequence[Any] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh laid out along the devices' network; one axis may
-    be -1 to take the remaining devices.
-
-    The sizes are those of one slice. Devices of several slices (TPU multislice)
-    split ``data`` once more across slices, over the data-centre network, as
-    MaxText's DCN data parallelism does: only the gradient reduction crosses it,
-    once per step, while fsdp and tensor traffic stays on each slice's ICI.
-    Within a slice, ``mesh_utils`` places the axes on the physical torus so that
-    each axis's collectives run over neighbouring chips.
+    """A (data, fsdp, tensor) mesh of one slice's sizes (one may be -1: the remaining
+    devices), each axis on neighbouring chips of the torus. Several slices (TPU multislice)
+    split ``data`` once more across slices, as MaxText's DCN data parallelism does: only
+    the once-a-step gradient reduction crosses the data-centre network, not fsdp or tensor.
     """
     devices = list(jax.devices() if devices is None else devices)
     slices = slice_count(devices)
@@ -103,11 +96,9 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: ShardingRules = ShardingRules(),
                     stacked_layers: int | None = None) -> nnx.State:
-    """A NamedSharding for every parameter, from its ``logical_axes`` metadata.
-
-    ``stacked_layers``: the state is one layer's, and the arrays to be sharded
-    carry a leading ``layers`` axis of this size (the training layout).
-    """
+    """A NamedSharding for every parameter, from its ``logical_axes`` metadata;
+    ``stacked_layers``: the state is one layer's, and the arrays carry a leading
+    ``layers`` axis of this size (the training layout)."""
 
     def one(var: nnx.Variable) -> nnx.Variable:
         shape = var.get_value().shape

@@ -1,7 +1,5 @@
-"""Tokenizers: the real one from a checkpoint, and a tiny built-in one for tests.
-
-The built-in tokenizer lets tests and demos exercise the full text -> ids -> text
-path (including ChatML special tokens) offline, against a tiny random model.
+"""Tokenizers: the real one from a checkpoint, and a tiny built-in one with which tests
+and demos run text -> ids -> text (ChatML included) offline against a tiny random model.
 """
 
 from __future__ import annotations
@@ -35,11 +33,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 
 def _byte_symbols() -> list[str]:
-    """GPT-2's printable stand-in for each byte value, indexed by byte.
-
-    Printable Latin-1 bytes stand for themselves; the rest are shifted past 255
-    so that no byte maps to whitespace or a control character.
-    """
+    """GPT-2's printable stand-in for each byte value: printable Latin-1 bytes stand for
+    themselves, the rest shift past 255 so that none maps to whitespace or a control."""
     printable = [
         *range(ord("!"), ord("~") + 1),
         *range(ord("¡"), ord("¬") + 1),
@@ -51,23 +46,16 @@ def _byte_symbols() -> list[str]:
     return [symbols[byte] for byte in range(256)]
 
 
-def _byte_level_tokenizer() -> Tokenizer:
-    """One token per byte, id == byte value: any UTF-8 text encodes losslessly."""
-    vocab = {symbol: byte for byte, symbol in enumerate(_byte_symbols())}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
-    return tokenizer
-
-
 def builtin_tokenizer() -> PreTrainedTokenizerFast:
-    """A 259-token byte-level tokenizer with Qwen2's special tokens and chat template.
-
-    Small enough for the tiny test model (vocab 512), yet it speaks ChatML.
-    """
+    """One token per byte (id == byte value: any UTF-8 text encodes losslessly) and Qwen2's
+    special tokens and chat template: small enough for the tiny model's vocab of 512."""
+    vocab = {symbol: byte for byte, symbol in enumerate(_byte_symbols())}
+    byte_level = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    byte_level.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level.decoder = decoders.ByteLevel()
+    byte_level.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_byte_level_tokenizer(),
+        tokenizer_object=byte_level,
         eos_token=IM_END,
         pad_token=ENDOFTEXT,
         additional_special_tokens=[IM_START, IM_END],
@@ -83,9 +71,7 @@ def load_tokenizer(directory: str | pathlib.Path) -> PreTrainedTokenizerBase:
     if not directory.is_dir():
         raise MarcoError(f"tokenizer directory does not exist: {directory}")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
-        raise MarcoError(
-            f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {directory}"
-        )
+        raise MarcoError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {directory}")
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except Exception as error:

@@ -1,11 +1,7 @@
-"""The accelerators a run is planned for: each TPU generation's published figures,
-and compile-only TPU devices for any topology, on any host.
-
-libtpu's ahead-of-time compiler runs without a TPU: ``get_topology_desc`` gives
-device descriptions of a named topology (``v5e:2x4``, ``v5p:4x4x4``; several
-slices with ``slices``), and ``jax.jit(...).lower(...).compile()`` on a mesh of
-them returns the TPU compiler's memory plan and cost analysis. This is how a
-pod run is sized from a laptop or a CPU VM.
+"""The accelerators a run is planned for: each TPU generation's published figures, and
+compile-only TPU devices of any topology (libtpu's ahead-of-time compiler needs no TPU),
+on which ``jax.jit(...).lower(...).compile()`` gives the TPU compiler's memory plan and
+cost analysis: a pod run is sized from a laptop or a CPU VM.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Training data from search trees: SFT chains and DPO preference pairs.
 
-    python scripts/export_data.py --trees synth/trees [--trees more/trees ...] \
+    python scripts/export_data.py --trees synth/gsm8k-trees.jsonl [--trees more-trees.jsonl ...] \
         --sft data/gsm8k_sft.jsonl --pairs data/gsm8k_pairs.jsonl --model HF_DIR \
         [--verifier numeric] [--select shortest|median|longest|all] \
         [--format marco|tags] [--max-pairs-per-tree 4] \
         [--rejected wrong|unfinished|both] [--exclude more_eval.jsonl ...]
 
-Reads the tree JSON files ``scripts/search.py --tree-dir`` wrote. Every chain
+Reads the trees ``scripts/search.py --trees`` wrote. Every chain
 is verified again against the tree's gold answer. SFT records are
 ``{"messages": [user, assistant]}`` (what ``scripts/train.py`` reads), one or
 more correct chains per tree chosen by relative length. Pairs are a correct
@@ -14,8 +14,8 @@ and a rejected chain of the same problem (``--rejected``: a finished chain
 with a wrong answer, one the token budget cut off, or either), with the
 prompt, the length in tokens (``--model``'s tokenizer) of the prefix the two
 share, and their node ids; at most ``--max-pairs-per-tree`` per problem. With
-several ``--trees`` directories, a problem's pairs draw on the chains of all
-its trees (those of its n-th tree, in the directories' order, are labelled
+several ``--trees`` files, a problem's pairs draw on the chains of all
+its trees (those of its n-th tree, in the files' order, are labelled
 ``n.node``), e.g. correct chains of the base model's search against a later
 model's unfinished chains.
 Identical records are written once. A tree whose question is an MGSM question
@@ -32,13 +32,14 @@ from marco_jax.cli import run
 from marco_jax.loading import checkpoint_tokenizer
 from marco_jax.search import export
 from marco_jax.search.config import VERIFIERS
+from marco_jax.search.record import read_trees
 from marco_jax.grading import verifier
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trees", required=True, type=pathlib.Path, action="append",
-                        help="directory of tree JSON files (search.py --tree-dir); repeat "
+                        help="a search's trees (search.py --trees); repeat "
                              "to pair chains of several searches of the same problems")
     parser.add_argument("--sft", type=pathlib.Path, help="write SFT records here (JSONL)")
     parser.add_argument("--pairs", type=pathlib.Path, help="write preference pairs here (JSONL)")
@@ -71,7 +72,7 @@ def main() -> None:
         raise SystemExit("nothing to write: give --sft and/or --pairs")
     tokenizer = checkpoint_tokenizer(args.model)
     sft, pairs, counts = export.export(
-        [tree for directory in args.trees for tree in export.read_trees(directory)],
+        [tree for path in args.trees for tree in read_trees(path)],
         verifier(args.verifier),
         lambda text: tokenizer.encode(text, add_special_tokens=False), args.select,
         args.format, args.max_pairs_per_tree, export.eval_question_keys(args.exclude),

@@ -109,13 +109,9 @@ def main() -> None:
     tokenizer = loaded.tokenizer
     engine = build_engine(loaded, *engine_setup(args, top_logprobs=args.top_logprobs), args.stop)
     load_s = time.perf_counter() - start
-    if args.marco:
-        wrapped = [prompt_lib.marco_prompt(t) for t in texts]
-    elif args.chat:
-        wrapped = [prompt_lib.chat_prompt(t) for t in texts]
-    else:
-        wrapped = texts
-    ids = [tokenizer.encode(t, add_special_tokens=False) for t in wrapped]
+    template = "marco" if args.marco else "chat" if args.chat else "none"
+    ids = [tokenizer.encode(prompt_lib.render(template, t), add_special_tokens=False)
+           for t in texts]
     for i, row in enumerate(ids):
         if not row:
             raise MarcoError(f"prompt {i + 1} is empty")

@@ -3,9 +3,9 @@ Marco-o1 v1's MCTS, or v2's data engine (tagged action tree, verified answers).
 
     python scripts/search.py --model PATH --config mcts-mini64 --input mgsm_en.tsv \
         --output results/mcts-mini64-en.jsonl [--slots 64] [--mesh data=4,tensor=2] [--limit N] \
-        [--tree-dir trees/] [--process-index I --process-count N] [--set search.children=8 ...]
+        [--trees trees.jsonl] [--process-index I --process-count N] [--set search.children=8 ...]
     python scripts/search.py --model PATH --config v2-gsm8k --input gsm8k/train.jsonl \
-        --output synth/gsm8k.jsonl --tree-dir synth/trees [--checker-model PATH]
+        --output synth/gsm8k.jsonl --trees synth/gsm8k-trees.jsonl [--checker-model PATH]
 
 Input: GSM8K JSONL (answers ending ``#### n``), generic JSONL ({"id"?,
 "question", "answer"?}), an MGSM TSV or Marco's letter-count JSON. Configs live in
@@ -53,7 +53,8 @@ def parse_args() -> argparse.Namespace:
                         help="trees searched at once (default: 8 x slots / children, "
                              "advanced breadth-first)")
     parser.add_argument("--limit", type=int, help="only the first N problems of the input")
-    parser.add_argument("--tree-dir", type=pathlib.Path, help="write each tree as JSON here")
+    parser.add_argument("--trees", type=pathlib.Path,
+                        help="append each problem's tree to this JSON lines file")
     parser.add_argument("--on-bad-line", choices=["skip", "error"], default="skip")
     parser.add_argument("--process-index", type=int, default=None)
     parser.add_argument("--process-count", type=int, default=None)
@@ -80,6 +81,8 @@ def main() -> None:
     problems = job_files.shard(problems, index, count)
     done = job_files.finished_ids(args.output)
     todo = [p for p in problems if p["id"] not in done]
+    if args.trees:
+        job_files.keep_trees(args.trees, done)
     if not todo:
         print(f"all {len(problems)} problems already in {args.output}")
         return
@@ -90,7 +93,7 @@ def main() -> None:
     engine_config, mesh = engine_setup(args)
     checker = None if args.checker_model is None else \
         load(args.checker_model, param_dtype=args.dtype, compute_dtype=args.dtype)
-    figures = run_job(loaded, job, todo, args.output, args.tree_dir, engine_config, mesh,
+    figures = run_job(loaded, job, todo, args.output, args.trees, engine_config, mesh,
                       args.trees_in_flight, checker)
     print(f"{len(todo)} problems in {figures['seconds']:.1f}s; {stats_line(figures)} "
           f"-> {args.output}")

@@ -37,7 +37,7 @@ synthesize() {  # MODEL NAME CONFIG [SET...]: search GSM8K train into WORK/NAME.
   mapfile -d '' extra < <(sets "$@")
   python scripts/search.py --model "$model" --config "$config" --input "$data/gsm8k/train.jsonl" \
     --limit "$problems" --slots "$slots" --output "$work/$name.jsonl" \
-    --tree-dir "$work/trees-$name" "${extra[@]}"
+    --trees "$work/trees-$name.jsonl" "${extra[@]}"
 }
 
 search_data() {  # MODEL NAME: the trees (and samples) of MODEL, exported to WORK/NAME-{sft,pairs}
@@ -51,11 +51,11 @@ search_data() {  # MODEL NAME: the trees (and samples) of MODEL, exported to WOR
   fi
 }
 
-export_data() {  # NAME MODEL SELECT: SFT records and pairs of WORK/trees-NAME
+export_data() {  # NAME MODEL SELECT: SFT records and pairs of WORK/trees-NAME.jsonl
   if [ -s "$work/$1-sft.jsonl" ] && [ -s "$work/$1-pairs.jsonl" ]; then
     stage "export $1: done"; return; fi
   stage "export $1"
-  python scripts/export_data.py --trees "$work/trees-$1" --model "$2" --select "$3" \
+  python scripts/export_data.py --trees "$work/trees-$1.jsonl" --model "$2" --select "$3" \
     --sft "$work/$1-sft.jsonl" --pairs "$work/$1-pairs.jsonl" \
     --max-pairs-per-tree "${PAIRS_PER_TREE:-1}" \
     --exclude "$data/mgsm/mgsm_en.tsv" --exclude "$data/mgsm/mgsm_zh.tsv"
@@ -63,12 +63,12 @@ export_data() {  # NAME MODEL SELECT: SFT records and pairs of WORK/trees-NAME
 
 cut_pairs() {  # MODEL: pairs of a correct chain of the base searches against MODEL's
   # greedy chains that ran out of the evaluation's budget, so that DPO learns to end
-  local out=$work/sft-cut-pairs.jsonl trees=(--trees "$work/trees-base")
+  local out=$work/sft-cut-pairs.jsonl trees=(--trees "$work/trees-base.jsonl")
   if [ -s "$out" ]; then stage "pairs against unfinished chains: done"; return; fi
   synthesize "$1" sft-cot cot search.max_tokens=384 search.call_tokens=384
-  [ "${SAMPLING:-0}" = 1 ] && trees+=(--trees "$work/trees-base-sc")
+  [ "${SAMPLING:-0}" = 1 ] && trees+=(--trees "$work/trees-base-sc.jsonl")
   stage "export pairs against unfinished chains"
-  python scripts/export_data.py "${trees[@]}" --trees "$work/trees-sft-cot" --model "$1" \
+  python scripts/export_data.py "${trees[@]}" --trees "$work/trees-sft-cot.jsonl" --model "$1" \
     --rejected unfinished --pairs "$out" --max-pairs-per-tree "${CUT_PAIRS:-3}" \
     --exclude "$data/mgsm/mgsm_en.tsv" --exclude "$data/mgsm/mgsm_zh.tsv"
 }

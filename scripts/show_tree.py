@@ -1,11 +1,12 @@
-"""Render one search tree (JSON written by the search) as a self-contained HTML page.
+"""Render one search tree (written by the search) as a self-contained HTML page.
 
+    python scripts/show_tree.py TREES.jsonl --id ID [--output OUT.html]
     python scripts/show_tree.py TREE.json [--output OUT.html]
 
 The page is a nested collapsible tree (``marco_jax.search.tree_html``): each node
 shows its kind in its own colour, visits, mean value, terminal marker, the
 verifier's verdict on an answer and text; reflection branches are marked, the
-best path is highlighted and expanded. Default output: TREE with the suffix .html.
+best path is highlighted and expanded. Default output: ``ID.html`` beside the file.
 """
 
 from __future__ import annotations
@@ -15,24 +16,37 @@ import pathlib
 
 from marco_jax.cli import run
 from marco_jax.errors import MarcoError
-from marco_jax.search.record import TreeRecord
+from marco_jax.search.record import read_trees
 from marco_jax.search.tree_html import render
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tree", type=pathlib.Path, help="search tree JSON file")
+    parser.add_argument("trees", type=pathlib.Path,
+                        help="a search's --trees file (JSON lines) or one tree's JSON file")
+    parser.add_argument("--id", help="the problem whose tree to show (needed when the file "
+                                     "holds several)")
     parser.add_argument("--output", type=pathlib.Path,
-                        help="HTML file to write (default: TREE with suffix .html)")
+                        help="HTML file to write (default: ID.html beside TREES)")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    output = args.output or args.tree.with_suffix(".html")
-    page = render(TreeRecord.load(args.tree), args.tree.stem)
+    trees = read_trees(args.trees)
+    if args.id is not None:
+        trees = [t for t in trees if str(t.id) == args.id]
+        if not trees:
+            raise MarcoError(f"{args.trees}: no tree with id {args.id!r}")
+    elif len(trees) > 1:
+        ids = ", ".join(str(t.id) for t in trees[:5])
+        raise MarcoError(f"{args.trees} holds {len(trees)} trees ({ids}, ...): "
+                         "choose one with --id")
+    tree = trees[-1]
+    name = args.trees.stem if tree.id is None else str(tree.id)
+    output = args.output or args.trees.parent / f"{name}.html"
     try:
-        output.write_text(page, encoding="utf-8")
+        output.write_text(render(tree, name), encoding="utf-8")
     except OSError as e:
         raise MarcoError(f"{output}: cannot write: {e.strerror}") from None
     print(f"wrote {output}")

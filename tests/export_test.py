@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -174,25 +175,26 @@ def test_trees_from_the_tagged_search_export(tok, tmp_path):
     assert sft[0]["messages"][1]["content"].endswith("\\boxed{3}\n</Output>")
 
 
+def write_trees(path: pathlib.Path, *trees: TreeRecord) -> pathlib.Path:
+    path.write_text("".join(json.dumps(t.to_json()) + "\n" for t in trees), encoding="utf-8")
+    return path
+
+
 def test_export_cli(tmp_path):
-    trees = tmp_path / "trees"
-    trees.mkdir()
-    tree().write(trees / "p1.json")
+    trees = write_trees(tmp_path / "trees.jsonl", tree())
     proc = run_script("export_data.py", "--trees", str(trees), "--sft", str(tmp_path / "s.jsonl"),
                       "--pairs", str(tmp_path / "p.jsonl"), "--select", "all")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"trees": 1, "solved": 1, "chains": 3, "correct": 2,
                                        "unfinished": 0, "sft_records": 2, "pairs": 2}
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
-    dataclasses.replace(tree(question=MGSM_EN_1), id="p2").write(trees / "p2.json")
-    proc = run_script("export_data.py", "--trees", str(trees), "--sft", str(tmp_path / "s.jsonl"))
+    eval_trees = write_trees(tmp_path / "eval.jsonl", tree(),
+                             dataclasses.replace(tree(question=MGSM_EN_1), id="p2"))
+    proc = run_script("export_data.py", "--trees", str(eval_trees), "--sft", "x")
     assert_one_line_error(proc, "evaluation (MGSM) question")
     assert_one_line_error(run_script("export_data.py", "--trees", str(tmp_path), "--sft", "x"),
                           "no tree files")
-    (trees / "p2.json").unlink()
-    later = tmp_path / "later"
-    later.mkdir()
-    cut_tree().write(later / "p1.json")
+    later = write_trees(tmp_path / "later.jsonl", cut_tree())
     proc = run_script("export_data.py", "--trees", str(trees), "--trees", str(later),
                       "--pairs", str(tmp_path / "cut.jsonl"), "--rejected", "unfinished")
     assert proc.returncode == 0, proc.stderr

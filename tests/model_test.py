@@ -84,7 +84,7 @@ def test_bf16_compute_is_close_to_fp32(hf_checkpoint):
 
 
 def test_packed_segments_equal_separate_rows():
-    from marco_jax.config import preset
+    from marco_jax.model_config import preset
     from marco_jax.model import init_model
     from marco_jax.train.attention import packed_attention
 

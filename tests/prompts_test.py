@@ -1,17 +1,14 @@
-"""ChatML / Marco-o1 prompt rendering and extraction of <Thought>/<Output>."""
+"""ChatML / Marco-o1 prompt rendering."""
 
 from __future__ import annotations
-
-import pytest
 
 from marco_jax.prompts import (
     DEFAULT_SYSTEM,
     MARCO_SYSTEM_PROMPT,
     chat_prompt,
     chatml,
-    extract_output,
-    extract_thought,
     marco_prompt,
+    render,
 )
 
 
@@ -72,38 +69,7 @@ def test_marco_prompt_matches_marco_o1_chat_template():
     assert marco_prompt("How many r in strawberry?") == expected
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("<Thought>think</Thought><Output> 42 </Output>", "42"),
-        ("<Thought>t</Thought>\n<Output>\nfirst\n</Output><Output>second</Output>", "second"),
-        ("<Output>a <Output>b</Output> c</Output>", "b"),
-        ("<Thought>long reasoning</Thought><Output>truncated answ", "truncated answ"),
-        ("<Output>done</Output> trailing chatter", "done"),
-        ("<Thought>just thinking</Thought>\n  the answer is 7 ", "the answer is 7"),
-        ("<Thought>a</Thought> b </Thought> c", "c"),
-        ("  no tags at all  ", "no tags at all"),
-        ("<Thought>unfinished reasoning", "<Thought>unfinished reasoning"),
-        ("<Output></Output>", ""),
-        ("", ""),
-        ("<Thought>先算一下。</Thought><Output>答案是：**3**。</Output>", "答案是：**3**。"),
-    ],
-)
-def test_extract_output(text, expected):
-    assert extract_output(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("<Thought>\n step 1 \n</Thought><Output>x</Output>", "step 1"),
-        ("<Thought>未完成的思考", "未完成的思考"),
-        ("<Thought>cut short<Output>answer", "cut short"),
-        ("<Thought>first</Thought><Thought>second</Thought>", "first"),
-        ("<Thought></Thought><Output>x</Output>", ""),
-        ("<Output>no thought</Output>", None),
-        ("", None),
-    ],
-)
-def test_extract_thought(text, expected):
-    assert extract_thought(text) == expected
+def test_render_names_each_template():
+    assert render("marco", "Q") == marco_prompt("Q")
+    assert render("chat", "Q") == chat_prompt("Q")
+    assert render("none", "Q") == "Q"

@@ -14,10 +14,10 @@ import pytest
 
 import marco_jax
 from cli_test import ROOT, assert_one_line_error, run_script
-from marco_jax import files
+from marco_jax import run_config
 from marco_jax.errors import MarcoError
 from marco_jax.search.config import JobConfig, SearchConfig, load_job_config
-from marco_jax.settings import build
+from marco_jax.run_config import build
 
 GOOD = {"description": "a test config", "template": "marco", "final": "most_visited",
         "stop": ["</Output>"], "search": {"action": "mini_step", "children": 2, "iterations": 3}}
@@ -131,7 +131,8 @@ def test_cli_set_reaches_the_config(tmp_path):
 def test_named_configs_are_package_data(tmp_path):
     """A wheel (what a non-editable install unpacks) holds the named configs, and the
     package reads them from inside itself."""
-    assert files.CONFIGS == pathlib.Path(marco_jax.__file__).resolve().parent / "configs"
+    assert run_config.CONFIGS == pathlib.Path(marco_jax.__file__).resolve().parent / "configs"
+    assert (ROOT / "configs").resolve() == run_config.CONFIGS  # the top-level link
     source = tmp_path / "src"  # a copy, so no stale build/ of the checkout leaks in
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -146,4 +147,4 @@ def test_named_configs_are_package_data(tmp_path):
     (wheel,) = (tmp_path / "wheels").glob("marco_jax-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"marco_jax/configs/search/mcts-step.json", "marco_jax/configs/train/tiny_sft.json",
-            "marco_jax/settings.py", "marco_jax/search/config.py"} <= names
+            "marco_jax/run_config.py", "marco_jax/search/config.py"} <= names

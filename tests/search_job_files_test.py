@@ -34,21 +34,23 @@ V2_FAST = ["--set", "search.call_tokens=12", "--set", "search.max_tokens=400",
 @pytest.mark.parametrize("config, extra", [("mcts-mini32", []), ("v2-gsm8k", V2_FAST)])
 def test_killed_job_restarts_and_writes_each_id_once(tmp_path, config, extra):
     write_problems(tmp_path / "in.jsonl", 4)
-    out = tmp_path / "out.jsonl"
+    out, trees = tmp_path / "out.jsonl", tmp_path / "trees.jsonl"
     # two trees at a time: the kill after the first line leaves problems to resume
     extra = [*extra, "--trees-in-flight", "2"]
     cmd = [sys.executable, str(ROOT / "scripts" / "search.py"), "--config", config,
-           "--input", str(tmp_path / "in.jsonl"), "--output", str(out), *FAST, *extra]
+           "--input", str(tmp_path / "in.jsonl"), "--output", str(out),
+           "--trees", str(trees), *FAST, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (out.is_file() and out.read_text().count("\n") >= 1):
         time.sleep(0.2)
     proc.kill()
     proc.wait()
-    with open(out, "a") as f:
-        f.write('{"id": "p3", "trunc')  # a line torn by the kill
+    for torn in (out, trees):
+        with open(torn, "a") as f:
+            f.write('{"id": "p3", "trunc')  # a line torn by the kill
     done = run_script("search.py", "--config", config, "--input", str(tmp_path / "in.jsonl"),
-                      "--output", str(out), "--tree-dir", str(tmp_path / "trees"), *FAST, *extra)
+                      "--output", str(out), "--trees", str(trees), *FAST, *extra)
     assert done.returncode == 0, done.stderr
     ids = [json.loads(line)["id"] for line in lines(out.read_text())]
     assert sorted(ids) == ["p0", "p1", "p2", "p3"]
@@ -60,8 +62,10 @@ def test_killed_job_restarts_and_writes_each_id_once(tmp_path, config, extra):
         assert record["rollouts"] == record["tree"]["root_visits"] == 2
     assert {"chosen_answer", "correct", "test_at_n", "reward", "text", "status",
             "correct_answers"} <= set(record)
-    html = run_script("show_tree.py", str(next((tmp_path / "trees").glob("*.json"))))
+    assert sorted(json.loads(line)["id"] for line in lines(trees.read_text())) == sorted(ids)
+    html = run_script("show_tree.py", str(trees), "--id", "p3")
     assert html.returncode == 0, html.stderr
+    assert (tmp_path / "p3.html").is_file()
 
 
 def test_bad_lines_are_reported_with_their_number(tmp_path):

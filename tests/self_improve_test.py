@@ -19,7 +19,7 @@ def value(flag):
     return [args[i + 1] for i, a in enumerate(args) if a == flag]
 if script == "search.py":
     pathlib.Path(value("--output")[0]).write_text("{{}}\\n")
-    pathlib.Path(value("--tree-dir")[0]).mkdir(exist_ok=True)
+    pathlib.Path(value("--trees")[0]).write_text("{{}}\\n")
 elif script == "export_data.py":
     for flag in ("--sft", "--pairs"):
         for path in value(flag):
@@ -66,14 +66,14 @@ def test_stages_run_in_order_and_dpo_gets_the_pairs_against_unfinished_chains(tm
     # the SFT model's greedy chains under the evaluation's prompt and budget
     assert flag(cot, "--model") == [f"{work}/sft/final"] and flag(cot, "--config") == ["cot"]
     assert {"search.max_tokens=384", "search.call_tokens=384"} <= set(flag(cot, "--set"))
-    assert flag(cut, "--trees") == [f"{work}/trees-base", f"{work}/trees-sft-cot"]
+    assert flag(cut, "--trees") == [f"{work}/trees-base.jsonl", f"{work}/trees-sft-cot.jsonl"]
     assert flag(cut, "--rejected") == ["unfinished"] and flag(cut, "--max-pairs-per-tree") == ["3"]
     assert settings(dpo)["model.init_from"] == f"{work}/sft/final"
     assert settings(dpo)["data.path"] == f"{work}/dpo-pairs.jsonl"
     assert settings(dpo)["data.seq_len"] == "768"
     rows = [json.loads(line) for line in (work / "dpo-pairs.jsonl").read_text().splitlines()]
-    assert rows == [{"--pairs": [f"{work}/trees-base"]},  # the base pairs, then the new ones
-                    {"--pairs": [f"{work}/trees-base", f"{work}/trees-sft-cot"]}]
+    assert rows == [{"--pairs": [f"{work}/trees-base.jsonl"]},  # the base pairs, then the new ones
+                    {"--pairs": [f"{work}/trees-base.jsonl", f"{work}/trees-sft-cot.jsonl"]}]
     evals = [c for c in calls if c[0] == "eval_mgsm.py"]
     assert len(evals) == 18  # 3 methods x 2 languages x 3 models
     assert flag(evals[2], "--model") == [f"{work}/dpo/final"]

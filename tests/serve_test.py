@@ -25,7 +25,7 @@ from marco_jax.search import runner
 from marco_jax.search.config import load_job_config
 from marco_jax.serve.app import ServerSettings, create_app
 from marco_jax.serve import protocol
-from marco_jax.serve.worker import EngineWorker, Job, engine_stop_strings
+from marco_jax.serve.worker import EngineWorker, ServeRequest, engine_stop_strings
 from cli_test import ROOT
 
 CONFIG = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=320,
@@ -41,13 +41,13 @@ def search_config():
 class LiveServer:
     """uvicorn in a thread on an ephemeral port, over a tiny model's engine."""
 
-    def __init__(self, loaded, max_jobs=256, name="tiny"):
+    def __init__(self, loaded, max_requests=256, name="tiny"):
         searches = {"mcts-step": search_config()}
         table = stops.build_stop_table(loaded.tokenizer, engine_stop_strings(searches.values()),
                                        loaded.cfg.vocab_size)
         self.engine = Engine(loaded.model, loaded.eos_ids, CONFIG, stop_table=table)
         self.idle_blocks = self.engine.blocks.available
-        self.worker = EngineWorker(self.engine, loaded.tokenizer, loaded.eos_ids, max_jobs)
+        self.worker = EngineWorker(self.engine, loaded.tokenizer, loaded.eos_ids, max_requests)
         settings = ServerSettings(name, CONFIG.max_model_len, 5, searches, grace_s=2)
         config = uvicorn.Config(create_app(self.worker, settings), host="127.0.0.1", port=0,
                                 log_level="warning")
@@ -242,7 +242,7 @@ def test_health_metrics_and_a_full_server_gets_503(live, tiny):
     metrics = httpx.get(f"{live.url}/metrics").text
     assert "marco_requests_in_flight 0" in metrics
     assert "marco_generated_tokens_total" in metrics
-    full = LiveServer(tiny, max_jobs=0)  # every request is one too many
+    full = LiveServer(tiny, max_requests=0)  # every request is one too many
     try:
         response = httpx.post(f"{full.url}/v1/completions",
                               json={"model": "tiny", "prompt": "b", "max_tokens": 2})
@@ -251,14 +251,14 @@ def test_health_metrics_and_a_full_server_gets_503(live, tiny):
         full.stop()
 
 
-def test_the_worker_refuses_jobs_over_its_limit(tiny):
+def test_the_worker_refuses_requests_over_its_limit(tiny):
     engine = Engine(tiny.model, tiny.eos_ids, CONFIG)
-    worker = EngineWorker(engine, tiny.tokenizer, tiny.eos_ids, max_jobs=2)  # not started
-    request = protocol.parse_completion({"model": "tiny", "prompt": "a"}, 5)
-    jobs = [Job(request, [1, 2], 4, 0, lambda event: None) for _ in range(3)]
-    assert [worker.submit(job) for job in jobs[:2]] == [0, 1]
+    worker = EngineWorker(engine, tiny.tokenizer, tiny.eos_ids, max_requests=2)  # not started
+    parsed = protocol.parse_completion({"model": "tiny", "prompt": "a"}, 5)
+    reqs = [ServeRequest(parsed, [1, 2], 4, 0, lambda event: None) for _ in range(3)]
+    assert [worker.submit(req) for req in reqs[:2]] == [0, 1]
     with pytest.raises(protocol.RequestError, match="2 requests in flight") as refused:
-        worker.submit(jobs[2])
+        worker.submit(reqs[2])
     assert refused.value.status == 503
 
 

@@ -8,7 +8,7 @@ import pytest
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
 from marco_jax.serve import protocol
-from marco_jax.serve.worker import EngineWorker, Job, decoding_once
+from marco_jax.serve.worker import EngineWorker, ServeRequest, decoding_once
 
 CONFIG = EngineConfig(slots=4, decode_steps=4, block_size=8, max_model_len=128,
                       kv_cache_gb=0.01, prefill_shapes=((4, 16),))
@@ -39,13 +39,13 @@ def run_requests(admit_wait_s: float, count: int, apart_s: float, timeout_s: flo
                           tiny.eos_ids, admit_wait_s=admit_wait_s)
     worker.start()
     done = threading.Semaphore(0)
-    request = protocol.parse_completion({"model": "tiny", "prompt": "a", "max_tokens": 8,
-                                         "temperature": 0}, 5)
+    parsed = protocol.parse_completion({"model": "tiny", "prompt": "a", "max_tokens": 8,
+                                        "temperature": 0}, 5)
     emit = lambda event: event.kind == "done" and done.release()  # noqa: E731
     for i in range(count):
         if i:
             time.sleep(apart_s)
-        worker.submit(Job(request, [1 + i, 2, 3], 8, 0, emit))
+        worker.submit(ServeRequest(parsed, [1 + i, 2, 3], 8, 0, emit))
     assert all(done.acquire(timeout=timeout_s) for _ in range(count))
     worker.close(grace_s=1)
     return worker.engine.stats.decode_calls

@@ -55,7 +55,25 @@ def render(tmp_path: pathlib.Path, tree: dict) -> str:
     path = write_tree(tmp_path, tree)
     proc = run_script("show_tree.py", str(path))
     assert proc.returncode == 0, proc.stderr
-    return path.with_suffix(".html").read_text(encoding="utf-8")
+    name = tree["id"] if tree.get("id") is not None else path.stem
+    return (tmp_path / f"{name}.html").read_text(encoding="utf-8")
+
+
+def test_a_trees_file_shows_the_tree_named_by_id(tmp_path):
+    path = tmp_path / "trees.jsonl"
+    other = {**TREE, "id": "other", "question": "another question\u2028on two lines"}
+    path.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in (TREE, other)),
+                    encoding="utf-8")
+    assert_one_line_error(run_script("show_tree.py", str(path)), "choose one with --id")
+    assert_one_line_error(run_script("show_tree.py", str(path), "--id", "nope"),
+                          "no tree with id 'nope'")
+    proc = run_script("show_tree.py", str(path), "--id", "other")
+    assert proc.returncode == 0, proc.stderr
+    assert "another question" in (tmp_path / "other.html").read_text(encoding="utf-8")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("{torn\n")
+    assert_one_line_error(run_script("show_tree.py", str(path), "--id", "other"),
+                          "trees.jsonl:3: invalid JSON")
 
 
 def test_renders_small_tree(tmp_path):

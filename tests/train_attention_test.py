@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marco_jax.config import preset
+from marco_jax.model_config import preset
 from marco_jax.errors import MarcoError
 from marco_jax.sharding import make_mesh
 from marco_jax.train import attention as attention_lib

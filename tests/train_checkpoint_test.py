@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marco_jax.train.checkpoint import RunCheckpoints, abstract_target, on_unless_cpu
+from marco_jax.train.checkpoint import RunCheckpoints, on_unless_cpu
 from marco_jax.train.step import TrainState
 
 
@@ -31,8 +31,9 @@ def test_compression_is_a_setting_and_restores_the_same_state(tmp_path):
         checkpoints = RunCheckpoints(directory, every=1, keep=1, compress=compress)
         data = iter(grain.MapDataset.range(10).to_iter_dataset())
         checkpoints.save(1, state, data)
-        restored = checkpoints.restore(1, abstract_target(
-            jax.eval_shape(lambda: state), jax.tree.map(lambda a: a.sharding, state)), data)
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+        restored = checkpoints.restore(1, target, data)
         checkpoints.close()
         np.testing.assert_array_equal(restored.params["w"], state.params["w"])
         sizes[compress] = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())

@@ -1,9 +1,11 @@
 """Training configs: named files, --set overrides, and errors that name the key."""
 
+import dataclasses
+
 import pytest
 
 from marco_jax.errors import MarcoError
-from marco_jax.train.config import load_train_config, to_dict
+from marco_jax.train.config import load_train_config
 
 
 def test_named_configs_load_and_overrides_apply():
@@ -13,7 +15,7 @@ def test_named_configs_load_and_overrides_apply():
     assert cfg.train.learning_rate == 2e-5 and cfg.mesh.fsdp == 8
     assert cfg.model.init_from == "ckpt/qwen2-7b" and cfg.train.clip_norm == 2.0
     assert isinstance(cfg.train.clip_norm, float)
-    assert to_dict(cfg)["train"]["global_batch"] == 64
+    assert dataclasses.asdict(cfg)["train"]["global_batch"] == 64
     for name in ("qwen2_05b_sft", "tiny_sft"):
         assert load_train_config(name).name == name
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cli_test import assert_one_line_error, run_script
-from marco_jax.config import preset
+from marco_jax.model_config import preset
 from marco_jax.errors import MarcoError
 from marco_jax.tokenizer import builtin_tokenizer
 from marco_jax.train import reference as reference_lib
@@ -188,7 +188,7 @@ def test_sharded_dpo_step_equals_one_device(tmp_path):
         (tmp_path / "s" / "reference_logps.jsonl").unlink()
         state, data, run = setup.program.init(params), iter(batches), []
         for _ in range(3):
-            batch = trainer._global_batch(trainer._micro_batches(next(data), cfg), setup.program)
+            batch = trainer._global_batch(next(data), setup.program, cfg.train.micro_batches)
             state, metrics = setup.program.step(state, batch)
             run.append(float(metrics["loss"]))
         losses.append(run)

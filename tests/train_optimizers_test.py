@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from marco_jax.config import preset
+from marco_jax.model_config import preset
 from marco_jax.sharding import make_mesh
 from marco_jax.train.config import TrainSection
 from marco_jax.train.layout import init_params, layout_of

@@ -18,7 +18,7 @@ from marco_jax.checkpoint.convert import orbax_to_hf
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.train import trainer
-from marco_jax.train.checkpoint import RunCheckpoints, abstract_target
+from marco_jax.train.checkpoint import RunCheckpoints
 from marco_jax.train.config import load_train_config
 
 STEPS = 16
@@ -102,10 +102,8 @@ def test_checkpoint_restores_on_another_mesh(finished_run):
     states = []
     for config, devices in ((cfg, jax.devices()), (other, jax.devices()[:4])):
         setup = trainer.set_up(config, devices)
-        program = setup.program
         data = iter(trainer.sft_batches(config, trainer.run_tokenizer(config)))
-        target = abstract_target(program.abstract_state, program.state_shardings)
-        states.append(saved.restore(16, target, data))
+        states.append(saved.restore(16, setup.program.abstract_state, data))
     saved.close()
     assert states[1].params["embed_vd"].sharding.mesh.shape["tensor"] == 2
     assert int(states[1].step) == 16

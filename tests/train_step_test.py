@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from marco_jax.checkpoint.orbax_io import flatten
-from marco_jax.config import preset
+from marco_jax.model_config import preset
 from marco_jax.model import REMAT_POLICIES, init_model
 from marco_jax.sharding import make_mesh
 from marco_jax.train.config import TrainSection

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import re
+from typing import Any
 
 import numpy as np
 
-from marco_jax.config import Qwen2Config, from_hf_dict
+from marco_jax.model_config import Qwen2Config, from_hf_dict
 from marco_jax.errors import MarcoError
 
 _LAYER_NAMES = {
@@ -69,7 +70,7 @@ class GGUFReader(contextlib.AbstractContextManager):
     def __exit__(self, *exc):
         self._reader = None
 
-    def field(self, key: str, default=None):
+    def field(self, key: str, default: Any = None) -> Any:
         field = self._reader.fields.get(key)
         return default if field is None else field.contents()
 
@@ -78,7 +79,6 @@ class GGUFReader(contextlib.AbstractContextManager):
         if arch != "qwen2":
             raise MarcoError(f"{self.path}: architecture {arch!r} is not qwen2")
         embed = self._tensors["model.embed_tokens.weight"]
-        eos = self.field("tokenizer.ggml.eos_token_id")
         hf = {
             "model_type": "qwen2",
             "vocab_size": int(embed.shape[1]),
@@ -92,7 +92,7 @@ class GGUFReader(contextlib.AbstractContextManager):
             "max_position_embeddings": self.field("qwen2.context_length", 32768),
             "tie_word_embeddings": "lm_head.weight" not in self._tensors,
             "bos_token_id": self.field("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": eos,
+            "eos_token_id": self.field("tokenizer.ggml.eos_token_id"),
         }
         missing = [k for k, v in hf.items() if v is None and not k.endswith("token_id")]
         if missing:

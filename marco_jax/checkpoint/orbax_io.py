@@ -2,9 +2,8 @@
 
 The parameter tree is a nested dict keyed by our state path (layer indices as
 strings), so a checkpoint can be inspected and restored without the model code.
-Saving is incremental (Orbax partial saves of a few hundred MB each) and
-restoring can take any subset of tensors, so converting a model never holds
-two copies of it in host memory.
+Saving goes a few hundred MB at a time and restoring can take any subset of
+tensors, so converting a model never holds two copies of it in host memory.
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import v1 as ocp
 from orbax.checkpoint.experimental.v1 import partial
 
-from marco_jax.config import Qwen2Config, load_hf_config
+from marco_jax.checkpoint.tensors import batches, require_shapes
+from marco_jax.model_config import Qwen2Config
 from marco_jax.errors import MarcoError
 from marco_jax.files import absolute
 
@@ -30,6 +30,13 @@ SAVE_GROUP_BYTES = 256 * 1024**2
 
 def is_orbax_checkpoint(directory: pathlib.Path) -> bool:
     return (directory / "config.json").is_file() and (directory / PARAMS_DIR).is_dir()
+
+
+def require_empty(directory: epath.PathLike) -> None:
+    """Conversions and exports write a new checkpoint, never over an old one."""
+    directory = epath.Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise MarcoError(f"{directory}: destination exists and is not empty")
 
 
 def nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -58,60 +65,40 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def save(directory: epath.PathLike, cfg: Qwen2Config, tensors: Iterable[tuple[str, Any]],
          group_bytes: int = SAVE_GROUP_BYTES) -> None:
-    """Write config and ``(dotted key, array)`` pairs as a new checkpoint, a group
-    of about ``group_bytes`` at a time, dropping each group once written.
+    """Write config and ``(dotted key, array)`` pairs as a new checkpoint, about
+    ``group_bytes`` at a time.
 
     In a multi-process run every process calls this with the same keys in the
     same order (global ``jax.Array``s: each process writes the shards it holds);
     process 0 writes the config. ``directory`` may be remote (``gs://...``).
     """
     directory = epath.Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise MarcoError(f"{directory}: destination exists and is not empty")
+    require_empty(directory)
     multihost_utils.sync_global_devices(f"orbax_io.save checked {directory}")
     if jax.process_index() == 0:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
     path = absolute(directory / PARAMS_DIR)
-    group: dict[str, Any] = {}
-    used = 0
-    for key, array in tensors:
-        group[key] = array
-        used += array.nbytes
-        if used >= group_bytes:
-            partial.save(path, nest(group))
-            group, used = {}, 0
-    if group:
-        partial.save(path, nest(group))
+    for group in batches(tensors, lambda item: item[1].nbytes, group_bytes):
+        partial.save(path, nest(dict(group)))
     partial.finalize(path)
 
 
-def load_config(directory: pathlib.Path) -> Qwen2Config:
-    return load_hf_config(directory / "config.json")
-
-
-def stored_shapes(directory: pathlib.Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of every stored tensor, keyed by dotted path."""
+def check_shapes(directory: pathlib.Path, expected: dict[str, tuple[int, ...]],
+                 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every stored tensor (by dotted key), checked against ``expected``."""
     try:
         tree = ocp.pytree_metadata((directory / PARAMS_DIR).absolute()).metadata
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise MarcoError(f"{directory}: unreadable Orbax params ({e})") from None
-    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flatten(tree).items()}
-
-
-def check_shapes(directory: pathlib.Path, expected: dict[str, tuple[int, ...]]) -> dict:
-    """The stored shapes and dtypes, after checking them against ``expected``."""
-    stored = stored_shapes(directory)
+    stored = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flatten(tree).items()}
     missing = sorted(set(expected) - set(stored))
     extra = sorted(set(stored) - set(expected))
     if missing or extra:
         raise MarcoError(f"{directory}: params do not match config.json (missing: "
                          f"{', '.join(missing[:5]) or 'none'}; unexpected: "
                          f"{', '.join(extra[:5]) or 'none'})")
-    for key, shape in expected.items():
-        if stored[key][0] != shape:
-            raise MarcoError(f"{directory}: tensor {key} has shape {stored[key][0]}, "
-                             f"config expects {shape}")
+    require_shapes(str(directory), expected, lambda key: stored[key][0])
     return stored
 
 
@@ -126,11 +113,3 @@ def restore(directory: pathlib.Path, target: dict[str, Any]) -> dict[str, Any]:
             return ocp.load_pytree(path, target)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise MarcoError(f"{directory}: cannot restore Orbax params ({e})") from None
-
-
-def restore_numpy(directory: pathlib.Path,
-                  shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
-    """Host copies of the tensors named in ``shapes`` (dotted key -> stored shape
-    and dtype, as from :func:`stored_shapes`)."""
-    target = nest({k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()})
-    return flatten(restore(directory, target))

@@ -16,6 +16,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from marco_jax.checkpoint.tensors import batches
 from marco_jax.errors import MarcoError
 
 SINGLE_FILE = "model.safetensors"
@@ -80,44 +81,26 @@ class SafetensorsReader(contextlib.AbstractContextManager):
                 raise MarcoError(f"{path}: cannot read tensor {name} ({e})") from None
 
 
-def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
-    """Group tensors, in order, into shards of at most ``max_shard_bytes`` (one
-    tensor larger than that gets a shard of its own)."""
-    shards: list[list[str]] = [[]]
-    used = 0
-    for name, nbytes in sizes:
-        if shards[-1] and used + nbytes > max_shard_bytes:
-            shards.append([])
-            used = 0
-        shards[-1].append(name)
-        used += nbytes
-    return shards
-
-
 def write_safetensors(directory: pathlib.Path, sizes: Sequence[tuple[str, int]],
                       fetch: Callable[[list[str]], dict[str, np.ndarray]],
-                      max_shard_bytes: int,
-                      on_shard: Callable[[list[str]], None] = lambda names: None) -> None:
-    """Write tensors as HF safetensors shards (+ index when more than one),
-    fetching one shard's tensors at a time."""
-    shards = plan_shards(sizes, max_shard_bytes)
+                      max_shard_bytes: int) -> None:
+    """Write tensors as HF safetensors shards (+ index when more than one), fetching
+    one shard's tensors at a time; a tensor over ``max_shard_bytes`` gets a shard alone."""
+    shards = [[name for name, _ in shard]
+              for shard in batches(sizes, lambda size: size[1], max_shard_bytes)]
     weight_map = {}
     for i, names in enumerate(shards, start=1):
         filename = SINGLE_FILE if len(shards) == 1 else (
             f"model-{i:05d}-of-{len(shards):05d}.safetensors")
         save_file(fetch(names), str(directory / filename), metadata={"format": "pt"})
         weight_map.update({name: filename for name in names})
-        on_shard(names)
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(n for _, n in sizes)}, "weight_map": weight_map}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
 
-def copy_tokenizer_files(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
-    """Copy whichever tokenizer files ``src`` has; returns their names."""
-    copied = []
+def copy_tokenizer_files(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Copy whichever tokenizer files ``src`` has."""
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
-            copied.append(name)
-    return copied

@@ -1,18 +1,17 @@
-"""Host-side bookkeeping of the KV pool's blocks: reference counts, the prefix
-cache and reuse of cached blocks, least recently released first.
+"""Host-side bookkeeping of the KV pool's blocks: reference counts and the prefix cache.
 
-A full block is named by a digest of every token from the start of the
-sequence to its end, so any request whose tokens begin the same way (a shared
-prompt, a tree path that a finished request wrote) finds the same blocks; no
-caller tracks which block holds what. A block is free once its last holder
-releases it; if it holds a named prefix it stays findable until the space is
-needed again.
+A full block is named by a digest of every token from the start of the sequence
+to its end, so any request whose tokens begin the same way (a shared prompt, a
+tree path) finds the same blocks without a caller tracking them. A released
+named block stays findable until its space is needed, least recently released
+reused first.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -39,18 +38,13 @@ class BlockManager:
         if num_blocks < 2:
             raise MarcoError(f"the KV pool needs at least 2 blocks, got {num_blocks}")
         self.block_size = block_size
-        self.num_blocks = num_blocks
+        self.capacity = num_blocks - 1  # blocks a request may ever hold (all but scratch)
         self.refs = np.zeros(num_blocks, np.int32)
         self.refs[SCRATCH] = 1  # never handed out
         self.free = collections.deque(range(1, num_blocks))  # hold no named prefix
         self.released = collections.OrderedDict()  # named, unheld: oldest release first
         self.by_digest: dict[bytes, int] = {}
         self.digest_of: dict[int, bytes] = {}
-
-    @property
-    def capacity(self) -> int:
-        """Blocks a request may ever hold (all but scratch)."""
-        return self.num_blocks - 1
 
     @property
     def available(self) -> int:
@@ -62,13 +56,8 @@ class BlockManager:
 
     def cached_prefix(self, tokens: Sequence[int], max_blocks: int) -> list[int]:
         """The cached blocks that begin ``tokens`` (at most ``max_blocks``), not held."""
-        found = []
-        for digest in block_digests(tokens, self.block_size, max_blocks):
-            block = self.by_digest.get(digest)
-            if block is None:
-                break
-            found.append(block)
-        return found
+        blocks = (self.by_digest.get(d) for d in block_digests(tokens, self.block_size, max_blocks))
+        return list(itertools.takewhile(lambda block: block is not None, blocks))
 
     def hold(self, blocks: Sequence[int]) -> None:
         """Add a holder to cached blocks (reviving released ones)."""
@@ -97,13 +86,13 @@ class BlockManager:
         return out
 
     def name(self, tokens: Sequence[int], blocks: Sequence[int], count: int) -> None:
-        """Record that ``blocks[:count]`` hold the first ``count`` full blocks of
-        ``tokens``, so later requests starting the same way find them."""
+        """Record that ``blocks[:count]`` hold the first ``count`` full blocks of ``tokens``,
+        so later requests starting the same way find them (a block keeps its first name
+        and a prefix its first block)."""
         for digest, block in zip(block_digests(tokens, self.block_size, count), blocks):
-            if block in self.digest_of or digest in self.by_digest:
-                continue  # already named, or another block holds the same prefix
-            self.by_digest[digest] = block
-            self.digest_of[block] = digest
+            if block not in self.digest_of and digest not in self.by_digest:
+                self.by_digest[digest] = block
+                self.digest_of[block] = digest
 
     def release(self, blocks: Sequence[int]) -> None:
         for block in blocks:

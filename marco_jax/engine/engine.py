@@ -1,19 +1,10 @@
 """The inference engine: continuous batching over the paged KV cache.
 
-``Engine`` keeps ``slots`` decode slots busy. Each ``step()`` retires the
-requests that finished (EOS, a stop string, their token budget), admits
-waiting ones into the free slots, writes their uncached context into their
-blocks in fixed-shape prefill calls (the shape that pads least), and runs
-one decode call of up to ``decode_steps`` tokens for every slot. Shapes never
-depend on the requests: one decode program per block-table width bucket and
-one prefill program per (rows, chunk) shape and width, compiled once each (``num_programs``; ``warmup()`` builds them all).
-
-A request's sample depends only on its own tokens, settings and seed (the
-random number of its i-th token comes from ``fold_in(key(seed), i)``), not on
-its slot or what else is running. ``generate`` is the synchronous call;
-``submit`` and ``step`` stream completions as they finish, ``in_flight``
-shows a request's tokens so far and ``cancel`` drops it (a server whose
-client went away).
+Each ``step()`` admits waiting requests into free decode slots, writes their uncached
+context in fixed-shape prefill calls, runs one decode call of up to ``decode_steps``
+tokens for every slot and retires the requests that finished. Shapes never depend on
+the requests, so each device program compiles once (``warmup()`` builds them all). A
+request's sample depends only on its own tokens, settings and seed, never on its slot.
 """
 
 from __future__ import annotations
@@ -30,12 +21,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from marco_jax.engine import stops
-from marco_jax.engine import programs
+from marco_jax.engine import device_programs, stops
 from marco_jax.engine.blocks import BlockManager
-from marco_jax.engine.kv_pages import blocks_for_budget, make_pages
+from marco_jax.engine.device_programs import FINISH_REASONS, IDLE, RUNNING, SlotState
+from marco_jax.engine.kv_pages import Placement, blocks_for_budget, make_pages
 from marco_jax.engine.scheduler import Request, Scheduler
-from marco_jax.errors import MarcoError
+from marco_jax.errors import MarcoError, require
 from marco_jax.model import Qwen2
 from marco_jax.sharding import ShardingRules, shard_state
 
@@ -49,33 +40,27 @@ class EngineConfig:
     decode_steps: int = 16  # tokens per slot per decode call
     block_size: int = 16  # tokens per KV block
     max_model_len: int = 2048  # prompt + new tokens of one request
-    # Pool size; None: room for every slot at max_model_len, at most
-    # kv_memory_fraction of free device memory.
+    # Pool size; None: every slot at max_model_len, within kv_memory_fraction of free memory.
     kv_cache_gb: float | None = None
     kv_memory_fraction: float = 0.5
-    # Prefill programs as (rows, chunk): many short pieces at once when many
-    # requests arrive together, a few when slots free up one by one (a search's
-    # steady state: short uncached suffixes), one longer piece for a lone long
-    # admission, so a call pads as little as it can (each picks the shape that
-    # wastes least).
+    # Prefill shapes (rows, chunk): many requests arriving at once, a few as slots
+    # free up (a search's steady state), one long admission; a call pads least.
     prefill_shapes: tuple[tuple[int, int], ...] = ((16, 32), (4, 32), (1, 128), (1, 512))
     top_logprobs: int = 5
     policy: str = "fcfs"  # or "longest_first" (offline batches: fewer idle slots at the end)
     use_kernel: bool = True  # the TPU paged-attention kernel for decode, where it applies
 
     def __post_init__(self):
-        checks = [
+        shapes = self.prefill_shapes
+        require([
             (self.slots >= 1, f"slots must be >= 1, got {self.slots}"),
             (self.decode_steps >= 1, f"decode_steps must be >= 1, got {self.decode_steps}"),
             (self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}"),
             (self.max_model_len >= 2, f"max_model_len must be >= 2, got {self.max_model_len}"),
-            (bool(self.prefill_shapes) and len(set(self.prefill_shapes)) == len(self.prefill_shapes)
-             and all(len(s) == 2 and min(s) >= 1 for s in self.prefill_shapes),
-             f"prefill_shapes {self.prefill_shapes} must be distinct (rows, chunk) pairs >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MarcoError(f"engine config: {message}")
+            (bool(shapes) and len(set(shapes)) == len(shapes)
+             and all(len(s) == 2 and min(s) >= 1 for s in shapes),
+             f"prefill_shapes {shapes} must be distinct (rows, chunk) pairs >= 1"),
+        ], "engine config: ")
 
 
 @dataclasses.dataclass
@@ -126,25 +111,28 @@ def _per_row(value: Any, rows: int, name: str) -> list:
 
 
 class Engine:
-    """Continuous batching of generation requests over one model and KV pool.
-
-    With ``mesh``, parameters are placed by ``rules``, slots are split over the
-    data axes and the pool's KV heads over ``tensor``.
-    """
+    """Continuous batching of generation requests over one model and KV pool. With
+    ``mesh``, parameters are placed by ``rules``, slots split over the data axes and
+    the pool's KV heads over ``tensor``."""
 
     def __init__(self, model: Qwen2, eos_ids: Sequence[int], config: EngineConfig = EngineConfig(),
                  *, stop_table: stops.StopTable | None = None, mesh: Mesh | None = None,
                  rules: ShardingRules = ShardingRules()):
         cfg = model.cfg
-        self.cfg, self.config = cfg, config
-        if not eos_ids:
-            raise MarcoError("the engine needs at least one EOS token id")
-        if not 1 <= config.top_logprobs <= cfg.vocab_size:
-            raise MarcoError(f"top_logprobs must be in [1, {cfg.vocab_size}]")
-        if config.max_model_len > cfg.max_position_embeddings:
-            raise MarcoError(f"max_model_len {config.max_model_len} exceeds the model's "
-                             f"max_position_embeddings {cfg.max_position_embeddings}")
-        self.mesh, self.rules = mesh, rules
+        table = stop_table or stops.StopTable.empty(cfg.vocab_size)
+        require([
+            (bool(eos_ids), "the engine needs at least one EOS token id"),
+            (1 <= config.top_logprobs <= cfg.vocab_size,
+             f"top_logprobs must be in [1, {cfg.vocab_size}]"),
+            (config.max_model_len <= cfg.max_position_embeddings,
+             f"max_model_len {config.max_model_len} exceeds the model's "
+             f"max_position_embeddings {cfg.max_position_embeddings}"),
+            (table.table_sjv.shape[-1] == cfg.vocab_size,
+             f"stop table covers {table.table_sjv.shape[-1]} tokens, the model has "
+             f"{cfg.vocab_size}"),
+        ])
+        self.cfg, self.config, self.stop_table = cfg, config, table
+        self.placement = Placement(mesh, rules)
         self.graphdef, self.params = nnx.split(model)
         if mesh is not None:
             self.params = shard_state(self.params, mesh, rules)
@@ -153,21 +141,15 @@ class Engine:
                                        config.kv_memory_fraction)
         if config.kv_cache_gb is None:  # no larger than every slot at full length needs
             num_blocks = min(num_blocks, config.slots * self.max_blocks + 1)
-        self.pages = make_pages(cfg, num_blocks, config.block_size, mesh, rules)
+        self.pages = make_pages(cfg, num_blocks, config.block_size, self.placement)
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(config.slots, self.blocks, self.max_blocks, config.policy)
         self.eos_ids = jnp.asarray(eos_ids, jnp.int32)
-        table = stop_table or stops.StopTable.empty(cfg.vocab_size)
-        if table.table_sjv.shape[-1] != cfg.vocab_size:
-            raise MarcoError(f"stop table covers {table.table_sjv.shape[-1]} tokens, the model "
-                             f"has {cfg.vocab_size}")
-        self.stop_table = table
         self._stop_arrays = (jnp.asarray(table.table_sjv), jnp.asarray(table.lengths_s))
         self.state = self._idle_state()
         self.stats = EngineStats()
         self._programs: dict[tuple, Any] = {}
         self._next_id = 0
-        self._prefill_queue: list[Request] = []
         self._in_flight: dict[int, Request] = {}  # submitted, not finished or cancelled
 
     # ---- requests -------------------------------------------------------------------
@@ -178,43 +160,36 @@ class Engine:
         """Queue a request; returns its id. Invalid settings are refused here.
         Waiting requests are admitted by ``priority`` (lower first), then in order.
         ``stops``: which of the engine's stop strings end this request (None: all)."""
-        vocab = self.cfg.vocab_size
-        rid = self._next_id
+        vocab, limit, rid = self.cfg.vocab_size, self.config.max_model_len, self._next_id
         prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise MarcoError(f"request {rid}: the prompt is empty (it needs at least one token)")
-        if min(prompt) < 0 or max(prompt) >= vocab:
-            raise MarcoError(f"request {rid}: prompt has token ids outside [0, {vocab})")
-        if max_new_tokens < 1:
-            raise MarcoError(f"request {rid}: max_new_tokens must be >= 1, got {max_new_tokens}")
-        if len(prompt) + max_new_tokens > self.config.max_model_len:
-            raise MarcoError(f"request {rid}: {len(prompt)} prompt tokens + max_new_tokens "
-                             f"{max_new_tokens} exceed max_model_len {self.config.max_model_len}")
-        if not (np.isfinite(temperature) and temperature >= 0):
-            raise MarcoError(f"request {rid}: temperature must be finite and >= 0, "
-                             f"got {temperature}")
-        if not 0 <= top_k <= FILTER_WIDTH:
-            raise MarcoError(f"request {rid}: top_k must be in [0, {FILTER_WIDTH}] (0: off), "
-                             f"got {top_k}")
-        if not 0 < top_p <= 1:
-            raise MarcoError(f"request {rid}: top_p must be in (0, 1] (1: off), got {top_p}")
-        if not 0 <= seed < 2 ** 31:
-            raise MarcoError(f"request {rid}: seed must be in [0, 2**31), got {seed}")
+        unknown = sorted(set(stops or ()) - set(self.stop_table.strings))
+        require([
+            (bool(prompt), "the prompt is empty (it needs at least one token)"),
+            (all(0 <= t < vocab for t in prompt), f"prompt has token ids outside [0, {vocab})"),
+            (max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}"),
+            (len(prompt) + max_new_tokens <= limit, f"{len(prompt)} prompt tokens + "
+             f"max_new_tokens {max_new_tokens} exceed max_model_len {limit}"),
+            (np.isfinite(temperature) and temperature >= 0,
+             f"temperature must be finite and >= 0, got {temperature}"),
+            (0 <= top_k <= FILTER_WIDTH, f"top_k must be in [0, {FILTER_WIDTH}] (0: off), "
+             f"got {top_k}"),
+            (0 < top_p <= 1, f"top_p must be in (0, 1] (1: off), got {top_p}"),
+            (0 <= seed < 2 ** 31, f"seed must be in [0, 2**31), got {seed}"),
+            (not unknown, f"stop strings {unknown} are not in the engine's stop table "
+             f"{list(self.stop_table.strings)}"),
+        ], f"request {rid}: ")
         request = Request(rid, prompt, int(max_new_tokens), float(temperature), int(top_k),
-                          float(top_p), int(seed), int(priority), self._stop_mask(rid, stops))
+                          float(top_p), int(seed), int(priority), self._stop_mask(stops))
         self.scheduler.add(request)
         self._in_flight[rid] = request
         self._next_id += 1
         return rid
 
-    def _stop_mask(self, rid: int, strings: Sequence[str] | None) -> np.ndarray:
+    def _stop_mask(self, strings: Sequence[str] | None) -> np.ndarray:
+        """Which automata end the request (None: all; the no-strings dummy never accepts)."""
         known = self.stop_table.strings
         mask = np.ones(self._stop_arrays[1].shape[0], bool)
         if strings is not None:
-            unknown = sorted(set(strings) - set(known))
-            if unknown:
-                raise MarcoError(f"request {rid}: stop strings {unknown} are not in the engine's "
-                                 f"stop table {list(known)}")
             mask[:len(known)] = [k in strings for k in known]
         return mask
 
@@ -231,9 +206,8 @@ class Engine:
             return False
         if request.slot < 0:
             self.scheduler.remove_waiting(request_id)
-            return True
-        self.scheduler.retire(request)
-        self.state["reason_s"][request.slot] = programs.IDLE
+        else:
+            self._free_slot(request)
         return True
 
     @property
@@ -267,117 +241,108 @@ class Engine:
         admitted = self.scheduler.admit()
         for request in admitted:
             self._start_slot(request)
-        self._prefill_queue += [r for r in admitted if r.prefilled < r.context_end]
-        self._run_prefills()
-        if not any(self.scheduler.running):
-            return []
-        return self._run_decode()
+        self._run_prefills([r for r in admitted if r.prefilled < r.context_end])
+        return self._run_decode() if any(self.scheduler.running) else []
 
     def _start_slot(self, request: Request) -> None:
-        s = request.slot
-        state = self.state
-        state["token_s"][s] = request.prompt[-1]
-        state["position_s"][s] = len(request.prompt) - 1
-        state["count_s"][s] = 0
-        state["max_new_s"][s] = request.max_new_tokens
-        state["reason_s"][s] = programs.RUNNING
-        state["stop_sj"][s] = 0
-        state["stop_on_sj"][s] = request.stop_on_j
-        state["temperature_s"][s] = request.temperature
-        state["top_k_s"][s] = request.top_k
-        state["top_p_s"][s] = request.top_p
-        state["seed_s"][s] = request.seed
+        """Load an admitted request's settings into its slot."""
+        values = dict(token_s=request.prompt[-1], position_s=len(request.prompt) - 1, count_s=0,
+                      max_new_s=request.max_new_tokens, reason_s=RUNNING, stop_sj=0,
+                      stop_on_sj=request.stop_on_j, temperature_s=request.temperature,
+                      top_k_s=request.top_k, top_p_s=request.top_p, seed_s=request.seed)
+        for name, value in values.items():
+            getattr(self.state, name)[request.slot] = value
         self.stats.cached_tokens += request.cached_tokens
 
-    def _idle_state(self) -> dict[str, np.ndarray]:
+    def _idle_state(self) -> SlotState:
         s, j = self.config.slots, self.stop_table.table_sjv.shape[0]
-        return dict(token_s=np.zeros(s, np.int32), position_s=np.zeros(s, np.int32),
-                    count_s=np.zeros(s, np.int32), max_new_s=np.ones(s, np.int32),
-                    reason_s=np.full(s, programs.IDLE, np.int32),
-                    stop_sj=np.zeros((s, j), np.int32), stop_on_sj=np.zeros((s, j), bool),
-                    temperature_s=np.zeros(s, np.float32),
-                    top_k_s=np.zeros(s, np.int32), top_p_s=np.ones(s, np.float32),
-                    seed_s=np.zeros(s, np.int32))
+        return SlotState(token_s=np.zeros(s, np.int32), position_s=np.zeros(s, np.int32),
+                         count_s=np.zeros(s, np.int32), max_new_s=np.ones(s, np.int32),
+                         reason_s=np.full(s, IDLE, np.int32), stop_sj=np.zeros((s, j), np.int32),
+                         stop_on_sj=np.zeros((s, j), bool), temperature_s=np.zeros(s, np.float32),
+                         top_k_s=np.zeros(s, np.int32), top_p_s=np.ones(s, np.float32),
+                         seed_s=np.zeros(s, np.int32))
 
-    def _run_prefills(self) -> None:
-        """Write every admitted request's uncached context, one chunk per request
-        per call, in the shape that pads least this call (then: covers most)."""
-        size = self.config.block_size
-
-        def covered(shape: tuple[int, int]) -> int:
-            rows, chunk = shape
-            return sum(min(chunk, r.context_end - r.prefilled) for r in self._prefill_queue[:rows])
-
-        while self._prefill_queue:
-            rows, chunk = max(self.config.prefill_shapes,
-                              key=lambda s: (covered(s) / (s[0] * s[1]), covered(s)))
-            batch = self._prefill_queue[:rows]
-            tokens = np.zeros((rows, chunk), np.int32)
-            positions = np.zeros((rows, chunk), np.int32)
-            valid = np.zeros((rows, chunk), bool)
-            table = np.zeros((rows, self.max_blocks), np.int32)
-            for i, request in enumerate(batch):
-                start = request.prefilled
-                end = min(start + chunk, request.context_end)
-                tokens[i, :end - start] = request.prompt[start:end]
-                positions[i] = start + np.arange(chunk)
-                valid[i, :end - start] = True
-                table[i, :len(request.blocks)] = request.blocks
-                request.prefilled = end
-                self.stats.prefilled_tokens += end - start
-            width = self._table_width(max(r.prefilled for r in batch))
-            program, args = self._prefill_program(tokens, positions, valid, table[:, :width])
-            start_time = time.perf_counter()
+    def _run_prefills(self, queue: list[Request]) -> None:
+        """Write these requests' uncached context, one chunk per request per call."""
+        while queue:
+            rows, chunk = shape = self._prefill_shape(queue)
+            batch = queue[:rows]
+            ends = [min(r.prefilled + chunk, r.context_end) for r in batch]
+            width = self._table_width(max(ends))
+            program, args = self._prefill_program(*self._prefill_rows(shape, width, batch, ends))
+            start = time.perf_counter()
             self.pages = program(*args)
             jax.block_until_ready(self.pages)
-            self.stats.prefill_s += time.perf_counter() - start_time
+            self.stats.prefill_s += time.perf_counter() - start
             self.stats.prefill_calls += 1
-            for request in batch:
-                if request.prefilled == request.context_end:  # later requests may share it
-                    self.blocks.name(request.prompt, request.blocks, request.context_end // size)
-            self._prefill_queue = [r for r in self._prefill_queue if r.prefilled < r.context_end]
+            for request, end in zip(batch, ends):
+                self.stats.prefilled_tokens += end - request.prefilled
+                request.prefilled = end
+                if end == request.context_end:  # later requests may share its blocks
+                    self.blocks.name(request.prompt, request.blocks, end // self.config.block_size)
+            queue = [r for r in queue if r.prefilled < r.context_end]
+
+    def _prefill_shape(self, queue: list[Request]) -> tuple[int, int]:
+        """The prefill shape that pads least for ``queue`` now (then: covers most)."""
+        def covered(shape: tuple[int, int]) -> int:
+            rows, chunk = shape
+            return sum(min(chunk, r.context_end - r.prefilled) for r in queue[:rows])
+
+        return max(self.config.prefill_shapes,
+                   key=lambda s: (covered(s) / (s[0] * s[1]), covered(s)))
+
+    def _prefill_rows(self, shape: tuple[int, int], width: int, batch: Sequence[Request] = (),
+                      ends: Sequence[int] = ()) -> tuple[np.ndarray, ...]:
+        """(tokens, positions, valid, table) of a prefill call: each request's context
+        from what is written up to its end, the other rows padding."""
+        rows, chunk = shape
+        tokens, positions = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+        valid, table = np.zeros(shape, bool), np.zeros((rows, width), np.int32)
+        for i, (request, end) in enumerate(zip(batch, ends)):
+            start = request.prefilled
+            tokens[i, :end - start] = request.prompt[start:end]
+            positions[i] = start + np.arange(chunk)
+            valid[i, :end - start] = True
+            table[i] = self.scheduler.table_sm[request.slot, :width]
+        return tokens, positions, valid, table
 
     def _table_width(self, positions: int) -> int:
-        """Block-table width of a call whose rows reach ``positions`` positions: the
-        smallest power of two (at least MIN_TABLE_WIDTH, at most the maximum) that
-        covers them, so attention reads no more blocks than it needs."""
+        """The smallest power-of-two block-table width (MIN_TABLE_WIDTH to max_blocks) that
+        covers ``positions``, so attention reads no more blocks than it needs."""
         need = math.ceil(positions / self.config.block_size)
         return min(self.max_blocks, max(MIN_TABLE_WIDTH, 1 << max(need - 1, 0).bit_length()))
 
     def _run_decode(self) -> list[Completion]:
+        running = [r for r in self.scheduler.running if r is not None]
         # Positions this call can reach: each slot's next position plus the steps.
-        reach = max(int(self.state["position_s"][r.slot]) for r in self.scheduler.running if r)
-        width = self._table_width(reach + self.config.decode_steps)
-        program, args = self._decode_program(width)
+        reach = max(int(self.state.position_s[r.slot]) for r in running)
+        program, args = self._decode_program(self._table_width(reach + self.config.decode_steps))
         start = time.perf_counter()
         self.pages, state, out = program(*args)
         state, out = jax.device_get((state, out))
         self.stats.decode_s += time.perf_counter() - start
         self.stats.decode_calls += 1
-        self.state = {k: np.array(v) for k, v in dataclasses.asdict(state).items()}
-        produced = np.asarray(out.produced)
-        self.stats.slot_steps += self.config.slots * int(produced.any(0).sum())
-        self.stats.kept_tokens += int(produced.sum())
+        self.state = jax.tree.map(np.array, state)
+        self.stats.slot_steps += self.config.slots * int(out.produced.any(0).sum())
+        self.stats.kept_tokens += int(out.produced.sum())
         finished = []
-        for request in self.scheduler.running:
-            if request is None:
-                continue
+        for request in running:
             s = request.slot
-            kept = produced[s]
-            request.tokens += out.tokens[s][kept].tolist()
-            request.logprobs += out.logprobs[s][kept].tolist()
-            request.top_ids += list(out.top_ids[s][kept])
-            request.top_logprobs += list(out.top_logprobs[s][kept])
-            request.confidences += out.confidences[s][kept].tolist()
-            reason = int(self.state["reason_s"][s])
-            if reason != programs.RUNNING:
-                finished.append(self._finish(request, programs.FINISH_REASONS[reason]))
+            for name in ("tokens", "logprobs", "top_ids", "top_logprobs", "confidences"):
+                getattr(request, name).extend(getattr(out, name)[s][out.produced[s]].tolist())
+            reason = int(self.state.reason_s[s])
+            if reason != RUNNING:
+                finished.append(self._finish(request, FINISH_REASONS[reason]))
         return finished
+
+    def _free_slot(self, request: Request) -> None:
+        self.scheduler.retire(request)
+        self.state.reason_s[request.slot] = IDLE
 
     def _finish(self, request: Request, reason: str) -> Completion:
         del self._in_flight[request.id]
-        self.scheduler.retire(request)
-        self.state["reason_s"][request.slot] = programs.IDLE
+        self._free_slot(request)
         k = self.config.top_logprobs
         return Completion(request.id, request.prompt, request.tokens,
                           np.asarray(request.logprobs, np.float32),
@@ -386,30 +351,19 @@ class Engine:
                           np.asarray(request.confidences, np.float32), reason,
                           request.cached_tokens)
 
-    # ---- programs and placement -----------------------------------------------------
+    # ---- device programs --------------------------------------------------------------
 
     @property
     def num_programs(self) -> int:
         return len(self._programs)
 
-    @property
-    def layout(self) -> programs.Layout:
-        return (self.mesh, self.rules)
-
-    def _put_rows(self, array: np.ndarray) -> jax.Array:
-        """A per-row host array on the mesh, rows split over the batch axes."""
-        if self.mesh is None:
-            return jnp.asarray(array)
-        axes = ("batch",) + (None,) * (array.ndim - 1)
-        return jax.device_put(array, self.rules.sharding(axes, array.shape, self.mesh))
-
-    def _program(self, name: str, fn, statics: dict, args: tuple):
-        """The compiled ``fn`` for these argument shapes (the pool is donated)."""
-        key = (name, tuple(sorted(statics.items())),
-               tuple((a.shape, a.dtype) for a in jax.tree.leaves(args)))
+    def _program(self, fn, args: tuple, **statics):
+        """The compiled ``fn`` for these argument shapes (the pool is donated); ``statics``
+        are the engine's own, so they are not part of the key."""
+        key = (fn.__name__, *((a.shape, a.dtype) for a in jax.tree.leaves(args)))
         if key not in self._programs:
             start = time.perf_counter()
-            jitted = jax.jit(functools.partial(fn, **statics, layout=self.layout),
+            jitted = jax.jit(functools.partial(fn, **statics, placement=self.placement),
                              static_argnums=0, donate_argnames=("pages",))
             self._programs[key] = jitted.lower(self.graphdef, *args).compile()
             self.stats.compile_s += time.perf_counter() - start
@@ -417,30 +371,25 @@ class Engine:
 
     def _decode_program(self, width: int):
         """The decode program for a ``width``-block table, and its arguments now."""
-        state = programs.SlotState(**{k: self._put_rows(v) for k, v in self.state.items()})
-        table = self._put_rows(self.scheduler.table_sm[:, :width])
+        state = jax.tree.map(self.placement.put_rows, self.state)
+        table = self.placement.put_rows(self.scheduler.table_sm[:, :width])
         args = (self.params, self.pages, state, table, self.eos_ids, *self._stop_arrays)
-        statics = dict(steps=self.config.decode_steps, top_logprobs=self.config.top_logprobs,
-                       width=FILTER_WIDTH, use_kernel=self.config.use_kernel)
-        return self._program("decode", programs.decode_steps, statics, args), args
+        return self._program(device_programs.decode_steps, args, steps=self.config.decode_steps,
+                             top_logprobs=self.config.top_logprobs, width=FILTER_WIDTH,
+                             use_kernel=self.config.use_kernel), args
 
     def _prefill_program(self, *rows: np.ndarray):
-        """The prefill program for these (tokens, positions, valid, table) shapes,
-        and its arguments."""
-        args = (self.params, self.pages, *map(self._put_rows, rows))
-        return self._program("prefill", programs.prefill_chunk, {}, args), args
+        """The prefill program for these (tokens, positions, valid, table), and its arguments."""
+        args = (self.params, self.pages, *map(self.placement.put_rows, rows))
+        return self._program(device_programs.prefill_chunk, args), args
 
     def warmup(self) -> int:
-        """Compile every program this engine can run (decode at each table width,
-        prefill at each shape and width), so that no request triggers a
-        compile later; returns the count."""
-        widths = sorted({min(self.max_blocks, max(MIN_TABLE_WIDTH, 1 << i))
-                         for i in range(self.max_blocks.bit_length() + 1)})
-        for width in widths:
+        """Compile every device program this engine can run (decode at each table width,
+        prefill at each shape and width), so no request compiles later; returns the count."""
+        widths = {self._table_width(self.config.block_size << i)
+                  for i in range(self.max_blocks.bit_length() + 1)}
+        for width in sorted(widths):
             self._decode_program(width)
-            for rows, chunk in self.config.prefill_shapes:
-                self._prefill_program(np.zeros((rows, chunk), np.int32),
-                                      np.zeros((rows, chunk), np.int32),
-                                      np.zeros((rows, chunk), bool),
-                                      np.zeros((rows, width), np.int32))
+            for shape in self.config.prefill_shapes:
+                self._prefill_program(*self._prefill_rows(shape, width))
         return self.num_programs

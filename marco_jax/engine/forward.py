@@ -1,9 +1,10 @@
 """The model's forward pass over the paged KV pool.
 
-Each row's new tokens are written into the pool at (its table's block for the
-token's position, position mod block size), then every layer attends through
-the row's block table. Rows carry their own positions, so a decode step and a
-prefill chunk are the same function with t = 1 or t = chunk.
+Rows carry their own positions, so a decode step and a prefill chunk are the
+same function with t = 1 or t = chunk. Attention reads through block tables, so
+rows of any length share one program: an XLA gather of each row's blocks
+everywhere (CPU tests, GPU, prefill chunks), and for one-token decode queries
+on TPU the Pallas kernel, which reads the blocks in place.
 """
 
 from __future__ import annotations
@@ -13,33 +14,64 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from marco_jax.engine.attention import paged_attention
 from marco_jax.engine.kv_pages import SCRATCH, KVPages
-from marco_jax.model import Qwen2
+from marco_jax.model import Qwen2, attend
 
 
-def write_targets(table_bm: jax.Array, positions_bt: jax.Array, valid_bt: jax.Array,
-                  block_size: int) -> tuple[jax.Array, jax.Array]:
-    """Block and offset that each token's keys/values go to (scratch when not valid)."""
-    index_bt = jnp.minimum(positions_bt // block_size, table_bm.shape[1] - 1)  # padding may overrun
-    block_bt = jnp.take_along_axis(table_bm, index_bt, axis=1)
-    return jnp.where(valid_bt, block_bt, SCRATCH), jnp.where(valid_bt, positions_bt % block_size, 0)
+def gather_attention(q_btnh: jax.Array, k_kpzh: jax.Array, v_kpzh: jax.Array,
+                     table_bm: jax.Array, positions_bt: jax.Array) -> jax.Array:
+    """XLA path: a query at position ``i`` sees the keys at positions ``<= i``."""
+    kv, _, z, h = k_kpzh.shape
+    b, m = table_bm.shape
+
+    def gather(pages_kpzh):
+        return pages_kpzh[:, table_bm].reshape(kv, b, m * z, h)
+
+    allowed_bts = jnp.arange(m * z)[None, None, :] <= positions_bt[:, :, None]
+    return attend(q_btnh, gather(k_kpzh), gather(v_kpzh), allowed_bts, "kbsh")
+
+
+def kernel_attention(q_btnh: jax.Array, k_kpzh: jax.Array, v_kpzh: jax.Array,
+                     table_bm: jax.Array, positions_bt: jax.Array) -> jax.Array:
+    """TPU path for one query per row (decode): the Pallas paged-attention kernel."""
+    from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
+
+    b, _, n, h = q_btnh.shape
+    m = table_bm.shape[1]
+    per_block = next(c for c in (8, 4, 2, 1) if m % c == 0)
+    q_bnh = (q_btnh[:, 0] * (h ** -0.5)).astype(k_kpzh.dtype)  # the kernel does not scale
+    out_bnh = paged_attention(q_bnh, k_kpzh, v_kpzh, positions_bt[:, 0] + 1, table_bm,
+                              pages_per_compute_block=per_block)
+    return out_bnh.reshape(b, 1, n, h).astype(q_btnh.dtype)
+
+
+def kernel_applies(q_btnh: jax.Array, head_dim: int) -> bool:
+    """Whether the TPU kernel serves this call: one query per row, head dim a multiple of 128."""
+    return jax.default_backend() == "tpu" and q_btnh.shape[1] == 1 and head_dim % 128 == 0
+
+
+def paged_attention(q_btnh: jax.Array, k_kpzh: jax.Array, v_kpzh: jax.Array,
+                    table_bm: jax.Array, positions_bt: jax.Array,
+                    use_kernel: bool = True) -> jax.Array:
+    """Attention of queries (b, t, n, h) at ``positions_bt`` over their rows' blocks."""
+    if use_kernel and kernel_applies(q_btnh, k_kpzh.shape[-1]):
+        return kernel_attention(q_btnh, k_kpzh, v_kpzh, table_bm, positions_bt)
+    return gather_attention(q_btnh, k_kpzh, v_kpzh, table_bm, positions_bt)
 
 
 def paged_hidden_states(model: Qwen2, pages: KVPages, tokens_bt: jax.Array,
                         positions_bt: jax.Array, valid_bt: jax.Array, table_bm: jax.Array,
                         use_kernel: bool = True) -> tuple[jax.Array, KVPages]:
     """Final-normed hidden states (b, t, d) of the new tokens, and the pool with
-    their keys/values written. Padding tokens (``valid_bt`` False) write to scratch.
-
-    The layers are the model's own (:meth:`Qwen2.hidden_states`); only their
-    attention is the pool's: each layer writes its new keys and values into its
-    pages, then attends through the rows' block tables.
-    """
-    block_bt, offset_bt = write_targets(table_bm, positions_bt, valid_bt, pages.block_size)
+    their keys/values written (padding tokens write to scratch). The layers are the
+    model's own; each one's attention writes its pages, then reads through the tables."""
+    size = pages.block_size
+    index_bt = jnp.minimum(positions_bt // size, table_bm.shape[1] - 1)  # padding may overrun
+    block_bt = jnp.where(valid_bt, jnp.take_along_axis(table_bm, index_bt, axis=1), SCRATCH)
+    offset_bt = jnp.where(valid_bt, positions_bt % size, 0)
     pool = {"k": pages.k_lkpzh, "v": pages.v_lkpzh}  # threaded through the layers at trace time
 
-    def attend(layer: int, q_btnh, k_btkh, v_btkh):
+    def layer_attention(layer: int, q_btnh, k_btkh, v_btkh):
         # Mixed indexing puts the (b, t) index dims first: targets are (b, t, k, h).
         for name, new_btkh in (("k", k_btkh), ("v", v_btkh)):
             pool[name] = pool[name].at[layer, :, block_bt, offset_bt].set(
@@ -48,5 +80,5 @@ def paged_hidden_states(model: Qwen2, pages: KVPages, tokens_bt: jax.Array,
                                    positions_bt, use_kernel)
         return out_btnh.astype(q_btnh.dtype)
 
-    x_btd = model.hidden_states(tokens_bt, positions_bt, attend)
+    x_btd = model.hidden_states(tokens_bt, positions_bt, layer_attention)
     return x_btd, dataclasses.replace(pages, k_lkpzh=pool["k"], v_lkpzh=pool["v"])

@@ -1,10 +1,9 @@
 """The device side of the paged KV cache: every layer's keys and values in
 fixed-size blocks, sized from a memory budget and sharded over the mesh.
 
-Shape suffixes: l layers, k KV heads, p pool blocks, z positions in a block,
-h head dim. The (k, p, z, h) layer layout is the one TPU paged-attention
-kernels read. Block 0 is scratch: padding entries of block tables point at it
-and writes that nothing keeps (idle slots, padding tokens) land there.
+Shape suffixes: l layers, k KV heads, p pool blocks, z positions in a block, h head
+dim; (k, p, z, h) is what TPU paged-attention kernels read. Block 0 is scratch:
+padding table entries point at it and writes nothing keeps land there.
 """
 
 from __future__ import annotations
@@ -14,14 +13,31 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
-from marco_jax.config import Qwen2Config
+from marco_jax.model_config import Qwen2Config
 from marco_jax.errors import MarcoError
 from marco_jax.sharding import ShardingRules
 
 SCRATCH = 0
 PAGE_AXES = ("layers", "kv_heads", None, None, "head_dim")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the engine's arrays live: on one device (no mesh), or over ``mesh`` by ``rules``."""
+
+    mesh: Mesh | None = None
+    rules: ShardingRules = ShardingRules()
+
+    def sharding(self, axes: tuple, shape: tuple[int, ...]) -> jax.sharding.Sharding | None:
+        return None if self.mesh is None else self.rules.sharding(axes, shape, self.mesh)
+
+    def put_rows(self, array: np.ndarray) -> jax.Array:
+        """A per-row host array on the device(s), rows split over the batch axes."""
+        axes = ("batch",) + (None,) * (array.ndim - 1)
+        return jax.device_put(array, self.sharding(axes, array.shape))
 
 
 @jax.tree_util.register_dataclass
@@ -31,18 +47,8 @@ class KVPages:
     v_lkpzh: jax.Array
 
     @property
-    def num_blocks(self) -> int:
-        return self.k_lkpzh.shape[2]
-
-    @property
     def block_size(self) -> int:
         return self.k_lkpzh.shape[3]
-
-
-def bytes_per_block(cfg: Qwen2Config, block_size: int) -> int:
-    """Keys and values of one block over every layer."""
-    itemsize = jnp.dtype(cfg.jnp_compute_dtype).itemsize
-    return 2 * cfg.num_layers * cfg.num_kv_heads * block_size * cfg.head_dim * itemsize
 
 
 def free_memory_bytes() -> int:
@@ -64,30 +70,28 @@ def blocks_for_budget(cfg: Qwen2Config, block_size: int, kv_cache_gb: float | No
         if not 0 < memory_fraction <= 1:
             raise MarcoError(f"kv memory fraction must be in (0, 1], got {memory_fraction}")
         budget = memory_fraction * free_memory_bytes()
-    blocks = int(budget // bytes_per_block(cfg, block_size))
+    itemsize = jnp.dtype(cfg.jnp_compute_dtype).itemsize
+    per_block = 2 * cfg.num_layers * cfg.num_kv_heads * block_size * cfg.head_dim * itemsize
+    blocks = int(budget // per_block)  # keys and values of every layer
     if blocks < 2:
         raise MarcoError(f"a KV cache of {budget / 2 ** 30:.3f} GiB holds {blocks} blocks of "
                          f"{block_size} tokens; it needs at least 2")
     return blocks
 
 
-def page_sharding(shape: tuple[int, ...], mesh: Mesh | None,
-                  rules: ShardingRules) -> jax.sharding.Sharding | None:
-    """KV heads over ``tensor``; replicated over ``data`` (every slot reads any block)."""
-    return None if mesh is None else rules.sharding(PAGE_AXES, shape, mesh)
-
-
-def make_pages(cfg: Qwen2Config, num_blocks: int, block_size: int, mesh: Mesh | None = None,
-               rules: ShardingRules = ShardingRules()) -> KVPages:
+def make_pages(cfg: Qwen2Config, num_blocks: int, block_size: int,
+               placement: Placement = Placement()) -> KVPages:
+    """An all-zero pool, KV heads over ``tensor`` and replicated over ``data``
+    (every slot reads any block)."""
     shape = (cfg.num_layers, cfg.num_kv_heads, num_blocks, block_size, cfg.head_dim)
-    sharding = page_sharding(shape, mesh, rules)
-    zeros = jax.jit(lambda: jnp.zeros(shape, cfg.jnp_compute_dtype), out_shardings=sharding)
+    zeros = jax.jit(lambda: jnp.zeros(shape, cfg.jnp_compute_dtype),
+                    out_shardings=placement.sharding(PAGE_AXES, shape))
     return KVPages(zeros(), zeros())
 
 
-def constrain_pages(pages: KVPages, mesh: Mesh | None, rules: ShardingRules) -> KVPages:
-    if mesh is None:
+def constrain_pages(pages: KVPages, placement: Placement) -> KVPages:
+    """Keep the pool where :func:`make_pages` put it inside a device program."""
+    if placement.mesh is None:
         return pages
-    sharding = page_sharding(pages.k_lkpzh.shape, mesh, rules)
-    return KVPages(jax.lax.with_sharding_constraint(pages.k_lkpzh, sharding),
-                   jax.lax.with_sharding_constraint(pages.v_lkpzh, sharding))
+    sharding = placement.sharding(PAGE_AXES, pages.k_lkpzh.shape)
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), pages)

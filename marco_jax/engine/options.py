@@ -9,6 +9,7 @@ from typing import Sequence
 from jax.sharding import Mesh
 
 from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.engine.scheduler import POLICIES
 from marco_jax.engine.stops import build_stop_table
 from marco_jax.errors import MarcoError
 from marco_jax.loading import LoadedModel
@@ -40,10 +41,11 @@ def add_engine_args(parser: argparse.ArgumentParser, slots: int = 64) -> None:
     group.add_argument("--kv-cache-gb", type=float,
                        help="KV pool size (default: every slot at --max-model-len, at most half "
                             "of free device memory)")
-    group.add_argument("--policy", choices=("fcfs", "longest_first"), default="fcfs")
+    group.add_argument("--policy", choices=POLICIES, default="fcfs")
 
 
-def engine_setup(args: argparse.Namespace, top_logprobs: int = 5) -> tuple[EngineConfig, Mesh | None]:
+def engine_setup(args: argparse.Namespace,
+                 top_logprobs: int = 5) -> tuple[EngineConfig, Mesh | None]:
     """The engine config and mesh that ``add_engine_args``' options describe."""
     config = EngineConfig(slots=args.slots, decode_steps=args.decode_steps,
                           block_size=args.block_size, max_model_len=args.max_model_len,

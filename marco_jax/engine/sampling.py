@@ -1,20 +1,11 @@
 """Choosing the next token on device: greedy, temperature, top-k and top-p, per row.
 
-Every row carries its own sampling parameters and seed. A row's random number at
-decode step ``i`` comes from ``fold_in(key(seed), i)``, so a seed reproduces the
-same draw whatever else is in the batch.
-
-Sorting a 150k vocabulary is slow on CPU and on TPU, so nothing here sorts in
-the common case:
-- a draw is one uniform number per row, inverted through the CDF in two levels
-  (chunk masses, then one chunk), instead of Gumbel noise over the vocabulary;
-- top-k and top-p thresholds come from ``lax.top_k`` over ``width`` candidates;
-  when a row's nucleus is wider, that row (with the other undecided ones, a
-  few at a time) retries with 16x the candidates and then finds the threshold
-  by bisection over the logits' bit patterns (32 masked sums, no sort), so the
-  result is always the exact nucleus. A full sort of the vocabulary cost 1.3 s
-  per step at 32 rows on CPU, and a weak model at temperature 0.7 often has a
-  nucleus wider than the first tier.
+A row's random number at step ``i`` comes from ``fold_in(key(seed), i)``, so a seed
+reproduces its draw whatever else is in the batch. Sorting a 150k vocabulary cost
+1.3 s per step at 32 rows on CPU, so nothing sorts: a draw inverts the CDF in two
+levels, and top-k / top-p thresholds come from ``lax.top_k`` over ``width``
+candidates; a row whose nucleus is wider (common for a weak model at temperature
+0.7) retries with 16x the candidates, then bisects over the logits' bit patterns.
 """
 
 from __future__ import annotations
@@ -37,11 +28,8 @@ def row_uniforms(seed_b: jax.Array, step: jax.Array) -> jax.Array:
 
 
 def _top_values(x_bv: jax.Array, k: int) -> jax.Array:
-    """The k largest values per row, in descending order.
-
-    Gathered by index on purpose: XLA (CPU) rewrites a values-only ``top_k``
-    into a full sort of the vocabulary, 70x slower.
-    """
+    """The k largest values per row, descending, gathered by index: XLA (CPU)
+    rewrites a values-only ``top_k`` into a full sort of the vocabulary, 70x slower."""
     _, ids_bk = jax.lax.top_k(x_bv, k)
     return jnp.take_along_axis(x_bv, ids_bk, axis=1)
 
@@ -70,19 +58,14 @@ def _thresholds(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array, wi
     return thresh_b, decided_b
 
 
-def _sort_keys(x_bv: jax.Array) -> jax.Array:
-    """int32 keys in the order of the float32 values (-inf lowest, then -0 < +0)."""
-    bits_bv = jax.lax.bitcast_convert_type(x_bv.astype(jnp.float32), jnp.int32)
-    return jnp.where(bits_bv < 0, bits_bv ^ 0x7FFFFFFF, bits_bv)
-
-
 def _nucleus_thresholds(scaled_bv: jax.Array, top_p_b: jax.Array) -> jax.Array:
     """Each row's top-p threshold without sorting: the largest logit ``v`` whose
     tokens ``>= v`` hold at least ``top_p`` of the mass, found by bisection over
-    the sort keys of the logits (the mass above a key only falls as it grows)."""
+    int32 keys in the logits' order (the mass above a key only falls as it grows)."""
     prob_bv = jnp.exp(scaled_bv - scaled_bv.max(-1, keepdims=True))
     prob_bv = prob_bv / prob_bv.sum(-1, keepdims=True)
-    key_bv = _sort_keys(scaled_bv)
+    bits_bv = jax.lax.bitcast_convert_type(scaled_bv.astype(jnp.float32), jnp.int32)
+    key_bv = jnp.where(bits_bv < 0, bits_bv ^ 0x7FFFFFFF, bits_bv)  # -inf lowest, -0 < +0
 
     def halve(_, bounds):  # invariant: the answer lies in [low, high], mass(>= low) >= p
         low_b, high_b = bounds
@@ -97,18 +80,15 @@ def _nucleus_thresholds(scaled_bv: jax.Array, top_p_b: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(key_bv <= low_b[:, None], scaled_bv, _MASKED), -1)
 
 
-def _tiered_thresholds(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array,
-                       widths: list[int]) -> jax.Array:
-    """Thresholds from the narrowest candidate width that decides every row, then
-    by bisection where even the widest does not."""
-    thresh_b, decided_b = _thresholds(scaled_bv, top_k_b, top_p_b, widths[0])
-    if len(widths) > 1:
-        wider = lambda: _tiered_thresholds(scaled_bv, top_k_b, top_p_b, widths[1:])
-    elif widths[0] < scaled_bv.shape[-1]:  # undecided rows have top-p and no top-k
-        wider = lambda: jnp.where(decided_b, thresh_b, _nucleus_thresholds(scaled_bv, top_p_b))
-    else:
+def _wide_thresholds(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array,
+                     width: int) -> jax.Array:
+    """Thresholds from ``width`` candidates, then by bisection for the rows that
+    even those leave undecided (they have top-p and no top-k)."""
+    thresh_b, decided_b = _thresholds(scaled_bv, top_k_b, top_p_b, width)
+    if width >= scaled_bv.shape[-1]:
         return thresh_b
-    return jax.lax.cond(jnp.all(decided_b), lambda: thresh_b, wider)
+    return jax.lax.cond(jnp.all(decided_b), lambda: thresh_b, lambda: jnp.where(
+        decided_b, thresh_b, _nucleus_thresholds(scaled_bv, top_p_b)))
 
 
 def filter_logits(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array,
@@ -116,21 +96,20 @@ def filter_logits(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array,
     """Mask (to -inf) the tokens outside each row's top-k, then outside its nucleus.
 
     ``width`` must be at least every row's ``top_k``; top_k 0 and top_p 1 mean off.
-    All rows try ``width`` candidates; the few rows it leaves undecided go through
-    the wider tiers ``GROUP`` at a time, so they do not cost every row a wide pass.
+    The rows that ``width`` candidates leave undecided go through the wider tiers
+    ``GROUP`` at a time, so they do not cost every row a wide pass.
     """
     b, vocab = scaled_bv.shape
-    widths = sorted({min(w, vocab) for w in (width, WIDER * width)})
-    thresh_b, decided_b = _thresholds(scaled_bv, top_k_b, top_p_b, widths[0])
-    if widths[0] < vocab:
+    thresh_b, decided_b = _thresholds(scaled_bv, top_k_b, top_p_b, min(width, vocab))
+    if width < vocab:
         group = min(GROUP, b)
 
         def next_group(carry):
             thresh_b, todo_b = carry
             rows_g = jnp.nonzero(todo_b, size=group, fill_value=b)[0]  # b: no row
             take = lambda x: jnp.take(x, rows_g, axis=0, mode="clip")
-            thresh_g = _tiered_thresholds(take(scaled_bv), take(top_k_b), take(top_p_b),
-                                          widths[1:])
+            thresh_g = _wide_thresholds(take(scaled_bv), take(top_k_b), take(top_p_b),
+                                        min(WIDER * width, vocab))
             return (thresh_b.at[rows_g].set(thresh_g, mode="drop"),
                     todo_b.at[rows_g].set(False, mode="drop"))
 
@@ -140,11 +119,8 @@ def filter_logits(scaled_bv: jax.Array, top_k_b: jax.Array, top_p_b: jax.Array,
 
 
 def inverse_cdf(scaled_bv: jax.Array, uniform_b: jax.Array) -> jax.Array:
-    """Draw from softmax(scaled_bv) by inverting its CDF at ``uniform_b``.
-
-    Two levels (chunk masses, then within the chosen chunk) keep the cumulative
-    sums short; a masked (-inf) token has zero mass and is never drawn.
-    """
+    """Draw from softmax(scaled_bv) by inverting its CDF at ``uniform_b``, in two
+    levels to keep the cumulative sums short; a masked (-inf) token is never drawn."""
     b, vocab = scaled_bv.shape
     chunks = -(-vocab // CHUNK)
     padded_bv = jnp.pad(scaled_bv, ((0, 0), (0, chunks * CHUNK - vocab)),
@@ -165,12 +141,9 @@ def inverse_cdf(scaled_bv: jax.Array, uniform_b: jax.Array) -> jax.Array:
 
 def next_tokens(logits_bv: jax.Array, temperature_b: jax.Array, top_k_b: jax.Array,
                 top_p_b: jax.Array, seed_b: jax.Array, step: jax.Array, width: int) -> jax.Array:
-    """The next token of every row: argmax where temperature is 0, else a draw
-    from softmax(logits / temperature) restricted by top-k and top-p.
-
-    ``width`` 0 means no row filters (the filtering code is then not compiled);
-    otherwise it runs only in steps where some row filters.
-    """
+    """The next token of every row: argmax where temperature is 0, else a draw from
+    softmax(logits / temperature) restricted by top-k and top-p. Filtering runs only
+    in steps where some row filters; ``width`` 0 leaves it out of the program."""
     scaled_bv = logits_bv / jnp.where(temperature_b > 0, temperature_b, 1.0)[:, None]
     if width:
         filtering_b = (temperature_b > 0) & ((top_k_b > 0) | (top_p_b < 1.0))

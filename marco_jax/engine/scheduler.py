@@ -1,11 +1,9 @@
 """Host-side scheduling: which request holds which decode slot and blocks.
 
-Between device calls the engine retires finished requests (their blocks go
-back to the pool, the full ones findable by later requests) and admits
-waiting ones into free slots: each takes the cached blocks that begin its
-context and new blocks for the rest of its context and its whole token
-budget, so an admitted request never runs out of room. A request that does
-not fit now waits; one that can never fit is refused when submitted.
+An admitted request takes the cached blocks that begin its context and new
+blocks for the rest of its context and its whole token budget, so it never
+runs out of room. One that does not fit now waits; one that never can is
+refused when submitted.
 """
 
 from __future__ import annotations
@@ -41,14 +39,13 @@ class Request:
     prefilled: int = 0  # context positions whose keys/values are written
     tokens: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
-    top_ids: list[np.ndarray] = dataclasses.field(default_factory=list)
-    top_logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
+    top_ids: list[list[int]] = dataclasses.field(default_factory=list)
+    top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
     confidences: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def context_end(self) -> int:
-        """Positions that prefill writes: all but the last prompt token, which the
-        first decode step feeds."""
+        """Positions that prefill writes: all but the last prompt token, which decode feeds."""
         return len(self.prompt) - 1
 
 
@@ -64,8 +61,7 @@ class Scheduler:
                  policy: str = "fcfs"):
         if policy not in POLICIES:
             raise MarcoError(f"scheduling policy must be one of {POLICIES}, got {policy!r}")
-        self.blocks = blocks
-        self.policy = policy
+        self.blocks, self.policy = blocks, policy
         self._queue: list[tuple[tuple[int, int, int], Request]] = []  # a heap by admission order
         self.running: list[Request | None] = [None] * slots
         self.table_sm = np.zeros((slots, max_blocks_per_request), np.int32)
@@ -82,34 +78,27 @@ class Scheduler:
     def add(self, request: Request) -> None:
         need = blocks_needed(len(request.prompt), request.max_new_tokens, self.blocks.block_size)
         if need > self.blocks.capacity:
-            raise MarcoError(
-                f"request {request.id}: {len(request.prompt)} prompt tokens + "
-                f"{request.max_new_tokens} new need {need} KV blocks, the pool has "
-                f"{self.blocks.capacity}; give the engine a larger KV cache")
+            raise MarcoError(f"request {request.id}: {len(request.prompt)} prompt tokens + "
+                             f"{request.max_new_tokens} new need {need} KV blocks, the pool has "
+                             f"{self.blocks.capacity}; give the engine a larger KV cache")
         longest = -request.max_new_tokens if self.policy == "longest_first" else 0
         heapq.heappush(self._queue, ((request.priority, longest, request.id), request))
 
-    def remove_waiting(self, request_id: int) -> Request | None:
-        """Take a waiting request out of the queue (None: it is not waiting)."""
-        for i, (_, request) in enumerate(self._queue):
-            if request.id == request_id:
-                self._queue[i] = self._queue[-1]
-                self._queue.pop()
-                heapq.heapify(self._queue)
-                return request
-        return None
+    def remove_waiting(self, request_id: int) -> None:
+        """Take a waiting request out of the queue (if it is there)."""
+        self._queue = [item for item in self._queue if item[1].id != request_id]
+        heapq.heapify(self._queue)
 
     def admit(self) -> list[Request]:
         """Move waiting requests into free slots, in order (priority, then the
         policy's order, then arrival), while their blocks fit."""
         admitted = []
         free_slots = [s for s, r in enumerate(self.running) if r is None]
+        size = self.blocks.block_size
         while self._queue and free_slots:
             request = self._queue[0][1]
-            size = self.blocks.block_size
-            max_hit = request.context_end // size
             need = blocks_needed(len(request.prompt), request.max_new_tokens, size)
-            cached = self.blocks.cached_prefix(request.prompt, max_hit)
+            cached = self.blocks.cached_prefix(request.prompt, request.context_end // size)
             if not self.blocks.can_allocate(need - len(cached), cached):
                 break  # the head of the queue waits for room; nothing overtakes it
             heapq.heappop(self._queue)

@@ -1,13 +1,11 @@
 """Stop strings matched on device, exactly, over the bytes the tokens spell.
 
-A stop string may end inside a token (".\\n\\n" ends a "\\n\\n" step) or span
-several ("</" "Output" ">"), and the model may spell it with tokens the
-tokenizer would never produce. So instead of matching token sequences we run,
-for each stop string, a Knuth-Morris-Pratt automaton over bytes, precomputed
-per token: ``table_sjv[s, j, v]`` is the automaton state after token ``v`` when
-the last ``j`` bytes matched the first ``j`` bytes of string ``s``. Reaching
-``len(s)`` means the string has appeared in the generated text. The decode loop
-then costs one gather per step.
+A stop string may end inside a token (".\\n\\n" ends a "\\n\\n" step), span several
+("</" "Output" ">") or be spelled with tokens the tokenizer would never produce,
+so each string runs a byte-level Knuth-Morris-Pratt automaton, precomputed per
+token: ``table_sjv[s, j, v]`` is the state after token ``v`` when the last ``j``
+bytes matched the first ``j`` of string ``s``; reaching ``len(s)`` means the
+string has appeared. The decode loop then costs one gather per step.
 """
 
 from __future__ import annotations
@@ -53,11 +51,9 @@ def _kmp_delta(pattern: bytes) -> np.ndarray:
 
 
 def token_bytes(tokenizer: Any, vocab_size: int) -> list[bytes]:
-    """The bytes each token id spells when decoded (b"" for ids the tokenizer lacks).
-
-    Byte-level BPE tokens (Qwen2, the built-in tokenizer) map back through GPT-2's
-    byte alphabet exactly; other tokenizers fall back to decoding one id at a time.
-    """
+    """The bytes each token id spells (b"" for ids the tokenizer lacks): byte-level BPE
+    tokens (Qwen2, the built-in tokenizer) map back through GPT-2's byte alphabet
+    exactly, other tokens are decoded one id at a time."""
     pieces = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))
     byte_of = {symbol: byte for byte, symbol in bytes_to_unicode().items()}
     special = set(tokenizer.all_special_tokens)
@@ -100,14 +96,13 @@ def build_stop_table(tokenizer: Any, strings: Sequence[str], vocab_size: int) ->
 def stop_table_from_bytes(pieces: Sequence[bytes], strings: Sequence[str]) -> StopTable:
     """Automata for ``strings`` given the bytes of every token id."""
     strings = tuple(strings)
-    vocab_size = len(pieces)
     if not strings:
-        return StopTable.empty(vocab_size)
+        return StopTable.empty(len(pieces))
     if any(not s for s in strings):
         raise MarcoError("stop strings must be non-empty")
     patterns = [s.encode("utf-8") for s in strings]
     states = max(len(p) for p in patterns)
-    table_sjv = np.zeros((len(strings), states, vocab_size), np.int32)
+    table_sjv = np.zeros((len(strings), states, len(pieces)), np.int32)
     for s, pattern in enumerate(patterns):
         table_sjv[s, :len(pattern)] = _transitions(_kmp_delta(pattern), pieces)
     return StopTable(strings, table_sjv, np.array([len(p) for p in patterns], np.int32))

@@ -5,7 +5,7 @@ A file holds ``description``, ``template`` (marco, chat or none), ``final``
 ``search`` object with :class:`SearchConfig`'s fields and, for Marco-o1 v2's
 tagged search (``"action": "tagged"``), an ``action_tree``
 (:class:`marco_jax.search.action_tree.ActionTree`). Keys and types are
-checked by :mod:`marco_jax.settings`, the reader training configs use: a
+checked by :mod:`marco_jax.run_config`, the reader training configs use: a
 misspelt key or a wrong type is an error naming the key and the file.
 """
 
@@ -14,11 +14,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from marco_jax import prompts
-from marco_jax.errors import MarcoError
-from marco_jax.files import named_config
+from marco_jax.errors import MarcoError, require
 from marco_jax.search.action_tree import ActionTree
-from marco_jax.settings import apply_overrides, build
+from marco_jax.run_config import apply_overrides, build, choice_checks, named_config
 
 FINALS = ("most_visited", "max_value", "vote")
 ACTIONS = ("mini_step", "step", "tagged")
@@ -26,6 +24,7 @@ REWARDS = ("confidence", "verifier", "mix")
 VERIFIERS = ("numeric", "letter_count", "exact")
 TEMPLATES = ("marco", "chat", "none")
 REFLECT_WRONG = ("off", "continue", "restart")
+REWARD_TOKENS = ("rollout", "action", "both")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,24 +66,16 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self):
-        checks = [
-            (self.action in ACTIONS, f"action must be one of {', '.join(ACTIONS)}, "
-                                     f"got {self.action!r}"),
-            (self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)}, "
-                                     f"got {self.reward!r}"),
-            (self.verifier in VERIFIERS, f"verifier must be one of {', '.join(VERIFIERS)}, "
-                                         f"got {self.verifier!r}"),
+        require([
+            *choice_checks(self, {"action": ACTIONS, "reward": REWARDS, "verifier": VERIFIERS,
+                                  "reward_tokens": REWARD_TOKENS,
+                                  "reflect_wrong": REFLECT_WRONG}),
             (0 <= self.reward_weight <= 1, f"reward_weight must be in [0, 1], "
                                            f"got {self.reward_weight}"),
             (min(self.stop_at_correct, self.stop_after_rollouts, self.stop_min_correct,
                  self.token_budget) >= 0,
              "stop_at_correct, stop_after_rollouts, stop_min_correct and token_budget "
              "must be >= 0"),
-            (self.reward_tokens in ("rollout", "action", "both"),
-             f"reward_tokens must be rollout, action or both, got {self.reward_tokens!r}"),
-            (self.reflect_wrong in REFLECT_WRONG,
-             f"reflect_wrong must be one of {', '.join(REFLECT_WRONG)}, "
-             f"got {self.reflect_wrong!r}"),
             (self.reflect_wrong == "off" or self.needs_gold,
              "reflect_wrong needs a verifier reward (reward verifier or mix): it reflects "
              "on answers the verifier rejected"),
@@ -96,10 +87,7 @@ class SearchConfig:
             (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
             (self.mini_step_tokens >= 1, "mini_step_tokens must be >= 1"),
             (self.call_tokens >= 1 and self.max_tokens >= 1, "token budgets must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MarcoError(message)
+        ])
 
     @property
     def needs_gold(self) -> bool:
@@ -128,16 +116,12 @@ class JobConfig:
     action_tree: ActionTree | None = None
 
     def __post_init__(self):
-        if self.final not in FINALS:
-            raise MarcoError(f"final must be one of {', '.join(FINALS)}, got {self.final!r}")
-        if self.template not in TEMPLATES:
-            raise MarcoError(f"template must be one of {', '.join(TEMPLATES)}, "
-                             f"got {self.template!r}")
-        if not all(self.stop):
-            raise MarcoError(f"stop must be a list of non-empty strings, got {list(self.stop)!r}")
-        if (self.search.action == "tagged") != (self.action_tree is not None):
-            raise MarcoError('an action_tree section goes with "action": "tagged" in search, '
-                             'and only with it')
+        require([
+            *choice_checks(self, {"final": FINALS, "template": TEMPLATES}),
+            (all(self.stop), f"stop must be a list of non-empty strings, got {list(self.stop)!r}"),
+            ((self.search.action == "tagged") == (self.action_tree is not None),
+             'an action_tree section goes with "action": "tagged" in search, and only with it'),
+        ])
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -145,16 +129,10 @@ class JobConfig:
         extra = self.action_tree.stops if self.action_tree else ()
         return tuple(dict.fromkeys(self.stop + extra))
 
-    def prompt_text(self, question: str) -> str:
-        """The prompt a question becomes: an action tree's instruction before the
-        question, in the config's template (Marco-o1's system prompt, plain ChatML,
-        or the bare text)."""
-        user = (self.action_tree.instruction if self.action_tree else "") + question
-        if self.template == "marco":
-            return prompts.marco_prompt(user)
-        if self.template == "chat":
-            return prompts.chat_prompt(user)
-        return user
+    @property
+    def instruction(self) -> str:
+        """What goes before each question: the action tree's instruction."""
+        return self.action_tree.instruction if self.action_tree else ""
 
 
 def load_job_config(name_or_path: str, overrides: Sequence[str] = (),

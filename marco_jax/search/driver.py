@@ -3,7 +3,8 @@
 A tree's algorithm is written as a plain generator, in its own order: it
 yields a list of :class:`Call` (continuations it needs, e.g. the children of a
 leaf), receives their completions in the same order, and finally returns its
-result. :func:`drive` runs many such programs at once: it submits every
+result: a :data:`SearchProgram` (the engine's jitted functions are device
+programs; these are the search's). :func:`drive` runs many such programs at once: it submits every
 program's calls, steps the engines, and resumes a program as soon as all of its
 own calls are back, whatever the others are doing; when a program returns, the
 next one starts. So the search algorithms (v1's confidence MCTS, v2's tagged
@@ -51,13 +52,13 @@ class Call:
     stops: tuple[str, ...] | None = None  # the engine's stop strings that end it (None: all)
 
 
-Program = Generator[list[Call], list[Completion], Any]
+SearchProgram = Generator[list[Call], list[Completion], Any]
 
 
 @dataclasses.dataclass
 class _Running:
     key: Any
-    program: Program
+    program: SearchProgram
     results: list[Completion | None]
     order: int  # start order
     rounds: int = 0  # rounds of calls made so far
@@ -96,7 +97,7 @@ class Driver:
     def has_work(self) -> bool:
         return any(engine.has_work for engine in self.engines.values())
 
-    def start(self, key: Any, program: Program) -> None:
+    def start(self, key: Any, program: SearchProgram) -> None:
         """Run a program up to its first calls (it may finish at once)."""
         if key in self._active:
             raise MarcoError(f"search program {key!r} is already running")
@@ -162,7 +163,7 @@ class Driver:
         run.rounds += 1
 
 
-def drive(driver: Driver, programs: Iterable[tuple[Any, Program]],
+def drive(driver: Driver, programs: Iterable[tuple[Any, SearchProgram]],
           max_in_flight: int, on_start: Callable[[Any], None] | None = None,
           ) -> Iterator[tuple[Any, Any]]:
     """Run ``(key, program)`` pairs on ``driver``, at most ``max_in_flight`` at a

@@ -37,12 +37,6 @@ class ReasoningEnv:
     def __init__(self, tokenizer: Any, cfg: SearchConfig):
         self.tokenizer, self.cfg = tokenizer, cfg
 
-    @property
-    def max_action(self) -> int:
-        cfg = self.cfg
-        return min(cfg.mini_step_tokens if cfg.action == "mini_step" else cfg.step_max_tokens,
-                   cfg.call_tokens)
-
     def action_length(self, tokens: list[int]) -> int:
         """How many of a continuation's tokens form the child's action."""
         if self.cfg.action == "mini_step":

@@ -64,7 +64,7 @@ def eval_question_keys(extra: Sequence[pathlib.Path] = ()) -> set[str]:
 
 
 def chains(tree: TreeRecord, verify: Callable[[str, str], bool], search: int = 0) -> list[Chain]:
-    """Every chain of a tree (``scripts/search.py --tree-dir``) that ended: the
+    """Every chain of a tree (``scripts/search.py --trees``) that ended: the
     finished ones verified against the tree's gold answer, and those the token
     budget cut off (``finished=False``, never correct), which make the rejected
     side of pairs against running out of budget (looping, rambling)."""
@@ -127,12 +127,7 @@ def render(text: str, form: str, finished: bool = True) -> str:
 
 
 def shared_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def pairs(tree: TreeRecord, found: list[Chain], encode: Callable[[str], list[int]],
@@ -224,11 +219,3 @@ def export(trees: Iterable[TreeRecord], verify: Callable[[str, str], bool],
              for pair in pairs(group[0][0], [c for _, found in group for c in found], encode,
                                form, cap, rejected)]
     return sft, prefs, counts
-
-
-def read_trees(directory: pathlib.Path) -> list[TreeRecord]:
-    files = sorted(directory.glob("*.json"))
-    if not files:
-        raise MarcoError(f"{directory}: no tree files (*.json); write them with "
-                         "scripts/search.py --tree-dir")
-    return [TreeRecord.load(f) for f in files]

@@ -1,5 +1,6 @@
 """The files of a batched search job: resumable output, process shards, the
-final answer rule, a finished problem's output line and a file's summary. Input problems are read by :mod:`marco_jax.search.problems`,
+final answer rule, a finished problem's output line and a file's summary.
+Input problems are read by :mod:`marco_jax.search.problems`,
 named configs by :mod:`marco_jax.search.config`.
 
 Output is JSONL appended one finished problem at a time and flushed, so a
@@ -12,32 +13,52 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Iterable
+from typing import Callable, Iterable
 
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
-from marco_jax.grading import answers_match, final_answer, majority_answer, verifier
+from marco_jax.grading import answers_match, final_answer, majority_answer
 from marco_jax.search.config import JobConfig
 from marco_jax.search.results import SearchResult
 
 
-def finished_ids(output: pathlib.Path) -> set[str]:
-    """Ids already written. A torn last line (the job was killed mid-write) is cut
-    off the file, so its problem is redone and later lines start clean."""
-    if not output.is_file():
-        return set()
-    data = output.read_bytes()
+def _complete_lines(path: pathlib.Path) -> list[tuple[str | None, str]]:
+    """The (id, line) of each whole line. A torn last line (the job was killed
+    mid-write) is cut off the file, so later lines start clean."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         data = data[:data.rfind(b"\n") + 1]
-        with open(output, "r+b") as f:
+        with open(path, "r+b") as f:
             f.truncate(len(data))
-    done = set()
+    rows = []
     for line in lines(data.decode("utf-8")):
         try:
-            done.add(str(json.loads(line)["id"]))
+            rows.append((str(json.loads(line)["id"]), line))
         except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return done
+            rows.append((None, line))
+    return rows
+
+
+def finished_ids(output: pathlib.Path) -> set[str]:
+    """Ids already written; a torn last line's problem is redone."""
+    return {i for i, _ in _complete_lines(output) if i is not None}
+
+
+def keep_trees(trees: pathlib.Path, done: set[str]) -> None:
+    """Keep the trees of finished problems only, once each. A tree is appended
+    before its problem's output line, so a kill between the two leaves a tree
+    whose problem is searched again; this drops it before the rerun."""
+    rows = _complete_lines(trees)
+    seen: set[str] = set()
+    kept = []
+    for i, line in rows:
+        if i in done and i not in seen:
+            seen.add(i)
+            kept.append(line)
+    if len(kept) < len(rows):
+        trees.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def shard(problems: list[dict], index: int, count: int) -> list[dict]:
@@ -74,9 +95,11 @@ def candidate_answers(result: SearchResult, decode) -> Iterable[str | None]:
     return (final_answer(decode(c.tokens)) for c in result.candidates)
 
 
-def result_line(problem: dict, result: SearchResult, job: JobConfig, decode) -> dict:
+def result_line(problem: dict, result: SearchResult, job: JobConfig, decode,
+                verify: Callable[[str, str], bool]) -> dict:
     """A finished problem's output line: the chosen answer graded against the gold
-    one, every candidate's answer, and the search's figures."""
+    one (by the job's verifier, ``verify``), every candidate's answer, and the
+    search's figures."""
     text, reward = choose(result, job.final, decode)
     chosen = final_answer(text)
     gold = problem["answer"]
@@ -88,7 +111,7 @@ def result_line(problem: dict, result: SearchResult, job: JobConfig, decode) -> 
         correct = answers_match(chosen, gold)
         test_at_n = any(answers_match(a, gold) for a in answers)
     else:
-        correct = verifier(job.search.verifier)(text, gold)
+        correct = verify(text, gold)
         test_at_n = any(c.correct for c in result.candidates)
     if gold is not None:
         status = "solved" if result.correct else "unsolved"

@@ -22,7 +22,7 @@ import numpy as np
 from marco_jax.grading import final_answer
 from marco_jax.engine.engine import Completion
 from marco_jax.search.config import SearchConfig
-from marco_jax.search.driver import Call, Program, row_seed
+from marco_jax.search.driver import Call, SearchProgram, row_seed
 from marco_jax.search.environment import ReasoningEnv
 from marco_jax.search.results import Candidate, Problem, SearchResult, choose_best
 from marco_jax.search.rewards import Reward
@@ -44,7 +44,7 @@ class MCTS:
         self.decode = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
 
     def program(self, problem: Problem,
-                on_grow: Callable[[Tree], None] | None = None) -> Program:
+                on_grow: Callable[[Tree], None] | None = None) -> SearchProgram:
         """One problem's search: select a leaf, ask for its children, expand and
         back up, ``iterations`` times (a terminal leaf counts its own value again)
         or until a stopping rule holds. ``on_grow`` sees the tree after each

@@ -1,11 +1,11 @@
 """The tree record: one search tree as data, written in one place (a search job's
-``--tree-dir``, the server's growing tree) and read by every consumer (the data
+``--trees`` file, the server's growing tree) and read by every consumer (the data
 export, the tree page, the server's tree endpoint, the benchmarks).
 
-On disk it is JSON with a schema version. Files written before the version
-existed carry no ``schema`` key and read as version 1, the same layout; fields
-they lack take their defaults. Reading checks every node, and an error names
-the file and the node.
+On disk a run's trees are JSON lines, one tree a line, with a schema version.
+Trees written before the version existed carry no ``schema`` key and read as
+version 1, the same layout; fields they lack take their defaults. Reading checks
+every node, and an error names the file, the line and the node.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pathlib
 from typing import Any, Callable
 
 from marco_jax.errors import MarcoError
+from marco_jax.files import lines
 from marco_jax.search.tree import FINISHES, Tree
 
 SCHEMA = 1
@@ -65,23 +66,6 @@ class TreeRecord:
         if data["config"] is None:
             del data["config"]
         return data
-
-    def write(self, path: pathlib.Path) -> None:
-        path.write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: pathlib.Path) -> "TreeRecord":
-        """Read and check a tree file; any unreadable or malformed one is a
-        :class:`MarcoError` naming it."""
-        if not path.is_file():
-            raise MarcoError(f"{path}: no such file")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise MarcoError(f"{path}: not UTF-8 text") from None
-        except json.JSONDecodeError as e:
-            raise MarcoError(f"{path}: invalid JSON: {e}") from None
-        return cls.from_json(data, str(path))
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "TreeRecord":
@@ -142,6 +126,36 @@ class TreeRecord:
             raise MarcoError(f"{where}: node {unreached[0]} is not reachable from a root "
                              "(parent cycle)")
         return depth
+
+
+def read_trees(path: pathlib.Path) -> list[TreeRecord]:
+    """The trees of a search job's ``--trees`` file (JSON lines), of one tree's JSON
+    file, or of a directory of those files (how trees were kept before)."""
+    if path.is_dir():
+        trees = [t for f in sorted(path.glob("*.json")) for t in read_trees(f)]
+        if not trees:
+            raise MarcoError(f"{path}: no tree files (*.json) in this directory")
+        return trees
+    if not path.is_file():
+        raise MarcoError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MarcoError(f"{path}: not UTF-8 text") from None
+    rows = lines(text) if path.suffix == ".jsonl" else [text]
+    trees = []
+    for number, row in enumerate(rows, 1):
+        where = f"{path}:{number}" if path.suffix == ".jsonl" else str(path)
+        if not row.strip():
+            continue
+        try:
+            data = json.loads(row)
+        except json.JSONDecodeError as e:
+            raise MarcoError(f"{where}: invalid JSON: {e}") from None
+        trees.append(TreeRecord.from_json(data, where))
+    if not trees:
+        raise MarcoError(f"{path}: no trees in this file")
+    return trees
 
 
 def nodes_of(tree: Tree, decode: Callable[[list[int]], str]) -> tuple[NodeRecord, ...]:

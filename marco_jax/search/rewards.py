@@ -18,7 +18,6 @@ from marco_jax.grading import verifier
 class Reward:
     def __init__(self, cfg: SearchConfig):
         self.cfg = cfg
-        self.verify = verifier(cfg.verifier)
 
     def check_gold(self, key: object, gold: str | None) -> None:
         """Refuse a problem the reward cannot score: it needs a gold answer."""
@@ -30,7 +29,9 @@ class Reward:
                  gold: str | None) -> tuple[float, bool | None]:
         """``(value, correct)`` of a path; ``text`` is None when the answer did not
         finish; ``correct`` is None without a gold answer."""
-        correct = None if gold is None else (text is not None and self.verify(text, gold))
+        correct = None
+        if gold is not None:
+            correct = text is not None and verifier(self.cfg.verifier)(text, gold)
         if self.cfg.reward == "confidence":
             return confidence, correct
         verified = float(bool(correct))

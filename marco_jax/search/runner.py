@@ -1,11 +1,12 @@
 """Running a search job: problems streamed through one Searcher over the engines,
-each finished problem appended to the output (and its tree written) at once."""
+each finished problem's tree and output line appended at once."""
 
 from __future__ import annotations
 
 import pathlib
 import time
 import zlib
+from typing import Any
 
 from jax.sharding import Mesh
 from tqdm import tqdm
@@ -13,59 +14,70 @@ from tqdm import tqdm
 from marco_jax.engine.engine import EngineConfig
 from marco_jax.engine.options import build_engine
 from marco_jax.errors import MarcoError
+from marco_jax.grading import verifier
 from marco_jax.loading import LoadedModel
+from marco_jax.prompts import render
 from marco_jax.search import job_files
 from marco_jax.search.config import JobConfig
 from marco_jax.search.record import TreeRecord
 from marco_jax.search.results import Problem
-from marco_jax.search.searcher import Searcher, make_algorithm
+from marco_jax.search.mcts import MCTS
+from marco_jax.search.searcher import Algorithm, Searcher
+from marco_jax.search.tagged import TaggedMCTS
+
+
+def make_algorithm(job: JobConfig, tokenizer: Any, max_model_len: int) -> Algorithm:
+    """The job's search algorithm: v2's tagged tree or v1's MCTS."""
+    if job.action_tree is not None:
+        return TaggedMCTS(tokenizer, job.search, job.action_tree, max_model_len)
+    return MCTS(tokenizer, job.search, max_model_len)
 
 
 def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathlib.Path,
-            tree_dir: pathlib.Path | None = None, engine_config: EngineConfig = EngineConfig(),
+            trees: pathlib.Path | None = None, engine_config: EngineConfig = EngineConfig(),
             mesh: Mesh | None = None, max_trees: int | None = None,
             checker: LoadedModel | None = None) -> dict:
     """Search ``todo`` through the engines, appending each problem's line to
-    ``output`` (and writing its tree) as soon as its tree finishes; returns the
+    ``output`` (and its tree to ``trees``) as soon as it finishes; returns the
     run's figures (seconds, requests, engine statistics). ``checker`` serves the
     node types an action tree assigns to a second model."""
     tokenizer = loaded.tokenizer
-    engines = {"policy": loaded}
+    models = {"policy": loaded}
     if checker is not None:
         if checker.cfg.vocab_size != loaded.cfg.vocab_size or \
                 checker.tokenizer.get_vocab() != tokenizer.get_vocab():
             raise MarcoError("the checker model must share the policy's tokenizer: contexts "
                              "are token ids")
-        engines["checker"] = checker
-    engines = {name: build_engine(m, engine_config, mesh, job.stops)
-               for name, m in engines.items()}
-    max_model_len = min(e.config.max_model_len for e in engines.values())
-    searcher = Searcher(make_algorithm(job, tokenizer, max_model_len), engines, max_trees)
+        models["checker"] = checker
+    algorithm = make_algorithm(job, tokenizer, engine_config.max_model_len)
+    searcher = Searcher(algorithm, {name: build_engine(m, engine_config, mesh, job.stops)
+                                    for name, m in models.items()}, max_trees)
+    verify = verifier(job.search.verifier)
+    problems = (Problem(p["id"], tokenizer.encode(render(job.template,
+                                                         job.instruction + p["question"]),
+                                                  add_special_tokens=False),
+                        zlib.crc32(p["id"].encode()), p.get("answer")) for p in todo)
     eos = set(loaded.eos_ids)
 
     def decode(tokens: list[int]) -> str:
         return tokenizer.decode([t for t in tokens if t not in eos])
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    if tree_dir:
-        tree_dir.mkdir(parents=True, exist_ok=True)
-    def encode(question: str) -> list[int]:
-        return tokenizer.encode(job.prompt_text(question), add_special_tokens=False)
-
-    problems = (Problem(p["id"], encode(p["question"]), zlib.crc32(p["id"].encode()),
-                        p.get("answer")) for p in todo)
+    if trees:
+        trees.parent.mkdir(parents=True, exist_ok=True)
     by_id = {p["id"]: p for p in todo}
     start = time.perf_counter()
     solved = tokens = 0
     with tqdm(total=len(todo), desc=f"search {job.name}", unit="problem") as bar:
         for problem_id, result in searcher.stream(problems):
             problem = by_id[problem_id]
-            line = job_files.result_line(problem, result, job, decode)
+            line = job_files.result_line(problem, result, job, decode, verify)
+            if trees:
+                record = TreeRecord.of(result.tree, decode, problem["id"], problem["question"],
+                                       problem["answer"], line["chosen_answer"],
+                                       result.best_path)
+                job_files.append_line(trees, record.to_json())
             job_files.append_line(output, line)
-            if tree_dir:
-                TreeRecord.of(result.tree, decode, problem["id"], problem["question"],
-                              problem["answer"], line["chosen_answer"], result.best_path,
-                              ).write(tree_dir / f"{problem_id}.json")
             solved += line["status"] == "solved"
             tokens += result.generated_tokens
             bar.update(1)

@@ -15,12 +15,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 
 from marco_jax.engine.engine import Engine
 from marco_jax.errors import MarcoError
-from marco_jax.search.config import JobConfig
-from marco_jax.search.driver import Driver, Program, default_trees_in_flight, drive, engine_stats
-from marco_jax.search.mcts import MCTS
+from marco_jax.search.driver import (Driver, SearchProgram, default_trees_in_flight, drive,
+                                     engine_stats)
 from marco_jax.search.results import Problem, SearchResult
 from marco_jax.search.rewards import Reward
-from marco_jax.search.tagged import TaggedMCTS
 from marco_jax.search.tree import Tree
 
 
@@ -32,16 +30,9 @@ class Algorithm(Protocol):
     reward: Reward
 
     def program(self, problem: Problem,
-                on_grow: Callable[[Tree], None] | None = None) -> Program:
+                on_grow: Callable[[Tree], None] | None = None) -> SearchProgram:
         """The problem's search; returns a :class:`SearchResult`. ``on_grow`` sees
         the tree each time it grows (a server drawing it live)."""
-
-
-def make_algorithm(job: JobConfig, tokenizer: Any, max_model_len: int) -> Algorithm:
-    """The job's search algorithm: v2's tagged tree or v1's MCTS."""
-    if job.action_tree is not None:
-        return TaggedMCTS(tokenizer, job.search, job.action_tree, max_model_len)
-    return MCTS(tokenizer, job.search, max_model_len)
 
 
 class Searcher:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 from marco_jax.engine.engine import Completion
 from marco_jax.search.action_tree import ActionTree
 from marco_jax.search.config import SearchConfig
-from marco_jax.search.driver import Call, Program, row_seed
+from marco_jax.search.driver import Call, SearchProgram, row_seed
 from marco_jax.search.results import Candidate, Problem, SearchResult, choose_best
 from marco_jax.search.rewards import Reward
 from marco_jax.search.tree import ANSWER, CUT, ROOT, Outcome, Tree, backup, select_child, uct
@@ -56,7 +56,7 @@ class TaggedMCTS:
                           sum(plan.root.values())])
 
     def program(self, problem: Problem,
-                on_grow: Callable[[Tree], None] | None = None) -> Program:
+                on_grow: Callable[[Tree], None] | None = None) -> SearchProgram:
         """One problem's tree: rollouts from the root down to an answer, growing
         each node's children on first visit, until the stopping rules hold;
         ``on_grow`` sees the tree after each rollout and reflection."""
@@ -88,7 +88,9 @@ class TaggedMCTS:
                 correct += 1
                 continue
             wrong = tree.correct_n[node] == 0
-            anchor = tree.nearest(node, plan.reflect_under) if wrong and plan.reflect_under else None
+            anchor = None
+            if wrong and plan.reflect_under:
+                anchor = tree.nearest(node, plan.reflect_under)
             if anchor is not None:
                 generated += yield from self._grow(tree, anchor, plan.reflection, problem)
                 if on_grow is not None:
@@ -102,7 +104,7 @@ class TaggedMCTS:
                             correct=correct, stopped_early=rollouts < cfg.iterations)
 
     def _grow(self, tree: Tree, parent: int, children: Mapping[str, int],
-              problem: Problem) -> Program:
+              problem: Problem) -> SearchProgram:
         """Give ``parent`` its children: fixed texts at once, generated ones from one
         round of calls (each type's prefill drawn once, shared by its samples).
         Returns the number of generated tokens."""

@@ -1,13 +1,5 @@
-"""The OpenAI-compatible HTTP app over one :class:`EngineWorker`.
-
-Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (streamed as
-server-sent events when asked), ``GET /v1/models``, ``GET /health``,
-``GET /metrics`` (Prometheus text) and ``GET /v1/trees/{id}`` (a finished
-search's tree, for the page). A handler parses and checks the body, renders
-and tokenizes the prompt, queues a job with the worker and turns the worker's
-events into OpenAI's JSON; a client that disconnects cancels its job, which
-frees its slots and blocks on the next engine step.
-"""
+"""The OpenAI-compatible HTTP app over one :class:`EngineWorker`: its events become OpenAI's
+JSON, whole or streamed; a client that disconnects cancels its request, freeing its slots."""
 
 from __future__ import annotations
 
@@ -15,27 +7,26 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import html
-import itertools
 import json
 import pathlib
 import random
 import time
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.responses import (HTMLResponse, JSONResponse, PlainTextResponse, Response,
                                StreamingResponse)
 
+from marco_jax import prompts
 from marco_jax.engine.engine import FILTER_WIDTH
 from marco_jax.search import tree_html as tree_html_lib
 from marco_jax.search.config import JobConfig, load_job_config
-from marco_jax.search.record import TreeRecord
 from marco_jax.serve import protocol
 from marco_jax.serve.protocol import GenerationRequest, RequestError
-from marco_jax.serve.worker import EngineWorker, Event, Job
+from marco_jax.serve.worker import KEPT_TREES, EngineWorker, Event, ServeRequest
 
-KEPT_TREES = 64  # search trees kept for GET /v1/trees/{id}
 PAGE = pathlib.Path(__file__).with_name("page.html")
 
 
@@ -48,7 +39,8 @@ class ServerSettings:
     grace_s: float = 30.0  # shutdown: in-flight work may finish for this long
 
 
-def _error(error: RequestError) -> JSONResponse:
+async def _error(_: Request, error: RequestError) -> JSONResponse:
+    """Every refusal: OpenAI's error body with its HTTP status."""
     return JSONResponse(error.body(), status_code=error.status)
 
 
@@ -56,252 +48,221 @@ def _sse(payload: Any) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+@dataclasses.dataclass(eq=False)  # hashable: its bound methods are the endpoints
 class _Handlers:
-    """Request handling: one instance per app."""
+    """The app's endpoints over its worker (one instance per app)."""
 
-    def __init__(self, worker: EngineWorker, settings: ServerSettings):
-        self.worker, self.settings = worker, settings
-        self.tokenizer = worker.tokenizer
-        self.trees: collections.OrderedDict[str, dict] = collections.OrderedDict()
-        self.tree_ids = itertools.count()
+    worker: EngineWorker
+    settings: ServerSettings
 
-    # ---- parsing ---------------------------------------------------------------------
-
-    def job(self, request: GenerationRequest, emit) -> Job:
-        settings = self.settings
-        if request.model != settings.model_name:
-            raise RequestError(f"the model '{request.model}' does not exist; this server runs "
-                               f"'{settings.model_name}'", "model", status=404,
+    def serve_request(self, parsed: GenerationRequest,
+                      emit: Callable[[Event], None]) -> ServeRequest:
+        """The worker's request for a parsed body, checked against this server's model."""
+        if parsed.model != self.settings.model_name:
+            raise RequestError(f"the model '{parsed.model}' does not exist; this server runs "
+                               f"'{self.settings.model_name}'", "model", status=404,
                                code="model_not_found")
-        if request.top_k > FILTER_WIDTH:
-            raise RequestError(f"'top_k' must be at most {FILTER_WIDTH}, got {request.top_k}",
+        if parsed.top_k > FILTER_WIDTH:
+            raise RequestError(f"'top_k' must be at most {FILTER_WIDTH}, got {parsed.top_k}",
                                "top_k")
-        search = self.search_config(request)
-        if search is not None:
-            text = search.prompt_text(request.question)
-            prompt_ids = self.tokenizer.encode(text, add_special_tokens=False)
-        elif isinstance(request.prompt, str):
-            prompt_ids = self.tokenizer.encode(request.prompt, add_special_tokens=False)
-        else:
-            vocab = self.worker.engine.cfg.vocab_size
-            if not all(0 <= t < vocab for t in request.prompt):
-                raise RequestError(f"'prompt' token ids must be in [0, {vocab})", "prompt")
-            prompt_ids = list(request.prompt)
-        field = "messages" if request.kind == "chat" else "prompt"
-        limit = settings.max_model_len
+        search_job = self.search_job(parsed)
+        prompt_ids = self.prompt_ids(parsed, search_job)
+        field = "messages" if parsed.kind == "chat" else "prompt"
+        limit = self.settings.max_model_len
         if not prompt_ids:
             raise RequestError(f"'{field}' renders to no tokens", field)
+        too_long = (f"this model's maximum context length is {limit} tokens; the prompt "
+                    f"({field}) has {len(prompt_ids)}")
         if len(prompt_ids) >= limit:
-            raise RequestError(f"this model's maximum context length is {limit} tokens; the "
-                               f"prompt ({field}) has {len(prompt_ids)}", field)
-        max_tokens = request.max_tokens or limit - len(prompt_ids)
-        if search is None and len(prompt_ids) + max_tokens > limit:
-            raise RequestError(f"this model's maximum context length is {limit} tokens; the "
-                               f"prompt ({field}) has {len(prompt_ids)} and max_tokens asks "
-                               f"for {max_tokens} more", "max_tokens")
-        seed = request.seed if request.seed is not None else random.randrange(2 ** 31)
-        tree_id = None if search is None else f"tree-{next(self.tree_ids)}"
-        return Job(request, prompt_ids, max_tokens, seed, emit, search=search, tree_id=tree_id)
+            raise RequestError(too_long, field)
+        max_tokens = parsed.max_tokens or limit - len(prompt_ids)
+        if search_job is None and len(prompt_ids) + max_tokens > limit:
+            raise RequestError(f"{too_long} and max_tokens asks for {max_tokens} more",
+                               "max_tokens")
+        seed = parsed.seed if parsed.seed is not None else random.randrange(2 ** 31)
+        return ServeRequest(parsed, prompt_ids, max_tokens, seed, emit, search_job)
 
-    def search_config(self, request: GenerationRequest) -> JobConfig | None:
-        options = request.search
-        if options is None:
+    def prompt_ids(self, parsed: GenerationRequest, search_job: JobConfig | None) -> list[int]:
+        """A search's prompt is its config's rendering of the question."""
+        if search_job is None and isinstance(parsed.prompt, list):
+            vocab = self.worker.engine.cfg.vocab_size
+            if not all(0 <= t < vocab for t in parsed.prompt):
+                raise RequestError(f"'prompt' token ids must be in [0, {vocab})", "prompt")
+            return list(parsed.prompt)
+        text = parsed.prompt if search_job is None else prompts.render(
+            search_job.template, search_job.instruction + parsed.question)
+        return self.worker.tokenizer.encode(text, add_special_tokens=False)
+
+    def search_job(self, parsed: GenerationRequest) -> JobConfig | None:
+        if parsed.search is None:
             return None
-        config = self.settings.searches.get(options.config)
+        config = self.settings.searches.get(parsed.search)
         if config is None:
             offered = ", ".join(sorted(self.settings.searches)) or "none"
-            raise RequestError(f"'marco.search': no search config '{options.config}' on this "
+            raise RequestError(f"'marco.search': no search config '{parsed.search}' on this "
                                f"server (offered: {offered})", "marco.search")
-        if options.iterations is not None and options.iterations != config.search.iterations:
-            config = load_job_config(config.name, iterations=options.iterations)
+        if parsed.search_iterations not in (None, config.search.iterations):
+            config = load_job_config(config.name, iterations=parsed.search_iterations)
         return config
 
-    # ---- generation --------------------------------------------------------------------
-
-    async def generate(self, http: Request, kind: str) -> Response:
+    async def generate(self, http: Request) -> Response:
+        """``POST /v1/completions`` and ``POST /v1/chat/completions``."""
         try:
             body = await http.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(RequestError("the request body is not valid JSON"))
-        loop = asyncio.get_running_loop()
+            raise RequestError("the request body is not valid JSON")
         queue: asyncio.Queue[Event] = asyncio.Queue()
+        emit = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, queue.put_nowait)
+        chat = http.url.path.endswith("/chat/completions")
+        parse = protocol.parse_chat if chat else protocol.parse_completion
+        req = self.serve_request(parse(body, self.settings.top_logprobs), emit)
+        self.worker.submit(req)
+        if req.parsed.stream:
+            return StreamingResponse(self.stream(req, queue), media_type="text/event-stream")
+        return await self.collect(http, req, queue)
 
-        def emit(event: Event) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        try:
-            parse = protocol.parse_chat if kind == "chat" else protocol.parse_completion
-            request = parse(body, self.settings.top_logprobs)
-            job = self.job(request, emit)
-            self.worker.submit(job)
-        except RequestError as error:
-            return _error(error)
-        if request.stream:
-            return StreamingResponse(self.stream(job, queue), media_type="text/event-stream")
-        return await self.collect(http, job, queue)
-
-    async def collect(self, http: Request, job: Job, queue: asyncio.Queue) -> Response:
-        """Wait for the job's events and answer once; a client that went away
-        cancels the job."""
-        request = job.request
-        kind = request.kind
-        texts = collections.defaultdict(list)
-        tokens = collections.defaultdict(list)
-        finishes: dict[int, str | None] = {}
-        search = None
+    async def next_event(self, http: Request, req: ServeRequest,
+                         queue: asyncio.Queue) -> Event | None:
+        """The request's next event, or None once its client has gone (which cancels it)."""
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=0.5)
+                return await asyncio.wait_for(queue.get(), timeout=0.5)
             except asyncio.TimeoutError:
                 if await http.is_disconnected():
-                    self.worker.cancel(job.id)
-                    return Response(status_code=499)
-                continue
+                    self.worker.cancel(req.id)
+                    return None
+
+    async def collect(self, http: Request, req: ServeRequest, queue: asyncio.Queue) -> Response:
+        """The whole response, once the request is done."""
+        parsed = req.parsed
+        texts: dict[int, str] = collections.defaultdict(str)
+        tokens: dict[int, list[protocol.TokenInfo]] = collections.defaultdict(list)
+        finishes: dict[int, str | None] = {}
+        result = None
+        while True:
+            event = await self.next_event(http, req, queue)
+            if event is None:
+                return Response(status_code=499)
+            if event.kind == "done":
+                break
+            if event.kind == "error":
+                raise event.error
             if event.kind == "delta":
-                texts[event.index].append(event.text)
+                texts[event.index] += event.text
                 tokens[event.index] += event.tokens
                 if event.finish:
                     finishes[event.index] = event.finish
-            elif event.kind == "search":
-                search = event.data
-            elif event.kind == "progress":
-                self.progress(job, event.data)
-            elif event.kind == "error":
-                status = event.data.pop("status", 500)
-                return JSONResponse(event.data, status_code=status)
-            elif event.kind == "done":
-                break
-        rid = protocol.new_id(kind)
-        if search is not None:
-            choice = protocol.choice_body(kind, 0, search["text"], "stop", None)
-            return JSONResponse(protocol.response_body(
-                kind, rid, request.model, [choice], event.data["usage"],
-                {"marco": self.search_extension(job, search)}))
+            elif event.kind == "search":  # its one choice: the chosen answer
+                result = event.data
+                texts[0], finishes[0] = result["text"], "stop"
+        kind = parsed.kind
         choices = [protocol.choice_body(
-            kind, i, "".join(texts[i]), finishes.get(i),
-            None if request.logprobs is None
-            else protocol.logprobs_block(kind, tokens[i], request.logprobs))
-            for i in range(request.n)]
-        return JSONResponse(protocol.response_body(kind, rid, request.model, choices,
-                                                   event.data["usage"]))
+            kind, i, texts[i], finishes.get(i),
+            None if parsed.logprobs is None or result is not None
+            else protocol.logprobs_block(kind, tokens[i], parsed.logprobs))
+            for i in range(parsed.n)]
+        extra = {} if result is None else {"marco": result}
+        return JSONResponse(protocol.response_body(kind, protocol.new_id(kind), parsed.model,
+                                                   choices, usage=event.data["usage"], **extra))
 
-    def keep_tree(self, tree_id: str, tree: TreeRecord) -> None:
-        self.trees[tree_id] = tree
-        self.trees.move_to_end(tree_id)
-        while len(self.trees) > KEPT_TREES:
-            self.trees.popitem(last=False)
-
-    def search_extension(self, job: Job, search: dict) -> dict:
-        """The response's ``marco`` field; the tree goes to GET /v1/trees/{id}."""
-        self.keep_tree(job.tree_id, search.pop("tree"))
-        return {**search, "tree_id": job.tree_id}
-
-    def progress(self, job: Job, data: dict) -> dict:
-        """A growing tree is kept (the page fetches it); the event carries its size."""
-        nodes = data.pop("nodes")
-        self.keep_tree(job.tree_id, TreeRecord(job.tree_id, nodes, job.request.question))
-        return {**data, "nodes": len(nodes), "tree_id": job.tree_id}
-
-    async def stream(self, job: Job, queue: asyncio.Queue) -> AsyncIterator[str]:
-        """Server-sent events in OpenAI's chunk format; ``[DONE]`` ends them. If
-        the client disconnects, the response task is cancelled here and the job
-        with it."""
-        request = job.request
-        kind, model = request.kind, request.model
-        rid = protocol.new_id(kind)
-        opened: set[int] = set()
-        offsets: dict[int, int] = collections.defaultdict(int)
+    async def stream(self, req: ServeRequest, queue: asyncio.Queue) -> AsyncIterator[str]:
+        """OpenAI's chunks as server-sent events; a client that goes away cancels the request."""
+        parsed, kind = req.parsed, req.parsed.kind
+        chunk = functools.partial(protocol.response_body, kind, protocol.new_id(kind),
+                                  parsed.model, chunk=True)
+        offsets: dict[int, int] = {}  # each begun choice's text so far
         finished = False
         try:
-            while True:
+            while not finished:
                 event = await queue.get()
+                finished = event.kind in ("done", "error")
                 if event.kind == "delta":
-                    logprobs = None
-                    if request.logprobs is not None:
-                        logprobs = protocol.logprobs_block(kind, event.tokens, request.logprobs,
-                                                           offsets[event.index])
-                        offsets[event.index] += sum(len(t.text) for t in event.tokens)
-                    yield _sse(protocol.chunk_body(kind, rid, model, event.index, event.text,
-                                                   event.finish, logprobs,
-                                                   role=event.index not in opened))
-                    opened.add(event.index)
+                    at = offsets.get(event.index)
+                    logprobs = None if parsed.logprobs is None else protocol.logprobs_block(
+                        kind, event.tokens, parsed.logprobs, at or 0)
+                    offsets[event.index] = (at or 0) + sum(len(t.text) for t in event.tokens)
+                    yield _sse(chunk([protocol.choice_body(
+                        kind, event.index, event.text, event.finish, logprobs, delta=True,
+                        role=at is None)]))
                 elif event.kind == "progress":
-                    progress = self.progress(job, event.data)
-                    yield _sse(protocol.chunk_body(kind, rid, model, None,
-                                                   extra={"marco": {"progress": progress}}))
+                    yield _sse(chunk([], marco={"progress": event.data}))
                 elif event.kind == "search":
-                    extension = self.search_extension(job, event.data)
-                    yield _sse(protocol.chunk_body(kind, rid, model, 0, extension["text"],
-                                                   "stop", role=True,
-                                                   extra={"marco": extension}))
+                    choice = protocol.choice_body(kind, 0, event.data["text"], "stop", None,
+                                                  delta=True, role=True)
+                    yield _sse(chunk([choice], marco=event.data))
                 elif event.kind == "error":
-                    finished = True
-                    event.data.pop("status", None)
-                    yield _sse(event.data)
-                    yield "data: [DONE]\n\n"
-                    return
-                elif event.kind == "done":
-                    finished = True
-                    if request.include_usage:
-                        yield _sse(protocol.chunk_body(kind, rid, model, None,
-                                                       use=event.data["usage"]))
-                    yield "data: [DONE]\n\n"
-                    return
+                    yield _sse(event.error.body())
+                elif event.kind == "done" and parsed.include_usage:
+                    yield _sse(chunk([], usage=event.data["usage"]))
+            yield "data: [DONE]\n\n"
         finally:
             if not finished:
-                self.worker.cancel(job.id)
+                self.worker.cancel(req.id)
 
-    # ---- the rest ------------------------------------------------------------------------
-
-    def page(self) -> str:
-        """The page for people (``page.html``), with the tree styles of
-        ``show_tree.py``, the model's name and the offered search configs."""
+    async def page(self) -> Response:
+        """The page for people, filled in with the tree page's CSS and JS and this server's."""
         searches = sorted(k for k in self.settings.searches if not k.startswith("effort:"))
-        return (PAGE.read_text(encoding="utf-8")
-                .replace("/*TREE_CSS*/", tree_html_lib.CSS).replace("/*TREE_JS*/", tree_html_lib.JS)
-                .replace("/*MODEL*/", html.escape(self.settings.model_name))
-                .replace("/*SEARCHES*/", json.dumps(searches)))
+        return HTMLResponse(
+            PAGE.read_text(encoding="utf-8")
+            .replace("/*TREE_CSS*/", tree_html_lib.CSS).replace("/*TREE_JS*/", tree_html_lib.JS)
+            .replace("/*MODEL*/", html.escape(self.settings.model_name))
+            .replace("/*SEARCHES*/", json.dumps(searches)))
 
-    def models(self) -> dict:
+    async def models(self) -> dict:
         return {"object": "list", "data": [{
             "id": self.settings.model_name, "object": "model", "created": int(time.time()),
             "owned_by": "marco-jax", "max_model_len": self.settings.max_model_len}]}
 
-    def metrics(self) -> str:
-        m = self.worker.metrics
-        engine = self.worker.engine
-        rows = [
-            ("marco_requests_in_flight", "gauge", "HTTP requests queued or running",
-             self.worker.in_flight),
-            ("marco_engine_running_requests", "gauge", "engine requests in decode slots",
-             m.running),
-            ("marco_engine_waiting_requests", "gauge", "engine requests waiting for a slot",
-             m.waiting),
-            ("marco_engine_slot_utilisation", "gauge",
+    async def tree(self, tree_id: str) -> Response:
+        found = self.worker.trees.get(tree_id)
+        if found is None:
+            raise RequestError(f"no tree '{tree_id}' (the server keeps the last {KEPT_TREES})",
+                               "tree_id", status=404)
+        return JSONResponse(found.to_json())
+
+    async def tree_html(self, tree_id: str) -> Response:
+        found = self.worker.trees.get(tree_id)
+        if found is None:
+            raise RequestError(f"no tree '{tree_id}'", "tree_id", status=404)
+        return HTMLResponse(tree_html_lib.render_fragment(found))
+
+    async def health(self) -> Response:
+        if not self.worker.alive:
+            return JSONResponse({"status": "engine thread stopped"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(self) -> Response:
+        """Prometheus' text format."""
+        worker = self.worker
+        m, engine = worker.metrics, worker.engine
+        rows = [  # (name after "marco_", type, help, value)
+            ("requests_in_flight", "gauge", "HTTP requests queued or running", worker.in_flight),
+            ("engine_running_requests", "gauge", "engine requests in decode slots", m.running),
+            ("engine_waiting_requests", "gauge", "engine requests waiting for a slot", m.waiting),
+            ("engine_slot_utilisation", "gauge",
              "share of decode slot-steps that produced a kept token", engine.stats.utilisation),
-            ("marco_engine_free_kv_blocks", "gauge", "KV blocks free or reusable",
+            ("engine_free_kv_blocks", "gauge", "KV blocks free or reusable",
              engine.blocks.available),
-            ("marco_generated_tokens_total", "counter", "tokens generated", m.generated_tokens),
-            ("marco_generation_tokens_per_second", "gauge", "tokens generated per second, last 10 s",
+            ("generated_tokens_total", "counter", "tokens generated", m.generated_tokens),
+            ("generation_tokens_per_second", "gauge", "tokens generated per second, last 10 s",
              m.tokens_per_s()),
-            ("marco_requests_started_total", "counter", "requests begun", m.requests_started),
-            ("marco_requests_finished_total", "counter", "requests ended", m.requests_finished),
-            ("marco_requests_cancelled_total", "counter", "requests dropped by their client",
+            ("requests_started_total", "counter", "requests begun", m.requests_started),
+            ("requests_finished_total", "counter", "requests ended", m.requests_finished),
+            ("requests_cancelled_total", "counter", "requests dropped by their client",
              m.requests_cancelled),
+            ("time_to_first_token_seconds", "summary", "time from request to first token",
+             {"_sum": m.ttft_sum, "_count": m.ttft_count}),
         ]
         lines = []
-        for name, kind, text, value in rows:
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        lines += ["# HELP marco_time_to_first_token_seconds time from request to first token",
-                  "# TYPE marco_time_to_first_token_seconds summary",
-                  f"marco_time_to_first_token_seconds_sum {m.ttft_sum}",
-                  f"marco_time_to_first_token_seconds_count {m.ttft_count}"]
-        return "\n".join(lines) + "\n"
+        for name, metric_type, text, value in rows:
+            samples = value if isinstance(value, dict) else {"": value}  # a summary's are named
+            lines += [f"# HELP marco_{name} {text}", f"# TYPE marco_{name} {metric_type}"]
+            lines += [f"marco_{name}{suffix} {sample}" for suffix, sample in samples.items()]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
 def create_app(worker: EngineWorker, settings: ServerSettings) -> FastAPI:
-    """The app; its lifespan starts the worker thread and, on shutdown, lets
-    in-flight work finish for ``settings.grace_s`` before cancelling the rest."""
+    """The app; on shutdown, in-flight work may finish for ``settings.grace_s``."""
     handlers = _Handlers(worker, settings)
 
     @contextlib.asynccontextmanager
@@ -313,46 +274,12 @@ def create_app(worker: EngineWorker, settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(title="marco-jax", lifespan=lifespan)
     app.state.handlers = handlers
-
-    @app.post("/v1/completions")
-    async def completions(http: Request) -> Response:
-        return await handlers.generate(http, "completion")
-
-    @app.post("/v1/chat/completions")
-    async def chat(http: Request) -> Response:
-        return await handlers.generate(http, "chat")
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return handlers.models()
-
-    @app.get("/v1/trees/{tree_id}")
-    async def tree(tree_id: str) -> Response:
-        found = handlers.trees.get(tree_id)
-        if found is None:
-            return _error(RequestError(f"no tree '{tree_id}' (the server keeps the last "
-                                       f"{KEPT_TREES})", "tree_id", status=404))
-        return JSONResponse(found.to_json())
-
-    @app.get("/")
-    async def page() -> Response:
-        return HTMLResponse(handlers.page())
-
-    @app.get("/v1/trees/{tree_id}/html")
-    async def tree_html(tree_id: str) -> Response:
-        found = handlers.trees.get(tree_id)
-        if found is None:
-            return _error(RequestError(f"no tree '{tree_id}'", "tree_id", status=404))
-        return HTMLResponse(tree_html_lib.render_fragment(found))
-
-    @app.get("/health")
-    async def health() -> Response:
-        if not worker.alive:
-            return JSONResponse({"status": "engine thread stopped"}, status_code=503)
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return PlainTextResponse(handlers.metrics(), media_type="text/plain; version=0.0.4")
-
+    app.add_exception_handler(RequestError, _error)
+    app.post("/v1/completions")(handlers.generate)
+    app.post("/v1/chat/completions")(handlers.generate)
+    for path, endpoint in {"/": handlers.page, "/v1/models": handlers.models,
+                           "/v1/trees/{tree_id}": handlers.tree,
+                           "/v1/trees/{tree_id}/html": handlers.tree_html,
+                           "/health": handlers.health, "/metrics": handlers.metrics}.items():
+        app.get(path)(endpoint)
     return app

@@ -1,13 +1,6 @@
-"""A choice's tokens turned into response text as they arrive.
-
-The text is the UTF-8 decoding of the tokens' exact bytes, fed one token at a
-time, so a character split over two tokens appears once both are in and the
-streamed deltas concatenate to exactly the text a non-streamed response gets.
-The client's stop strings are found here, on the host, as OpenAI's and vLLM's
-servers do: the text ends before the first one, and while the choice runs the
-tail that could still begin a stop string is held back, so nothing released
-is ever taken back.
-"""
+"""A choice's text, streamed so that its deltas add up to exactly the whole response's: exact
+bytes decoded incrementally, and the client's stop strings found on the host (as OpenAI's and
+vLLM's servers do), holding back a tail that may begin one, so nothing released is taken back."""
 
 from __future__ import annotations
 
@@ -28,23 +21,22 @@ class ChoiceText:
         self.text = ""
         self.tokens = 0  # tokens taken: those after a stop string's last one are dropped
         self.stopped = False  # a stop string was found
+        self.over = False  # all of the text was released
         self._released = 0
 
     def feed(self, tokens: Sequence[int]) -> int:
-        """Take new tokens, up to the one that completes a stop string; returns how
-        many were taken."""
-        taken = 0
+        """Take tokens up to the one that completes a stop string; returns how many."""
+        first = self.tokens
         for token in tokens:
             if self.stopped:
                 break
-            taken += 1
             self.tokens += 1
             if token in self._hidden:
                 continue
             before = len(self.text)
             self.text += self._decoder.decode(self._bytes[token])
             self._find_stop(max(0, before - self._longest + 1))
-        return taken
+        return self.tokens - first
 
     def _find_stop(self, start: int) -> None:
         hits = [at for at in (self.text.find(s, start) for s in self._stops) if at >= 0]
@@ -53,21 +45,16 @@ class ChoiceText:
             self.stopped = True
 
     def release(self, final: bool = False) -> str:
-        """Text not handed out yet that no stop string can still claim; ``final``:
-        the choice is over, so all of it (an unfinished character becomes U+FFFD)."""
+        """New text no stop string can still claim; ``final``: all of it (the choice is over)."""
         if final and not self.stopped:
             self.text += self._decoder.decode(b"", final=True)
-        end = len(self.text)
-        if not (final or self.stopped):
-            end -= self._held_back()
+        self.over = self.over or final
+        end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
         delta = self.text[self._released:end]
         self._released = max(self._released, end)
         return delta
 
     def _held_back(self) -> int:
         """Length of the longest tail of the text that begins some stop string."""
-        for size in range(min(self._longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-size:]
-            if any(s.startswith(tail) for s in self._stops):
-                return size
-        return 0
+        sizes = range(min(self._longest - 1, len(self.text)), 0, -1)
+        return next((n for n in sizes if any(s.startswith(self.text[-n:]) for s in self._stops)), 0)

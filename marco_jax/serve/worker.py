@@ -1,20 +1,12 @@
-"""The server's engine thread: every HTTP request becomes engine work here.
-
-One thread owns the engine and a search :class:`Driver` over it (JAX calls
-and the scheduler's bookkeeping never race). Each loop turn it takes new and
-cancelled jobs from the request handlers, steps the engine once, and turns
-what the step produced into events for each job's handler: text deltas (with
-log-probabilities when asked), finish reasons, a search's result, usage. A
-plain request's ``n`` choices are engine requests of their own (seeds
-``seed + i``); a search request is the search config's tree program, so both
-kinds share the decode slots. Handlers receive events through ``emit``, a
-thread-safe callback (the app hands them to its event loop).
-"""
+"""The server's engine thread: it alone drives the engine, so JAX calls and the scheduler's
+bookkeeping never race. A plain request's ``n`` choices are engine requests (seeds ``seed + i``)
+and a search request is a tree program, so both kinds share the decode slots."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -27,23 +19,25 @@ from marco_jax.errors import MarcoError
 from marco_jax.grading import final_answer
 from marco_jax.search import job_files
 from marco_jax.search.config import JobConfig
-from marco_jax.search.driver import Driver, Program
+from marco_jax.search.driver import Driver, SearchProgram
 from marco_jax.search.record import TreeRecord, nodes_of
 from marco_jax.search.results import Problem, SearchResult
-from marco_jax.search.searcher import make_algorithm
+from marco_jax.search.runner import make_algorithm
 from marco_jax.search.tree import Tree
 from marco_jax.serve.protocol import FINISH, GenerationRequest, RequestError, TokenInfo, usage
 from marco_jax.serve.text import ChoiceText
 
 log = logging.getLogger("marco_jax.serve")
 
+ADMIT_WAIT_S = 0.02  # see EngineWorker: a few client round trips on loopback
+GATHER_LIMIT = 25  # the longest gather, in admit_wait_s windows
+KEPT_TREES = 64  # search trees kept for GET /v1/trees/{id}
+
 
 @dataclasses.dataclass
 class Event:
-    """What a job's handler receives: ``delta`` (a choice's new text, its tokens'
-    log-probabilities, maybe its finish reason), ``progress`` (a search round
-    came back), ``search`` (the search's result), ``done`` (usage; the last
-    event) or ``error`` (an OpenAI error body and HTTP status; also the last)."""
+    """What a request's handler receives: ``delta`` (a choice's new text and tokens, maybe its
+    finish), ``progress`` (a search round), ``search`` (its result), then ``done`` or ``error``."""
 
     kind: str
     index: int = 0
@@ -51,30 +45,23 @@ class Event:
     tokens: list[TokenInfo] = dataclasses.field(default_factory=list)
     finish: str | None = None
     data: dict | None = None
+    error: RequestError | None = None
 
 
 @dataclasses.dataclass
-class Job:
-    """One HTTP request: its parsed body, prompt ids, token budget and sink."""
+class ServeRequest:
+    """One HTTP request on the engine thread; ``emit`` is thread-safe."""
 
-    request: GenerationRequest
+    parsed: GenerationRequest
     prompt_ids: list[int]
     max_tokens: int
     seed: int
     emit: Callable[[Event], None]
-    search: JobConfig | None = None
-    tree_id: str | None = None  # a search's tree, as GET /v1/trees/{id} shows it
+    search_job: JobConfig | None = None  # a search request's config
+    tree_id: str | None = None  # a search's, set when it begins
     id: int = -1
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     first_token: float | None = None
-
-
-@dataclasses.dataclass
-class _Choice:
-    rid: int
-    text: ChoiceText
-    seen: int = 0  # engine tokens looked at
-    done: bool = False
 
 
 @dataclasses.dataclass
@@ -94,29 +81,18 @@ class ServeMetrics:
 
     def tokens_per_s(self, window: float = 10.0) -> float:
         now = time.perf_counter()
-        inside = [(t, n) for t, n in list(self.recent) if now - t <= window]
-        return sum(n for _, n in inside) / window if inside else 0.0
+        return sum(n for t, n in list(self.recent) if now - t <= window) / window
 
 
 def decoding_once(decode: Callable[[list[int]], str]) -> Callable[[Sequence[int]], str]:
-    """``decode`` remembered per token sequence. A search's tree is snapshotted
-    after every growth step; its nodes' texts never change once written, so
-    each is decoded once rather than once per snapshot (quadratic in the tree)."""
-    texts: dict[tuple[int, ...], str] = {}
-
-    def decode_once(tokens: Sequence[int]) -> str:
-        key = tuple(int(t) for t in tokens)
-        if key not in texts:
-            texts[key] = decode(list(key))
-        return texts[key]
-
-    return decode_once
+    """``decode`` remembered per token sequence: a growing tree's snapshots share node texts."""
+    cached = functools.cache(lambda key: decode(list(key)))
+    return lambda tokens: cached(tuple(int(t) for t in tokens))
 
 
-def _with_stops(program: Program, strings: tuple[str, ...],
-                on_round: Callable[[list[Completion]], None]) -> Program:
-    """A search program whose calls end on its config's stop strings only (the
-    engine's table also holds other configs'), reporting each round's return."""
+def _with_stops(program: SearchProgram, strings: tuple[str, ...],
+                on_round: Callable[[list[Completion]], None]) -> SearchProgram:
+    """A search program ending on its config's stop strings only, not all the engine's."""
     completions = None
     try:
         while True:
@@ -130,38 +106,29 @@ def _with_stops(program: Program, strings: tuple[str, ...],
         program.close()
 
 
-ADMIT_WAIT_S = 0.02  # see EngineWorker: a few client round trips on loopback
-GATHER_LIMIT = 25  # the longest gather, in admit_wait_s windows
-
-
 class EngineWorker:
-    """Runs jobs on one engine in a thread of its own (see the module doc)."""
+    """Runs requests on one engine in a thread of its own (see the module doc)."""
 
     def __init__(self, engine: Engine, tokenizer: Any, eos_ids: Sequence[int],
-                 max_jobs: int = 256, admit_wait_s: float = ADMIT_WAIT_S):
-        """``admit_wait_s``: when a request finds the engine idle, the quiet gap
-        that ends the wait for others before the first step. Clients that send
-        their next request as one finishes arrive a few milliseconds apart;
-        without the wait the first would start a decode call alone and the rest
-        would idle through it (a whole call: seconds on a CPU)."""
-        self.engine, self.tokenizer = engine, tokenizer
-        self.admit_wait_s = admit_wait_s
+                 max_requests: int = 256, admit_wait_s: float = ADMIT_WAIT_S):
+        """``admit_wait_s``: the quiet gap that ends an idle engine's wait for more requests
+        (clients arrive milliseconds apart, and a late one idles through a decode call)."""
+        self.engine, self.tokenizer, self.admit_wait_s = engine, tokenizer, admit_wait_s
         self.driver = Driver({"policy": engine})
         self.token_bytes = stops.token_bytes(tokenizer, engine.cfg.vocab_size)
         self.eos = frozenset(int(t) for t in eos_ids)
-        self.max_jobs = max_jobs
+        self.max_requests = max_requests
         self.metrics = ServeMetrics()
         self._cond = threading.Condition()
-        self._inbox: list[Job] = []
+        self._inbox: list[ServeRequest] = []
         self._cancels: list[int] = []
-        self._jobs: dict[int, Job] = {}
-        self._choices: dict[int, list[_Choice]] = {}
-        self._searching: dict[int, tuple[Job, Problem]] = {}
-        self._ids = itertools.count()
+        self._requests: dict[int, ServeRequest] = {}  # begun, not finished
+        # a plain request's choices: (engine request id, text)
+        self._choices: dict[int, list[tuple[int, ChoiceText]]] = {}
+        self.trees: collections.OrderedDict[str, TreeRecord] = collections.OrderedDict()
+        self._ids, self._tree_ids = itertools.count(), itertools.count()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="marco-engine", daemon=True)
-
-    # ---- called from request handlers -----------------------------------------------
 
     def start(self) -> None:
         self._thread.start()
@@ -173,31 +140,28 @@ class EngineWorker:
     @property
     def in_flight(self) -> int:
         with self._cond:
-            return len(self._jobs) + len(self._inbox)
+            return len(self._requests) + len(self._inbox)
 
-    def submit(self, job: Job) -> int:
-        """Queue a job; 503 when the server is closing or ``max_jobs`` are in flight."""
-        with self._cond:
-            if self._closing:
-                raise RequestError("the server is shutting down", status=503,
-                                   kind="server_error")
-            if len(self._jobs) + len(self._inbox) >= self.max_jobs:
-                raise RequestError(f"the server has {self.max_jobs} requests in flight; "
+    def submit(self, req: ServeRequest) -> int:
+        """Queue a request; 503 when the server is closing or ``max_requests`` are in flight."""
+        with self._cond:  # reentrant: in_flight takes it again
+            if self._closing or self.in_flight >= self.max_requests:
+                raise RequestError("the server is shutting down" if self._closing else
+                                   f"the server has {self.max_requests} requests in flight; "
                                    "retry later", status=503, kind="server_error")
-            job.id = next(self._ids)
-            self._inbox.append(job)
+            req.id = next(self._ids)
+            self._inbox.append(req)
             self._cond.notify()
-            return job.id
+            return req.id
 
-    def cancel(self, job_id: int) -> None:
-        """Drop a job (its client went away): its slots and blocks free at once."""
+    def cancel(self, request_id: int) -> None:
+        """Drop a request (its client went away): its slots and blocks free at once."""
         with self._cond:
-            self._cancels.append(job_id)
+            self._cancels.append(request_id)
             self._cond.notify()
 
     def close(self, grace_s: float = 30.0) -> None:
-        """Refuse new jobs, let those in flight finish for up to ``grace_s``, then
-        end the rest with a 503 error and stop the thread."""
+        """Refuse new requests and stop, giving those in flight ``grace_s`` before a 503."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -205,94 +169,87 @@ class EngineWorker:
         while self.in_flight and time.perf_counter() < deadline and self.alive:
             time.sleep(0.05)
         with self._cond:
-            self._cancels += list(self._jobs) + [job.id for job in self._inbox]
+            self._cancels += list(self._requests) + [req.id for req in self._inbox]
             self._inbox.clear()
             self._cond.notify()
         self._thread.join(timeout=grace_s + 10)
-
-    # ---- the engine thread --------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 idle = not self.driver.has_work
-                while not (self._inbox or self._cancels or self.driver.has_work
-                           or (self._closing and not self._jobs)):
-                    self._cond.wait()
+                self._cond.wait_for(lambda: self._inbox or self._cancels or self.driver.has_work
+                                    or (self._closing and not self._requests))
                 if idle and self._inbox and not self._closing:
                     self._gather()
-                if self._closing and not (self._jobs or self._inbox or self._cancels):
+                if self._closing and not (self._requests or self._inbox or self._cancels):
                     return
                 new, self._inbox = self._inbox, []
                 cancels, self._cancels = self._cancels, []
-            for job_id in cancels:
-                self._drop(job_id)
-            for job in new:
-                self._begin(job)
+            for request_id in cancels:
+                self._drop(request_id)
+            for req in new:
+                self._begin(req)
             if self.driver.has_work:
                 try:
                     self._step()
-                except Exception as error:  # an engine failure ends every job, not the thread
+                except Exception as error:  # an engine failure ends every request, not the thread
                     log.exception("engine step failed")
-                    for job_id in list(self._jobs):
-                        self._fail(job_id, RequestError(f"engine failure: {error}", status=500,
-                                                        kind="server_error"))
+                    for request_id in list(self._requests):
+                        self._fail(request_id, RequestError(f"engine failure: {error}",
+                                                            status=500, kind="server_error"))
 
     def _gather(self) -> None:
-        """Let requests join the first step while they keep arriving less than
-        ``admit_wait_s`` apart, until the engine's slots are spoken for or
-        ``GATHER_LIMIT`` windows have passed (called holding the lock, which
-        ``wait`` releases)."""
+        """Let requests join the first step while they arrive less than ``admit_wait_s`` apart
+        (up to ``GATHER_LIMIT`` windows, or full slots); called holding the lock."""
         limit = time.perf_counter() + GATHER_LIMIT * self.admit_wait_s
         slots = self.engine.config.slots
-        while not self._closing and sum(job.request.n for job in self._inbox) < slots:
+        while not self._closing and sum(req.parsed.n for req in self._inbox) < slots:
             arrived = len(self._inbox)
-            quiet = min(time.perf_counter() + self.admit_wait_s, limit)
-            while (left := quiet - time.perf_counter()) > 0 and len(self._inbox) == arrived:
-                self._cond.wait(timeout=left)
-            if len(self._inbox) == arrived or time.perf_counter() >= limit:
+            quiet = min(self.admit_wait_s, limit - time.perf_counter())
+            if not self._cond.wait_for(lambda: len(self._inbox) > arrived, quiet) \
+                    or time.perf_counter() >= limit:
                 return
 
-    def _begin(self, job: Job) -> None:
-        self._jobs[job.id] = job
+    def _begin(self, req: ServeRequest) -> None:
+        self._requests[req.id] = req
         self.metrics.requests_started += 1
-        request = job.request
+        parsed = req.parsed
         try:
-            if job.search is not None:
-                self._begin_search(job)
+            if req.search_job is not None:
+                self._begin_search(req)
                 return
-            self._choices[job.id] = []
-            for i in range(request.n):
-                rid = self.engine.submit(job.prompt_ids, job.max_tokens,
-                                         temperature=request.temperature,
-                                         top_k=max(request.top_k, 0), top_p=request.top_p,
-                                         seed=(job.seed + i) % 2 ** 31, stops=())
-                self._choices[job.id].append(
-                    _Choice(rid, ChoiceText(self.token_bytes, request.stop, self.eos)))
+            self._choices[req.id] = []
+            for i in range(parsed.n):
+                engine_id = self.engine.submit(
+                    req.prompt_ids, req.max_tokens, temperature=parsed.temperature,
+                    top_k=max(parsed.top_k, 0), top_p=parsed.top_p,
+                    seed=(req.seed + i) % 2 ** 31, stops=())
+                text = ChoiceText(self.token_bytes, parsed.stop, self.eos)
+                self._choices[req.id].append((engine_id, text))
         except MarcoError as error:
-            self._fail(job.id, RequestError(str(error)))
+            self._fail(req.id, RequestError(str(error)))
 
-    def _begin_search(self, job: Job) -> None:
-        config = job.search
-        algorithm = make_algorithm(config, self.tokenizer, self.engine.config.max_model_len)
-        problem = Problem(job.id, job.prompt_ids, job.seed)
+    def _begin_search(self, req: ServeRequest) -> None:
+        req.tree_id = f"tree-{next(self._tree_ids)}"
+        algorithm = make_algorithm(req.search_job, self.tokenizer, self.engine.config.max_model_len)
         steps = itertools.count(1)
-        generated = [0]
-
-        def on_round(completions: list[Completion]) -> None:
-            generated[0] += sum(len(c.tokens) for c in completions)
-            if job.first_token is None:
-                self._first_token(job)
-
+        generated = 0
         decode_once = decoding_once(self._decode)
 
-        def on_grow(tree: Tree) -> None:
-            job.emit(Event("progress", data={"step": next(steps), "generated_tokens": generated[0],
-                                              "nodes": nodes_of(tree, decode_once)}))
+        def on_round(completions: list[Completion]) -> None:
+            nonlocal generated
+            generated += sum(len(c.tokens) for c in completions)
+            self._first_token(req)
 
-        self._searching[job.id] = (job, problem)
-        self.driver.start(job.id, _with_stops(algorithm.program(problem, on_grow), config.stops,
-                                              on_round))
+        def on_grow(tree: Tree) -> None:
+            nodes = nodes_of(tree, decode_once)
+            self._keep_tree(TreeRecord(req.tree_id, nodes, req.parsed.question))
+            req.emit(Event("progress", data={"step": next(steps), "generated_tokens": generated,
+                                              "nodes": len(nodes), "tree_id": req.tree_id}))
+
+        program = algorithm.program(Problem(req.id, req.prompt_ids, req.seed), on_grow)
+        self.driver.start(req.id, _with_stops(program, req.search_job.stops, on_round))
         self._collect_searches()
 
     def _step(self) -> None:
@@ -304,107 +261,110 @@ class EngineWorker:
         scheduler = self.engine.scheduler
         self.metrics.running = sum(r is not None for r in scheduler.running)
         self.metrics.waiting = len(scheduler.waiting)
-        for job_id in list(self._choices):
-            self._advance(job_id, foreign)
+        for request_id in list(self._choices):
+            self._advance(self._requests[request_id], foreign)
         self._collect_searches()
 
-    def _advance(self, job_id: int, finished: Mapping[int, Completion]) -> None:
-        """Feed each choice's new tokens, end choices that finished or hit a stop
-        string, and emit what changed."""
-        job = self._jobs[job_id]
-        for index, choice in enumerate(self._choices[job_id]):
-            if choice.done:
-                continue
-            done = finished.get(choice.rid)
-            source = done if done is not None else self.engine.in_flight(choice.rid)
-            if source is None:
-                continue
-            new = list(source.tokens[choice.seen:])
-            start = choice.seen
-            choice.seen += len(new)
-            taken = choice.text.feed(new)
-            finish = None
-            if choice.text.stopped:
-                finish = "stop"
-                if done is None:
-                    self.engine.cancel(choice.rid)
-            elif done is not None:
-                finish = FINISH[done.finish_reason]
-            tokens = (self._token_infos(source, start, start + taken)
-                      if job.request.logprobs is not None else [])
-            text = choice.text.release(final=finish is not None)
-            if (text or tokens) and job.first_token is None:
-                self._first_token(job)
-            if text or tokens or finish:
-                job.emit(Event("delta", index, text, tokens, finish))
-            if finish is not None:
-                choice.done = True
-        if all(c.done for c in self._choices[job_id]):
-            tokens = sum(c.text.tokens for c in self._choices.pop(job_id))
-            self._finish(job_id, Event("done", data={"usage": usage(len(job.prompt_ids),
-                                                                    tokens)}))
+    def _advance(self, req: ServeRequest, finished: Mapping[int, Completion]) -> None:
+        """Emit each running choice's news; finish the request once all choices are done."""
+        choices = self._choices[req.id]
+        for index, (engine_id, choice) in enumerate(choices):
+            if not choice.over:
+                self._advance_choice(req, index, engine_id, choice, finished.get(engine_id))
+        if all(choice.over for _, choice in choices):
+            del self._choices[req.id]
+            self._done(req, sum(choice.tokens for _, choice in choices))
+
+    def _advance_choice(self, req: ServeRequest, index: int, engine_id: int, choice: ChoiceText,
+                        done: Completion | None) -> None:
+        """Feed a choice's new tokens and emit what changed; it ends at a stop string or EOS."""
+        source = done if done is not None else self.engine.in_flight(engine_id)
+        if source is None:
+            return
+        start = choice.tokens  # all it was fed: it takes every token until a stop string
+        taken = choice.feed(list(source.tokens[start:]))
+        if choice.stopped and done is None:
+            self.engine.cancel(engine_id)  # it would run on past the stop string
+        finish = "stop" if choice.stopped else (
+            None if done is None else FINISH[done.finish_reason])
+        tokens = (self._token_infos(source, start, start + taken)
+                  if req.parsed.logprobs is not None else [])
+        text = choice.release(final=finish is not None)
+        if text or tokens:
+            self._first_token(req)
+        if text or tokens or finish:
+            req.emit(Event("delta", index, text, tokens, finish))
 
     def _token_infos(self, source: Any, start: int, end: int) -> list[TokenInfo]:
-        top_ids, top_lps = source.top_ids, source.top_logprobs
-        out = []
-        for j in range(start, end):
-            token = int(source.tokens[j])
-            top = [(self._text(int(t)), self.token_bytes[int(t)], float(lp))
-                   for t, lp in zip(top_ids[j], top_lps[j])]
-            out.append(TokenInfo(self._text(token), self.token_bytes[token],
-                                 float(source.logprobs[j]), top))
-        return out
+        return [TokenInfo(*self._shown(source.tokens[j]), float(source.logprobs[j]),
+                          [(*self._shown(t), float(lp))
+                           for t, lp in zip(source.top_ids[j], source.top_logprobs[j])])
+                for j in range(start, end)]
 
-    def _text(self, token: int) -> str:
-        return self.token_bytes[token].decode("utf-8", errors="replace")
+    def _shown(self, token: int) -> tuple[str, bytes]:
+        """A token's text and exact bytes (a partial character shows as U+FFFD)."""
+        data = self.token_bytes[int(token)]
+        return data.decode("utf-8", errors="replace"), data
 
     def _collect_searches(self) -> None:
-        for job_id, result in self.driver.finished:
-            job, problem = self._searching.pop(job_id)
-            job.emit(Event("search", data=self._search_result(job, problem, result)))
-            self._finish(job_id, Event("done", data={"usage": usage(
-                len(job.prompt_ids), result.generated_tokens)}))
+        for request_id, result in self.driver.finished:
+            req = self._requests[request_id]
+            req.emit(Event("search", data=self._search_result(req, result)))
+            self._done(req, result.generated_tokens)
         self.driver.finished.clear()
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode([t for t in tokens if t not in self.eos])
 
-    def _search_result(self, job: Job, problem: Problem, result: SearchResult) -> dict:
+    def _search_result(self, req: ServeRequest, result: SearchResult) -> dict:
         decode = self._decode
-        text, value = job_files.choose(result, job.search.final, decode)
+        text, value = job_files.choose(result, req.search_job.final, decode)
+        self._keep_tree(TreeRecord.of(result.tree, decode, req.tree_id, req.parsed.question,
+                                      None, final_answer(text), result.best_path))
         return {"text": text, "answer": final_answer(text), "value": value,
-                "config": job.search.name, "rollouts": result.rollouts,
+                "config": req.search_job.name, "rollouts": result.rollouts,
                 "generated_tokens": result.generated_tokens,
                 "candidates": [{"node": c.node, "text": shown, "value": c.value,
                                 "finished": c.finished, "answer": final_answer(shown)}
                                for c, shown in ((c, decode(c.tokens)) for c in result.candidates)],
-                "tree": TreeRecord.of(result.tree, decode, job.tree_id, job.request.question,
-                                      None, final_answer(text), result.best_path)}
+                "tree_id": req.tree_id}
 
-    def _first_token(self, job: Job) -> None:
-        job.first_token = time.perf_counter()
-        self.metrics.ttft_sum += job.first_token - job.submitted
-        self.metrics.ttft_count += 1
+    def _keep_tree(self, tree: TreeRecord) -> None:
+        """A search's tree, growing or final, for GET /v1/trees/{id}: the last few only."""
+        self.trees[tree.id] = tree
+        self.trees.move_to_end(tree.id)
+        while len(self.trees) > KEPT_TREES:
+            self.trees.popitem(last=False)
 
-    def _drop(self, job_id: int) -> None:
-        if job_id in self._jobs:
+    def _first_token(self, req: ServeRequest) -> None:
+        """Time to first token, counted once per request."""
+        if req.first_token is None:
+            req.first_token = time.perf_counter()
+            self.metrics.ttft_sum += req.first_token - req.submitted
+            self.metrics.ttft_count += 1
+
+    def _done(self, req: ServeRequest, completion_tokens: int) -> None:
+        self._finish(req.id, Event("done", data={"usage": usage(len(req.prompt_ids),
+                                                                completion_tokens)}))
+
+    def _drop(self, request_id: int) -> None:
+        if request_id in self._requests:
             self.metrics.requests_cancelled += 1
             status = 503 if self._closing else 499  # 499: the client closed the request
-            self._fail(job_id, RequestError("the request was cancelled", status=status,
-                                            kind="cancelled"))
+            self._fail(request_id, RequestError("the request was cancelled", status=status,
+                                                kind="cancelled"))
 
-    def _fail(self, job_id: int, error: RequestError) -> None:
-        for choice in self._choices.pop(job_id, []):
-            if not choice.done:
-                self.engine.cancel(choice.rid)
-        if self._searching.pop(job_id, None) is not None:
-            self.driver.cancel(job_id)
-        self._finish(job_id, Event("error", data={"status": error.status, **error.body()}))
+    def _fail(self, request_id: int, error: RequestError) -> None:
+        for engine_id, choice in self._choices.pop(request_id, []):
+            if not choice.over:
+                self.engine.cancel(engine_id)
+        self.driver.cancel(request_id)  # a search's program, if it runs
+        self._finish(request_id, Event("error", error=error))
 
-    def _finish(self, job_id: int, event: Event) -> None:
-        job = self._jobs.pop(job_id)
+    def _finish(self, request_id: int, event: Event) -> None:
+        req = self._requests.pop(request_id)
         self.metrics.requests_finished += 1
-        job.emit(event)
+        req.emit(event)
 
 
 def engine_stop_strings(configs: Iterable[JobConfig]) -> tuple[str, ...]:

@@ -1,19 +1,14 @@
-"""Attention of the training forward pass: causal within each packed segment (a
-token sees the earlier tokens of its own sample, padding only padding), by the
-fastest kernel the platform has.
+"""Attention of the training forward pass, causal within each packed segment, by the
+fastest kernel the platform has (all three agree on real tokens up to rounding):
 
-- ``splash``: JAX's Pallas splash-attention kernel on TPU. It never forms the
-  (t, t) scores in HBM, skips the blocks above the diagonal, and takes the
-  segment ids directly. It runs per device under ``shard_map`` (rows over the
-  batch mesh axes, heads over ``tensor``); grouped-query heads run as one
+- ``splash``: JAX's Pallas kernel on TPU; never forms the (t, t) scores in HBM, skips
+  the blocks above the diagonal, runs per device under ``shard_map``, one
   multi-query kernel per key/value head.
-- ``cudnn``: cuDNN's flash attention through ``jax.nn.dot_product_attention`` on
-  NVIDIA GPUs, with the segment mask.
+- ``cudnn``: cuDNN's flash attention (``jax.nn.dot_product_attention``) on NVIDIA GPUs.
 - ``xla``: the model's own blocked softmax attention (:func:`marco_jax.model.attend`).
 
-``auto`` picks splash on TPU, cuDNN on GPU (16-bit compute; cuDNN has no
-float32 kernel) and XLA elsewhere. All three give the same outputs for real
-tokens up to the dtype's rounding.
+``auto``: splash on TPU, cudnn on GPU with 16-bit compute (cuDNN has no float32 kernel),
+else xla.
 """
 
 from __future__ import annotations
@@ -32,8 +27,7 @@ SPLASH_BLOCK = 512  # query and key block of the splash kernel (or the whole row
 
 
 def resolve(name: str, platform: str, compute_dtype: str = "bfloat16") -> str:
-    """The implementation ``name`` stands for on ``platform`` ("tpu", "gpu", "cpu")
-    with activations in ``compute_dtype``."""
+    """The implementation ``name`` stands for on ``platform`` with ``compute_dtype``."""
     if name not in IMPLEMENTATIONS:
         raise MarcoError(f"model.attention={name!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
     sixteen_bit = compute_dtype in ("bfloat16", "float16")
@@ -54,9 +48,8 @@ def segment_mask(segment_ids_bt: jax.Array) -> jax.Array:
 
 def packed_attention(implementation: str, segment_ids_bt: jax.Array, mesh: Mesh | None = None,
                      rules: ShardingRules = ShardingRules(), interpret: bool = False) -> AttendFn:
-    """The attention function of one forward pass over rows with ``segment_ids_bt``
-    (0 marks padding); ``interpret`` runs the splash kernel in Pallas's interpreter
-    (tests on CPU)."""
+    """The attention of one forward pass over rows with ``segment_ids_bt`` (0: padding);
+    ``interpret`` runs splash in Pallas's interpreter (tests on CPU)."""
     if implementation == "xla":
         allowed_bts = segment_mask(segment_ids_bt)
         return lambda q, k, v: attend(q, k, v, allowed_bts, "bskh")

@@ -1,20 +1,12 @@
-"""Training checkpoints: train state + data-iterator position, saved together by Orbax.
+"""Training checkpoints: train state + data-iterator position, saved together by Orbax
+(a resumed run sees the batches an uninterrupted one would; a step's directory appears
+only once every host has finished, so a checkpoint restores completely or not at all).
 
-Orbax's CheckpointManager writes each step into a temporary directory and
-renames it only once every host has finished, so a crash mid-save leaves a
-temporary directory that ``latest_step`` never reports (and that the next run
-cleans up): a checkpoint either restores completely or does not exist. Saving
-the grain iterator state in the same step is what makes a resumed run see
-exactly the batches an uninterrupted one would have.
-
-Saves happen every ``every`` steps (and when forced, or on a preemption
-notice), never at the first step as Orbax's default policy does: its async
-save holds a host copy of the whole state while the next step runs (on a
-4-layer model of the demo's shape, peak RSS 9.3 GiB instead of 5.6 with
-``checkpoint.every`` = 1000). Compression (zstd, Orbax's default) keeps
-buffers beside the state while it writes: on CPU, where they share memory with
-the training state, the demo fine-tune's save lifted its peak RSS by 3 GiB, for
-a 27% smaller checkpoint; so it too is off on CPU unless asked for.
+Saves come every ``every`` steps, when forced or on a preemption notice, never at the
+first step as Orbax's default policy does: an async save holds a host copy of the state
+while the next step runs (demo-shaped 4-layer model: peak RSS 9.3 GiB, not 5.6). On CPU,
+where their buffers share memory with training, async saves and zstd compression are
+off unless asked for (compression: 3 GiB of peak RSS for a 27% smaller checkpoint).
 """
 
 from __future__ import annotations
@@ -65,9 +57,8 @@ class RunCheckpoints:
             force=force)
 
     def restore(self, step: int, target: TrainState, data: grain.DatasetIterator) -> TrainState:
-        """The state saved at ``step``, laid out as ``target`` says (its shapes and
-        shardings: a run may resume on another mesh); ``data`` is moved in place to
-        where it stood."""
+        """The state saved at ``step``, laid out as ``target`` (a run may resume on another
+        mesh); ``data`` is moved in place to where it stood."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
@@ -78,9 +69,3 @@ class RunCheckpoints:
         """Wait for pending async saves, then release the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def abstract_target(abstract_state: TrainState, shardings: TrainState) -> TrainState:
-    """Shape/dtype/sharding leaves to restore into, without allocating anything."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract_state, shardings)

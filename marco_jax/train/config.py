@@ -1,24 +1,28 @@
-"""Training run configuration: named JSON files in ``marco_jax/configs/train/``
-plus ``--set section.key=value`` overrides.
-
-Every field is typed and every key is checked (by :mod:`marco_jax.settings`,
-the reader search configs share): a misspelt key in a file or an override is
-an error naming it, because a silently ignored setting in a multi-day run is
-the most expensive kind of bug.
-"""
+"""Training run configuration: named JSON files in ``marco_jax/configs/train/`` plus
+``--set section.key=value`` overrides, every key checked by :mod:`marco_jax.run_config`
+(a silently ignored setting in a multi-day run is the most expensive kind of bug)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from marco_jax.errors import MarcoError
-from marco_jax.files import named_config
+from marco_jax.errors import require
 from marco_jax.model import REMAT_POLICIES
 from marco_jax.prompts import SYSTEM_PROMPTS
-from marco_jax.settings import apply_overrides, build
+from marco_jax.run_config import apply_overrides, build, choice_checks, named_config
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn")  # marco_jax.train.attention
+ON_BAD_RECORD = ("error", "skip")
+OVERLONG = ("truncate", "drop")
+STORAGE_DTYPES = ("float32", "bfloat16")
+# Each enumerated setting's allowed values: validate checks them and lists them in its error.
+CHOICES = {
+    "objective": ("sft", "dpo"), "data.overlong": OVERLONG, "data.on_bad_record": ON_BAD_RECORD,
+    "data.system": tuple(SYSTEM_PROMPTS), "model.remat": tuple(REMAT_POLICIES),
+    "model.attention": ATTENTION_IMPLEMENTATIONS, "train.optimizer": ("adamw", "adafactor"),
+    "train.moments_dtype": STORAGE_DTYPES, "train.accumulate_dtype": STORAGE_DTYPES,
+    "dpo.loss": ("sigmoid", "ipo"), "dpo.reference": ("precomputed", "live"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +31,7 @@ class ModelSection:
     init_from: str | None = None  # a checkpoint (HF, Orbax or GGUF) to fine-tune
     param_dtype: str = "float32"  # master weights and Adam state
     compute_dtype: str = "bfloat16"
-    remat: str = "full"  # backward pass: none (keep every activation), full (recompute each
-    # layer), dots (keep the layer's weight-matmul outputs), save_qkv_proj, save_out_proj,
-    # offload_layer_input, offload_qkv_proj (marco_jax.model.REMAT_POLICIES)
+    remat: str = "full"  # what the backward pass recomputes: marco_jax.model.REMAT_POLICIES
     attention: str = "auto"  # splash on TPU, cudnn on GPU, xla elsewhere; or one of those
 
 
@@ -78,10 +80,8 @@ class MeshSection:
 class CheckpointSection:
     every: int = 100  # steps between saves (and always the last step)
     keep: int = 3
-    async_save: bool | None = None  # None: async unless the devices are CPUs (where the
-    # save's staging copy would sit beside the next step in the same memory)
-    compress: bool | None = None  # zstd; None: on unless the devices are CPUs (its
-    # buffers cost the demo fine-tune 3 GiB of peak RSS there)
+    async_save: bool | None = None  # None: on unless the devices are CPUs (see checkpoint.py)
+    compress: bool | None = None  # zstd; None: on unless the devices are CPUs (ditto)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,43 +111,21 @@ class TrainConfig:
     dpo: DPOSection = DPOSection()
 
     def validate(self) -> "TrainConfig":
-        checks = [
-            (self.data.overlong in ("truncate", "drop"), "data.overlong must be truncate or drop"),
-            (self.data.on_bad_record in ("error", "skip"),
-             "data.on_bad_record must be error or skip"),
-            (self.data.system in SYSTEM_PROMPTS,
-             f"data.system must be one of {', '.join(SYSTEM_PROMPTS)}"),
+        require([
+            *choice_checks(self, CHOICES),
             (self.data.seq_len >= 2, "data.seq_len must be >= 2"),
             (self.train.micro_batches >= 1 and self.train.global_batch % self.train.micro_batches
              == 0, "train.global_batch must be a multiple of train.micro_batches"),
             (self.train.steps >= 1, "train.steps must be >= 1"),
-            (self.model.remat in REMAT_POLICIES,
-             f"model.remat must be one of {', '.join(REMAT_POLICIES)}"),
-            (self.model.attention in ATTENTION_IMPLEMENTATIONS,
-             f"model.attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"),
-            (self.train.optimizer in ("adamw", "adafactor"),
-             "train.optimizer must be adamw or adafactor"),
-            (self.train.moments_dtype in ("float32", "bfloat16"),
-             "train.moments_dtype must be float32 or bfloat16"),
-            (self.train.accumulate_dtype in ("float32", "bfloat16"),
-             "train.accumulate_dtype must be float32 or bfloat16"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1,
              "checkpoint.every and checkpoint.keep must be >= 1"),
-            (self.objective in ("sft", "dpo"), "objective must be sft or dpo"),
             (self.dpo.beta > 0, "dpo.beta must be > 0"),
-            (self.dpo.loss in ("sigmoid", "ipo"), "dpo.loss must be sigmoid or ipo"),
             (0.0 <= self.dpo.label_smoothing < 0.5, "dpo.label_smoothing must be >= 0 and < 0.5"),
             (self.dpo.label_smoothing == 0.0 or self.dpo.loss == "sigmoid",
              "dpo.label_smoothing applies to the sigmoid loss only"),
             (self.dpo.sft_weight >= 0, "dpo.sft_weight must be >= 0"),
-            (self.dpo.reference in ("precomputed", "live"),
-             "dpo.reference must be precomputed or live"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MarcoError(f"config {self.name}: {message}")
+        ], f"config {self.name}: ")
         return self
-
 
 def load_train_config(name_or_path: str, overrides: list[str] = ()) -> TrainConfig:
     """A config by name (``marco_jax/configs/train/NAME.json``) or path, then
@@ -156,8 +134,3 @@ def load_train_config(name_or_path: str, overrides: list[str] = ()) -> TrainConf
     raw.pop("description", None)
     apply_overrides(raw, overrides)
     return build(TrainConfig, raw, str(path), name=path.stem).validate()
-
-
-def to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The resolved config, written beside the run's outputs for reproducibility."""
-    return dataclasses.asdict(cfg)

@@ -4,15 +4,13 @@ Every batch is a dict of numpy arrays of shape (batch_size, seq_len):
 
 - ``inputs``      int32    token t of an example
 - ``targets``     int32    token t+1 of the same example (the next-token label)
-- ``loss_mask``   float32  1.0 where ``targets`` is an assistant token (a reply's
-  content or its closing ``<|im_end|>``); 0.0 on system/user turns, on the
-  ``<|im_start|>assistant\\n`` header and on padding
+- ``loss_mask``   float32  1.0 where ``targets`` is an assistant reply's token or its
+  closing ``<|im_end|>``; 0.0 elsewhere (other turns, the reply's header, padding)
 - ``segment_ids`` int32    1, 2, 3... numbering the examples packed into a row; 0 is padding
-- ``positions``   int32    index of ``inputs`` within its own example, restarting at 0
+- ``positions``   int32    index of ``inputs`` within its own example (for RoPE)
 
-An example of n tokens becomes n-1 (input, target) pairs *before* packing, so a
-target never belongs to another example and no boundary mask is needed. The model
-must restrict attention to equal ``segment_ids`` and feed ``positions`` to RoPE.
+An example of n tokens becomes n-1 (input, target) pairs *before* packing, so no
+target crosses examples; attention stays within equal ``segment_ids``.
 """
 
 from __future__ import annotations
@@ -31,40 +29,27 @@ from transformers import PreTrainedTokenizerBase
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
 from marco_jax.prompts import chatml
+from marco_jax.train.config import ON_BAD_RECORD, OVERLONG
 
 ROLES = ("system", "user", "assistant")
-ON_BAD_RECORD = ("error", "skip")
-OVERLONG = ("truncate", "drop")
 HF_DATASET_SUFFIXES = (".parquet", ".arrow")
-# The per-token features the packer lays out; it adds "<name>_segment_ids" and
-# "<name>_positions" for each, identical across the three.
+# The packer adds identical "<name>_segment_ids" and "<name>_positions" for each of these.
 _PACKED = ("inputs", "targets", "loss_mask")
+Located = Iterator[tuple[str, Any, str | None]]  # (where, record, why it is unreadable or None)
 
 
 def read_records(path: epath.Path, on_bad_record: str = "error",
                  problem: Callable[[Any], str | None] | None = None) -> tuple[list[dict], int]:
-    """The usable records of a JSON array or JSONL file (or a Hugging Face dataset:
-    a ``save_to_disk`` directory, Parquet or Arrow file), and how many were skipped.
-
-    A record is usable when ``problem`` finds nothing wrong with it; by default
-    it must be Marco-o1's CoT format (``instruction`` + ``response``) or chat
-    ``messages``. A bad record stops the run (``"error"``) or is reported on stderr
-    and skipped (``"skip"``), so one broken line in a large crawl need not cost the
-    whole run; a file with no usable record is always an error.
-    """
+    """The records of a JSON array, JSONL file or Hugging Face dataset (``save_to_disk``
+    directory, Parquet or Arrow file) that ``problem`` accepts (default: CoT or chat), and
+    how many were skipped: one broken line in a large crawl need not cost the run."""
     if on_bad_record not in ON_BAD_RECORD:
         raise MarcoError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
     problem = problem or _problem
-    if path.is_dir() or path.suffix in HF_DATASET_SUFFIXES:
-        located = _hf_dataset_records(path, problem)
-    else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise MarcoError(f"{path}: cannot read ({error})") from None
-        located = _located_records(path, text, problem)
+    is_dataset = path.is_dir() or path.suffix in HF_DATASET_SUFFIXES
     records, skipped = [], 0
-    for location, record, why in located:
+    for location, record, why in (_dataset_rows if is_dataset else _file_records)(path):
+        why = why or problem(record)
         if why is None:
             records.append(record)
             continue
@@ -77,9 +62,9 @@ def read_records(path: epath.Path, on_bad_record: str = "error",
     return records, skipped
 
 
-def _hf_dataset_records(path: epath.Path, problem: Callable[[Any], str | None],
-                        ) -> Iterator[tuple[str, Any, str | None]]:
-    """Records of a ``datasets.save_to_disk`` directory or a Parquet/Arrow file."""
+def _dataset_rows(path: epath.Path) -> Located:
+    """The rows of a ``datasets.save_to_disk`` directory (its train split) or a
+    Parquet/Arrow file."""
     import datasets
 
     try:
@@ -93,32 +78,31 @@ def _hf_dataset_records(path: epath.Path, problem: Callable[[Any], str | None],
     except (OSError, ValueError, FileNotFoundError) as error:
         raise MarcoError(f"{path}: cannot read as a Hugging Face dataset ({error})") from None
     for index, record in enumerate(table):
-        yield f"{path}: row {index}", record, problem(record)
+        yield f"{path}: row {index}", record, None
 
 
-def _located_records(path: epath.Path, text: str, problem: Callable[[Any], str | None],
-                     ) -> Iterator[tuple[str, Any, str | None]]:
-    """(where, record, problem) per record; problem is None when the record is usable.
-
-    Where is ``file:line`` for JSONL and ``file: record i`` (0-based) for a JSON array.
-    """
+def _file_records(path: epath.Path) -> Located:
+    """The records of a JSON array (``file: record i``, 0-based) or JSONL file
+    (``file:line``, a line that is not JSON being unreadable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise MarcoError(f"{path}: cannot read ({error})") from None
     if text.lstrip().startswith("["):
         try:
             array = json.loads(text)
         except json.JSONDecodeError as error:
             raise MarcoError(f"{path}: not JSON ({error})") from None
         for index, record in enumerate(array):
-            yield f"{path}: record {index}", record, problem(record)
+            yield f"{path}: record {index}", record, None
         return
     for number, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield f"{path}:{number}", json.loads(line), None
         except json.JSONDecodeError as error:
             yield f"{path}:{number}", None, f"not JSON ({error.msg})"
-            continue
-        yield f"{path}:{number}", record, problem(record)
 
 
 def well_formed_messages(messages: Any) -> bool:
@@ -156,15 +140,11 @@ def chat_messages(record: dict, system: str | None) -> list[dict[str, str]]:
     return messages
 
 
-def tokenize_record(
-    record: dict, tokenizer: PreTrainedTokenizerBase, system: str | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """int32 ids of the ChatML-rendered record and a bool mask of the tokens to learn.
-
-    The mask covers each assistant reply plus its ``<|im_end|>`` (so the model
-    learns to stop) and nothing else. Each span is tokenized on its own so the
-    mask falls exactly on token boundaries; the ids still decode to the full text.
-    """
+def tokenize_record(record: dict, tokenizer: PreTrainedTokenizerBase,
+                    system: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """int32 ids of the ChatML-rendered record and a bool mask of the tokens to learn:
+    each assistant reply and its ``<|im_end|>`` (so the model learns to stop). Spans
+    are tokenized apart so the mask falls on token boundaries."""
     spans: list[tuple[str, bool]] = []  # (text, learned)
     for message in chat_messages(record, system):
         turn = chatml([message], add_generation_prompt=False)
@@ -185,46 +165,38 @@ def tokenize_record(
 
 @dataclasses.dataclass(frozen=True)
 class Counts:
-    """What became of the examples, for the training log."""
+    """What became of the examples (SFT records or DPO pairs), for the training log."""
 
-    examples: int  # in the dataset, truncated ones included
+    examples: int  # kept, truncated ones included
     truncated: int
-    dropped: int
+    dropped: int  # over seq_len + 1 tokens with overlong="drop", or a pair left no completion
 
 
-def make_dataset(
-    examples: Sequence[tuple[np.ndarray, np.ndarray]],
-    *,
-    seq_len: int,
-    batch_size: int,
-    seed: int,
-    num_epochs: int | None,
-    process_index: int = 0,
-    process_count: int = 1,
-    overlong: str = "truncate",
-    pack: bool = True,
-) -> tuple[grain.IterDataset, Counts]:
-    """This process's batches (layout in the module docstring) and what was cut.
+def process_stream(items: Sequence[Any], *, seed: int, num_epochs: int | None,
+                   process_index: int, process_count: int) -> grain.IterDataset:
+    """Each epoch shuffled anew from ``seed``; process p takes every ``process_count``-th
+    item of that global order from p, so processes never share one."""
+    if not 0 <= process_index < process_count:
+        raise MarcoError(f"process index {process_index} is not in [0, {process_count})")
+    shard = grain.MapDataset.source(items).shuffle(seed).repeat(num_epochs)
+    return shard[process_index::process_count].to_iter_dataset(
+        grain.ReadOptions(num_threads=0))  # in memory: threads only contend
 
-    ``examples`` are ``tokenize_record`` outputs. An example longer than
-    ``seq_len + 1`` tokens (``seq_len`` pairs) is truncated or dropped
-    (``overlong``). Each epoch is shuffled anew from ``seed``; process p takes every
-    ``process_count``-th example of that global order from p, so processes never
-    share an example. With ``pack`` several examples share a row (first fit over
-    ``batch_size`` rows at a time), else each row holds one. The final partial
-    batch of a finite stream is dropped so that every batch has a fixed shape.
 
-    Batch counts can differ between processes (packing density varies), so
-    multi-host training should use ``num_epochs=None`` and stop by step count.
-    The iterator's ``get_state``/``set_state`` resume exactly, also through
-    ``grain.checkpoint.CheckpointSave``/``CheckpointRestore``.
-    """
+def make_dataset(examples: Sequence[tuple[np.ndarray, np.ndarray]], *, seq_len: int,
+                 batch_size: int, seed: int, num_epochs: int | None, process_index: int = 0,
+                 process_count: int = 1, overlong: str = "truncate", pack: bool = True,
+                 ) -> tuple[grain.IterDataset, Counts]:
+    """This process's batches (layout in the module docstring) of ``tokenize_record``
+    outputs, and what was cut (``overlong``: truncate or drop). With ``pack`` examples
+    share rows (first fit over ``batch_size`` rows at a time). A finite stream drops its
+    partial batch; batch counts differ between processes (packing density varies), so
+    multi-host runs repeat forever and stop by step count. ``get_state``/``set_state``
+    resume exactly."""
     if overlong not in OVERLONG:
         raise MarcoError(f"overlong must be one of {OVERLONG}, got {overlong!r}")
     if seq_len < 1 or batch_size < 1:
         raise MarcoError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
-    if not 0 <= process_index < process_count:
-        raise MarcoError(f"process index {process_index} is not in [0, {process_count})")
     pairs, truncated, dropped = [], 0, 0
     for index, (ids, learned) in enumerate(examples):
         if len(ids) < 2:
@@ -241,10 +213,9 @@ def make_dataset(
     if not pairs:
         raise MarcoError(f"no examples to train on ({dropped} dropped as longer than "
                          f"seq_len + 1 = {seq_len + 1} tokens)")
-    shard = grain.MapDataset.source(pairs).shuffle(seed).repeat(num_epochs)
-    shard = shard[process_index::process_count]
     rows = grain.experimental.FirstFitPackIterDataset(
-        shard.to_iter_dataset(grain.ReadOptions(num_threads=0)),  # in memory: threads only contend
+        process_stream(pairs, seed=seed, num_epochs=num_epochs, process_index=process_index,
+                       process_count=process_count),
         length_struct={name: seq_len for name in _PACKED},
         num_packing_bins=batch_size,
         shuffle_bins=False,  # the bins of one packing round form one batch anyway
@@ -255,11 +226,7 @@ def make_dataset(
 
 
 def _batch_layout(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The documented layout: one copy of the packer's (shared) segment ids and positions."""
-    return {
-        "inputs": packed["inputs"],
-        "targets": packed["targets"],
-        "loss_mask": packed["loss_mask"].astype(np.float32),
-        "segment_ids": packed["inputs_segment_ids"],
-        "positions": packed["inputs_positions"],
-    }
+    """One copy of the packer's (shared) segment ids and positions; a float loss mask."""
+    return {"inputs": packed["inputs"], "targets": packed["targets"],
+            "loss_mask": packed["loss_mask"].astype(np.float32),
+            "segment_ids": packed["inputs_segment_ids"], "positions": packed["inputs_positions"]}

@@ -1,13 +1,8 @@
-"""The compile-only memory plan of a run (``scripts/train.py --dry-run``): what each
-device needs, from XLA's analysis of the real step, and what this process's host
-memory needs beside it, so a user learns before launch whether a run fits.
-
-Host memory, per process: a runtime baseline; while loading a fine-tune's
-checkpoint, its weights in the layout they are read in plus the stacked copy
-(before any optimizer state exists); while training, the optimizer state when
-it is offloaded, a copy of the state while an asynchronous checkpoint is being
-written, and, on CPU devices, the devices' own plans (their memory is this
-process's memory). The peak is the baseline plus the larger of the two phases.
+"""The compile-only memory plan of a run (``scripts/train.py --dry-run``), so a user
+learns before launch whether it fits: each device's bytes from XLA's analysis of the
+real step, and this process's host bytes: a runtime baseline plus the larger of two
+phases, loading a checkpoint (its weights as read plus the stacked copy) and training
+(an offloaded optimizer state, an async checkpoint's copy, CPU devices' own plans).
 """
 
 from __future__ import annotations
@@ -22,9 +17,9 @@ import numpy as np
 
 from marco_jax.errors import MarcoError
 from marco_jax.topology import chip_of
-from marco_jax.train.checkpoint import abstract_target, on_unless_cpu
+from marco_jax.train.checkpoint import on_unless_cpu
 from marco_jax.train.config import TrainConfig
-from marco_jax.train.objectives import FLOAT_FIELDS, objective_of
+from marco_jax.train.objectives import FLOAT_FIELDS
 from marco_jax.train.trainer import Setup, set_up
 
 # RSS of a training process before its first array (Python, JAX, XLA, tokenizer
@@ -49,8 +44,8 @@ def per_device_bytes(tree) -> int:
 
 def host_plan(cfg: TrainConfig, state, device_total: int, devices: list,
               simulated: bool = False) -> dict[str, int]:
-    """Host bytes of this process by phase (see the module docstring). ``simulated``
-    CPU devices stand for accelerators: their memory is not counted as the host's."""
+    """Host bytes of this process by phase; ``simulated`` CPU devices stand for
+    accelerators, so their memory is not the host's."""
     local_devices = [d for d in devices if d.process_index == jax.process_index()]
     on_cpu = local_devices[0].platform == "cpu" and not simulated
     async_save = on_unless_cpu(cfg.checkpoint.async_save, on_cpu)
@@ -67,30 +62,22 @@ def host_plan(cfg: TrainConfig, state, device_total: int, devices: list,
 
 def abstract_step_inputs(cfg: TrainConfig, setup: Setup) -> tuple[Any, dict]:
     """Shape-only train state and batch of one step, with their shardings."""
-    program = setup.program
-    state = abstract_target(program.abstract_state, program.state_shardings)
-    m = cfg.train.micro_batches
-    objective = objective_of(cfg)
-    rows = cfg.train.global_batch * objective.rows_per_example // m
+    rows_shape = (cfg.train.micro_batches, setup.rows)
     batch = {k: jax.ShapeDtypeStruct(
-        (m, rows) if k in objective.row_fields else (m, rows, cfg.data.seq_len),
+        rows_shape if k in setup.objective.row_fields else (*rows_shape, cfg.data.seq_len),
         np.float32 if k in FLOAT_FIELDS else np.int32, sharding=sharding)
-        for k, sharding in program.batch_shardings.items()}
-    return state, batch
+        for k, sharding in setup.program.batch_shardings.items()}
+    return setup.program.abstract_state, batch
 
 
 def memory_plan(cfg: TrainConfig, devices: list, simulated: bool = False) -> dict[str, Any]:
-    """Compile the real step for ``devices`` from abstract arrays and report the
-    per-device bytes XLA plans for it and this process's host bytes (nothing is
-    allocated); ``simulated``: the devices stand for accelerators."""
+    """The per-device bytes XLA plans for the real step on ``devices``, compiled from
+    abstract arrays (nothing allocated), and this process's host bytes."""
     setup = set_up(cfg, devices)
-    program = setup.program
     state, batch = abstract_step_inputs(cfg, setup)
-    m = cfg.train.micro_batches
-    rows = cfg.train.global_batch * objective_of(cfg).rows_per_example // m
     start = time.perf_counter()
     try:
-        compiled = program.step.lower(state, batch).compile()
+        compiled = setup.program.step.lower(state, batch).compile()
     except jax.errors.JaxRuntimeError as e:
         raise _out_of_memory(e, cfg, devices) from e
     compile_s = time.perf_counter() - start
@@ -108,21 +95,19 @@ def memory_plan(cfg: TrainConfig, devices: list, simulated: bool = False) -> dic
             "total_bytes": total, "compile_seconds": compile_s,
             "host_bytes": host_plan(cfg, state, total, devices, simulated),
             "tokens_per_step": cfg.train.global_batch * cfg.data.seq_len,
-            "micro_batches": m, "rows_per_device": rows // (setup.mesh.shape["data"]
-                                                            * setup.mesh.shape["fsdp"])}
+            "micro_batches": cfg.train.micro_batches, "rows_per_device": setup.rows_per_device}
     if memory.host_argument_size_in_bytes or memory.host_temp_size_in_bytes:
         plan["device_host_memory_bytes"] = (memory.host_argument_size_in_bytes
                                             + memory.host_temp_size_in_bytes)
     if chip is not None:
-        plan["chip"] = chip.name
-        plan["hbm_bytes"] = chip.hbm_bytes
-        plan["headroom_bytes"] = chip.hbm_bytes - total
+        plan.update(chip=chip.name, hbm_bytes=chip.hbm_bytes,
+                    headroom_bytes=chip.hbm_bytes - total)
     return plan
 
 
 def _out_of_memory(error: Exception, cfg: TrainConfig, devices: list) -> Exception:
-    """The compiler's refusal of a plan that does not fit, as one line saying by how
-    much and what to change; other compile errors unchanged."""
+    """The compiler's refusal of a plan that does not fit as one line saying by how much
+    and what to change; other compile errors unchanged."""
     found = re.search(r"required for HLO temporaries \(([\d.]+\w)\) exceeds available HBM "
                       r"\(([\d.]+\w)\)", str(error))
     if not found:
@@ -136,15 +121,11 @@ def _out_of_memory(error: Exception, cfg: TrainConfig, devices: list) -> Excepti
 
 
 def device_bytes(memory: Any, platform: str, offloaded: int = 0) -> int:
-    """Per-device bytes a compiled program needs.
-
-    The TPU compiler reports its own peak, the figure its out-of-memory check
-    holds against HBM; its ``temp_size`` counts scheduled loop buffers that are
-    never live together (the 7B step's peak is 15.1 GiB where arguments + temp
-    give 19.6). Elsewhere (XLA:CPU's peak field holds only the arguments):
-    arguments + outputs - aliased + temp, less an offloaded optimizer state,
-    which XLA:CPU counts among the arguments of its single memory (``offloaded``).
-    """
+    """Per-device bytes a compiled program needs. On TPU, the compiler's own peak (what
+    its out-of-memory check uses: ``temp_size`` counts loop buffers never live together,
+    19.6 GiB against a 15.1 GiB peak for the 7B step). Elsewhere XLA's peak field holds
+    only the arguments, so: arguments + outputs - aliased + temp, less an ``offloaded``
+    optimizer state, which XLA:CPU counts among the arguments of its one memory."""
     if platform == "tpu":
         return memory.peak_memory_in_bytes
     return (memory.argument_size_in_bytes + memory.output_size_in_bytes

@@ -1,10 +1,5 @@
-"""Training metrics: loss, learning rate, grad norm, tokens/s and MFU per log step,
-to a JSONL file, to TensorBoard, and to the console's progress bar.
-
-MFU counts the model FLOPs of the tokens processed (6 per parameter per token
-for the forward and backward matmuls, plus attention), not the recomputation
-that remat adds, as MaxText and PaLM do, over the devices' peak.
-"""
+"""Training metrics per log step, to a JSONL file and TensorBoard. MFU counts model
+FLOPs (not remat's recomputation) over the devices' peak, as MaxText and PaLM do."""
 
 from __future__ import annotations
 
@@ -15,7 +10,7 @@ import jax
 from etils import epath
 from tensorboardX import SummaryWriter
 
-from marco_jax.config import Qwen2Config
+from marco_jax.model_config import Qwen2Config
 from marco_jax.topology import chip_of
 
 
@@ -23,7 +18,8 @@ def flops_per_token(cfg: Qwen2Config, seq_len: int) -> float:
     """Training FLOPs per token: 6 x matmul parameters + causal attention scores."""
     matmul_params = cfg.num_params() - cfg.vocab_size * cfg.hidden_size * (
         not cfg.tie_word_embeddings)  # the input embedding is a gather, not a matmul
-    attention = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len  # QK^T and PV, fwd+bwd, causal half
+    # QK^T and PV, forward and backward, over the causal half
+    attention = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
     return 6 * matmul_params + attention
 
 
@@ -36,11 +32,8 @@ def peak_flops(override_tflops: float | None = None) -> float | None:
 
 
 class MetricsLog:
-    """Appends one JSON line and one TensorBoard point per log step (process 0 only).
-
-    ``directory`` may be remote (``gs://...``): object stores cannot append, so
-    there the whole JSONL file is rewritten at each log step.
-    """
+    """One JSON line and one TensorBoard point per log step (process 0 only); in a remote
+    ``directory`` (``gs://...``, no appends) the whole JSONL file is rewritten each time."""
 
     def __init__(self, directory: epath.PathLike, enabled: bool = True):
         self.enabled = enabled

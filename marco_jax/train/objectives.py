@@ -1,17 +1,11 @@
 """Training objectives as plug-ins of one step: SFT (token cross-entropy) and DPO
 (preference pairs against a reference model).
 
-An objective turns a micro-batch into ``(loss sum, weight, metric sums)``; the step
-accumulates the three over micro-batches and divides once, so M micro-batches of
-B rows give the update of one batch of M*B rows for either objective. SFT's
-weight is the number of learned tokens, DPO's the number of pairs.
-
-DPO rows come in pairs, interleaved: row 2i is pair i's chosen completion and
-row 2i+1 its rejected one, so any even split into micro-batches or devices keeps
-a pair's two rows in one micro-batch. Besides SFT's fields a DPO batch has
-``shared_mask`` (the completion tokens both chains of the pair share, from the
-start of the completion) and ``reference_logps`` (each row's completion
-log-probability under the reference model, computed with the same masking).
+An objective turns a micro-batch into ``(loss sum, weight, metric sums)``, which the
+step sums over micro-batches and divides once; SFT's weight is the number of learned
+tokens, DPO's the number of pairs. DPO rows are interleaved (2i chosen, 2i+1
+rejected), so any even split keeps a pair in one micro-batch; its batch adds
+``shared_mask`` and ``reference_logps`` (:mod:`marco_jax.train.pairs`).
 """
 
 from __future__ import annotations
@@ -36,12 +30,9 @@ Sums = tuple[jax.Array, jax.Array, dict[str, jax.Array]]
 
 @dataclasses.dataclass(frozen=True)
 class LayerRun:
-    """How the training forward runs the layers: the remat policy
-    (:data:`marco_jax.model.REMAT_POLICIES`), the sharding the (b, t, d)
-    activations are pinned to between layers, and the attention kernel
-    (:mod:`marco_jax.train.attention`, resolved: xla, splash or cudnn) with the mesh
-    it runs on; ``interpret`` runs a Pallas kernel in Pallas's interpreter (splash
-    off TPU: slow, for checking numbers on CPU)."""
+    """How the training forward runs the layers: remat policy, the activations' sharding
+    between layers, the resolved attention kernel and its mesh; ``interpret`` runs a
+    Pallas kernel in Pallas's interpreter (splash off TPU: slow, for checking numbers)."""
 
     remat: str = "none"
     act_sharding: NamedSharding | None = None
@@ -54,11 +45,9 @@ def masked_logprob_sums(layout: TrainLayout, params: Params, batch: dict[str, ja
                         masks_kbt: jax.Array, run: LayerRun) -> jax.Array:
     """float32 (k, b): each row's summed target log-probabilities under each of k masks.
 
-    The (b, t, vocab) logits are never materialised whole: the head runs over
-    LOSS_CHUNK positions at a time, and with remat each chunk is recomputed in
-    the backward pass, so only one chunk's float32 logits (0.6 GB for Qwen2's
-    152k vocabulary at 1024 positions) are alive at once. Any remat policy but
-    ``none`` also recomputes the chunks.
+    The head runs over LOSS_CHUNK positions at a time, recomputed in the backward pass
+    under any remat policy but ``none``, so only one chunk's float32 logits (0.6 GB for
+    Qwen2's 152k vocabulary at 1024 positions) are ever alive, never all (b, t, vocab).
     """
     model, layers = layout.model(params)
     attention = packed_attention(run.attention, batch["segment_ids"], run.mesh,
@@ -116,16 +105,13 @@ class SFT:
 class DPO:
     """Direct preference optimisation (Rafailov et al. 2023) with Marco-o1 v2's options.
 
-    ``loss``: "sigmoid" with label smoothing ``label_smoothing`` (cDPO: the
-    preference is taken as flipped with that probability) or "ipo" (Azar et al.
-    2023: squared distance of the log-ratio margin from 1/(2 beta), on summed
-    log-probabilities). ``sft_weight`` adds v2's joint term: that weight times the
-    chosen completion's mean token negative log-likelihood. With
-    ``mask_shared_prefix`` every log-probability leaves out the tokens the pair's
-    two completions share from their start (v2's fine-grained masking): the
-    preference terms are unchanged, since those tokens have the same context and
-    so the same log-probability in both rows, but the SFT term counts only the
-    tokens after the branch point.
+    ``loss``: "sigmoid", with cDPO's ``label_smoothing`` (the preference taken as
+    flipped with that probability), or "ipo" (Azar et al. 2023: the squared distance
+    of the log-ratio margin from 1/(2 beta)). ``sft_weight`` adds v2's joint term, the
+    chosen completion's mean token NLL. ``mask_shared_prefix`` (v2's fine-grained
+    masking) leaves out the completions' common first tokens: the preference terms
+    keep their value (those tokens score alike in both rows), the SFT term counts only
+    the tokens after the branch point.
     """
 
     beta: float = 0.1
@@ -138,9 +124,8 @@ class DPO:
     row_fields: ClassVar[tuple[str, ...]] = ("reference_logps",)
 
     def completion_mask(self, batch: dict[str, jax.Array]) -> jax.Array:
-        if self.mask_shared_prefix:
-            return batch["loss_mask"] * (1.0 - batch["shared_mask"])
-        return batch["loss_mask"]
+        mask = batch["loss_mask"]
+        return mask * (1.0 - batch["shared_mask"]) if self.mask_shared_prefix else mask
 
     def logps(self, layout, params, batch, run: LayerRun) -> jax.Array:
         """Each row's summed completion log-probability, (rows,) float32."""
@@ -180,7 +165,5 @@ def pair_terms(logp_pc: jax.Array, ref_pc: jax.Array, tokens_pc: jax.Array,
 def objective_of(cfg) -> Objective:
     """The objective a :class:`marco_jax.train.config.TrainConfig` names."""
     if cfg.objective == "dpo":
-        d = cfg.dpo
-        return DPO(beta=d.beta, label_smoothing=d.label_smoothing, loss=d.loss,
-                   sft_weight=d.sft_weight, mask_shared_prefix=d.mask_shared_prefix)
+        return DPO(**{f.name: getattr(cfg.dpo, f.name) for f in dataclasses.fields(DPO)})
     return SFT()

@@ -1,10 +1,6 @@
-"""The optimizer of a run, from its ``train`` section: AdamW (moments in float32 or
-bfloat16) or Adafactor, behind global-norm clipping and one learning-rate schedule.
-
-Memory per parameter, float32 master weights: AdamW 8 bytes of moments,
-4 with ``moments_dtype=bfloat16``; Adafactor (factored second moment, no
-first moment) a row and a column vector per matrix, a few bytes per million.
-"""
+"""The optimizer of a run: global-norm clipping, then AdamW (8 bytes of moments per
+parameter, 4 with ``moments_dtype=bfloat16``) or Adafactor (a row and a column vector
+per matrix), with one learning-rate schedule."""
 
 from __future__ import annotations
 

@@ -1,18 +1,12 @@
 """DPO data: preference pair records -> token rows -> batches of interleaved pairs.
 
-A record (``scripts/export_data.py --pairs`` writes them; TRL's prompt/chosen/
-rejected layout is the same) is a JSON object with ``prompt`` (a string, or chat
-``messages`` before the reply), ``chosen`` and ``rejected`` (completion texts)
-and optionally ``id``. A pair becomes two rows of ``seq_len`` tokens, the prompt
-rendered with ChatML and the completion followed by ``<|im_end|>``:
-
-- ``inputs``/``targets``/``segment_ids``/``positions`` as in SFT (one sequence
-  per row, segment 1, padding 0);
-- ``loss_mask``   1.0 where the target is a completion token (``<|im_end|>`` included);
-- ``shared_mask`` 1.0 on the completion tokens both rows share from the start of
-  the completion (the common prefix of the two completions' token ids).
-
-Batches interleave the rows (chosen of pair i at 2i, rejected at 2i+1) and carry
+A record (``scripts/export_data.py --pairs`` writes them, in TRL's layout) has
+``prompt`` (a string, or chat ``messages`` before the reply), ``chosen`` and
+``rejected`` (completion texts) and optionally ``id``. A pair becomes two rows of
+``seq_len`` tokens, the ChatML prompt then the completion and ``<|im_end|>``, with
+SFT's fields (one sequence per row) where ``loss_mask`` covers the completion and
+``shared_mask`` the completion tokens both rows share from its start. Batches
+interleave the rows (pair i's chosen at 2i, rejected at 2i+1) and carry
 ``reference_logps`` (rows,) when the reference model's log-probs are given.
 """
 
@@ -23,12 +17,11 @@ from typing import Any, Sequence
 
 import grain
 import numpy as np
-from etils import epath
 from transformers import PreTrainedTokenizerBase
 
 from marco_jax.errors import MarcoError
 from marco_jax.prompts import chatml
-from marco_jax.train.data import chat_messages, read_records, well_formed_messages
+from marco_jax.train.data import Counts, chat_messages, process_stream, well_formed_messages
 
 ROW_FIELDS = ("inputs", "targets", "loss_mask", "shared_mask", "segment_ids", "positions")
 
@@ -56,11 +49,6 @@ def pair_problem(record: Any) -> str | None:
     return None
 
 
-def read_pairs(path: epath.Path, on_bad_record: str = "error") -> tuple[list[dict], int]:
-    """The usable pair records of a JSON/JSONL file or dataset, and how many were skipped."""
-    return read_records(path, on_bad_record, problem=pair_problem)
-
-
 @dataclasses.dataclass(frozen=True)
 class TokenizedPair:
     prompt: np.ndarray  # int32 ids of the rendered prompt, assistant header included
@@ -69,8 +57,7 @@ class TokenizedPair:
     shared: int  # leading completion tokens chosen and rejected have in common
 
     def overlong(self, seq_len: int) -> bool:
-        """Whether a row (prompt and completion) exceeds the ``seq_len + 1`` tokens
-        that make ``seq_len`` input/target positions."""
+        """Whether a row exceeds the ``seq_len + 1`` tokens of ``seq_len`` positions."""
         return len(self.prompt) + max(len(self.chosen), len(self.rejected)) > seq_len + 1
 
 
@@ -112,16 +99,9 @@ def pair_rows(pair: TokenizedPair, seq_len: int, overlong: str) -> dict[str, np.
     return rows
 
 
-@dataclasses.dataclass(frozen=True)
-class PairCounts:
-    pairs: int  # kept, truncated ones included
-    truncated: int
-    dropped: int  # too long to keep (overlong="drop") or without a completion token left
-
-
 def pair_examples(records: Sequence[dict], tokenizer: PreTrainedTokenizerBase,
                   system: str | None, seq_len: int, overlong: str,
-                  ) -> tuple[list[dict[str, Any]], PairCounts]:
+                  ) -> tuple[list[dict[str, Any]], Counts]:
     """Each usable record's rows (with its ``id``, or its index when it has none)."""
     examples, truncated, dropped = [], 0, 0
     for index, record in enumerate(records):
@@ -135,7 +115,7 @@ def pair_examples(records: Sequence[dict], tokenizer: PreTrainedTokenizerBase,
     if not examples:
         raise MarcoError(f"no pairs to train on ({dropped} dropped: longer than seq_len + 1 = "
                          f"{seq_len + 1} tokens, or no completion token within it)")
-    return examples, PairCounts(len(examples), truncated, dropped)
+    return examples, Counts(len(examples), truncated, dropped)
 
 
 def interleave(pairs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -146,15 +126,12 @@ def interleave(pairs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def make_pair_dataset(examples: Sequence[dict[str, Any]], reference_logps: np.ndarray | None,
                       *, pairs_per_batch: int, seed: int, num_epochs: int | None,
                       process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """This process's batches of interleaved pairs, each epoch shuffled anew from
-    ``seed``; process p takes every ``process_count``-th pair. ``reference_logps``
-    (pairs, 2) rides along as the batch's ``reference_logps``. The final partial
-    batch of a finite stream is dropped. ``get_state``/``set_state`` resume exactly."""
+    """This process's batches of interleaved pairs (:func:`marco_jax.train.data.process_stream`;
+    a finite stream's partial batch dropped), with ``reference_logps`` (pairs, 2) riding along."""
     items = [dict(e["rows"]) for e in examples]
     if reference_logps is not None:
         for item, ref in zip(items, np.asarray(reference_logps, np.float32)):
             item["reference_logps"] = ref
-    shard = grain.MapDataset.source(items).shuffle(seed).repeat(num_epochs)
-    shard = shard[process_index::process_count]
-    return (shard.to_iter_dataset(grain.ReadOptions(num_threads=0))
-            .batch(pairs_per_batch, drop_remainder=True).map(interleave))
+    stream = process_stream(items, seed=seed, num_epochs=num_epochs,
+                            process_index=process_index, process_count=process_count)
+    return stream.batch(pairs_per_batch, drop_remainder=True).map(interleave)

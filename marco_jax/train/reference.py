@@ -1,13 +1,10 @@
 """DPO's reference log-probabilities, computed once with the run's own jitted forward
 (no second parameter copy during training) and kept in a JSONL file.
 
-The file's first line says what the numbers depend on (the pairs file and its
-sha256, the reference weights' path and a fingerprint of their values, sequence
-length, system prompt, truncation and masking); a run reuses the file only when
-all of it matches, so a resumed run or a second run on the same pairs skips the
-pass, and a stale file is an error naming what changed instead of silently wrong
-rewards. Each further line holds one pair: ``{"id", "chosen", "rejected"}``,
-summed completion log-probs.
+Its first line says what the numbers depend on (pairs, reference weights, settings); a
+run reuses the file only when all of it matches, and a stale file is an error naming
+what changed, not silently wrong rewards. Each further line holds one pair's summed
+completion log-probs: ``{"id", "chosen", "rejected"}``.
 """
 
 from __future__ import annotations
@@ -93,12 +90,9 @@ def write_reference(path: epath.Path, header: dict[str, Any], ids: Sequence[str]
 def compute_reference(examples: Sequence[dict[str, Any]], pairs_per_call: int,
                       to_global: Callable[[dict], dict], score: Callable[[dict], jax.Array],
                       progress: bool = True) -> np.ndarray:
-    """(pairs, 2) summed completion log-probs of every example, in order.
-
-    Each call scores one micro-batch of the training step (``pairs_per_call``
-    pairs, shaped (1, rows, seq)), each process feeding its slice through
-    ``to_global``; the last call is padded with copies of the final pair.
-    """
+    """(pairs, 2) summed completion log-probs of every example, in order, one training
+    micro-batch (``pairs_per_call`` pairs) per call, each process giving ``to_global``
+    its rows; the last call is padded with copies of the final pair."""
     n, count, index = len(examples), jax.process_count(), jax.process_index()
     per_process = pairs_per_call // count
     out = []
@@ -107,7 +101,6 @@ def compute_reference(examples: Sequence[dict[str, Any]], pairs_per_call: int,
         chunk = [examples[min(start + i, n - 1)]["rows"] for i in range(pairs_per_call)]
         local = chunk[index * per_process:(index + 1) * per_process]
         rows = interleave({k: np.stack([r[k] for r in local]) for k in local[0]})
-        batch = {k: v[None] for k, v in rows.items()}
-        logps = multihost_utils.process_allgather(score(to_global(batch)), tiled=True)
+        logps = multihost_utils.process_allgather(score(to_global(rows)), tiled=True)
         out.append(np.asarray(logps, np.float32).reshape(-1, 2))
     return np.concatenate(out)[:n]

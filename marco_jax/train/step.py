@@ -1,13 +1,9 @@
 """One optimizer step of full-parameter training, as a pure function jitted over a mesh.
 
-The train state is a pytree of plain arrays (parameters as a nested dict, optax
-state, step counter), so Orbax saves it and ``jax.jit`` shards it with explicit
-in/out shardings derived from the model's logical axis names.
-
-The loss is the objective's (:mod:`marco_jax.train.objectives`): a sum and a
-weight per micro-batch. Gradient accumulation scans over micro-batches summing
-both and divides once at the end, so M micro-batches of B rows give the same
-update as one batch of M*B rows.
+The train state is a pytree of plain arrays, so Orbax saves it and ``jax.jit`` shards
+it by the model's logical axis names. The objective gives a loss sum and a weight per
+micro-batch; accumulation sums both and divides once, so M micro-batches of B rows
+give the update of one batch of M*B rows.
 """
 
 from __future__ import annotations
@@ -25,11 +21,9 @@ from marco_jax import loops
 from marco_jax.errors import MarcoError
 from marco_jax.sharding import ShardingRules
 from marco_jax.train.config import TrainSection
-from marco_jax.train.layout import TrainLayout
-from marco_jax.train.objectives import LayerRun, Objective
+from marco_jax.train.layout import Params, TrainLayout
+from marco_jax.train.objectives import LayerRun, Objective, Sums
 from marco_jax.train.optimizers import learning_rate_schedule, make_optimizer
-
-Params = dict[str, Any]
 
 
 @jax.tree_util.register_dataclass
@@ -44,42 +38,35 @@ def batch_gradients(layout: TrainLayout, objective: Objective, params: Params,
                     batch_mbt: dict[str, jax.Array], run: LayerRun,
                     accumulate_dtype: str = "float32",
                     grad_shardings: Params | None = None,
-                    ) -> tuple[tuple[jax.Array, jax.Array, dict[str, jax.Array]], Params]:
-    """((loss sum, weight, metric sums), summed gradients) over the leading
-    micro-batch axis.
+                    ) -> tuple[Sums, Params]:
+    """((loss sum, weight, metric sums), summed gradients) over the leading micro-batch
+    axis. More than one micro-batch scans into an accumulator in ``accumulate_dtype``
+    (bfloat16 halves it), sharded as ``grad_shardings``."""
+    def sums_and_grads(batch_bt: dict[str, jax.Array]) -> tuple[Sums, Params]:
+        def loss(p: Params) -> tuple[jax.Array, tuple]:
+            loss_sum, weight, metric_sums = objective.sums(layout, p, batch_bt, run)
+            return loss_sum, (weight, metric_sums)
 
-    One micro-batch needs no accumulator; more scan into one held in
-    ``accumulate_dtype`` (bfloat16 halves it) and sharded as ``grad_shardings``.
-    """
+        (loss_sum, (weight, metric_sums)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return (loss_sum, weight, metric_sums), grads
+
+    first = jax.tree.map(lambda a: a[0], batch_mbt)
+    if batch_mbt["inputs"].shape[0] == 1:
+        return sums_and_grads(first)
+    acc_dtype = jnp.dtype(accumulate_dtype)
     pin = (lambda g: g) if grad_shardings is None else (
         lambda g: jax.lax.with_sharding_constraint(g, grad_shardings))
 
-    def loss(p, b):
-        loss_sum, weight, metric_sums = objective.sums(layout, p, b, run)
-        return loss_sum, (weight, metric_sums)
-
-    grad_fn = jax.value_and_grad(loss, has_aux=True)
-
-    def flat(result):
-        (loss_sum, (weight, metric_sums)), grads = result
-        return (loss_sum, weight, metric_sums), grads
-
-    if batch_mbt["inputs"].shape[0] == 1:
-        return flat(grad_fn(params, jax.tree.map(lambda a: a[0], batch_mbt)))
-    acc_dtype = jnp.dtype(accumulate_dtype)
-
     def micro(carry, batch_bt):
         grads, sums = carry
-        micro_sums, g = flat(grad_fn(params, batch_bt))
+        micro_sums, g = sums_and_grads(batch_bt)
         grads = jax.tree.map(lambda acc, gi: acc + gi.astype(acc_dtype), grads, g)
         return (pin(grads), jax.tree.map(jnp.add, sums, micro_sums)), None
 
-    zeros = pin(jax.tree.map(lambda p: jnp.zeros(p.shape, acc_dtype), params))
-    first = jax.tree.map(lambda a: a[0], batch_mbt)
-    sums_shape = jax.eval_shape(lambda: flat(grad_fn(params, first))[0])
-    (grads, sums), _ = loops.scan(
-        micro, (zeros, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)),
-        batch_mbt)
+    zero_grads = pin(jax.tree.map(lambda p: jnp.zeros(p.shape, acc_dtype), params))
+    zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             jax.eval_shape(lambda: sums_and_grads(first)[0]))
+    (grads, sums), _ = loops.scan(micro, (zero_grads, zero_sums), batch_mbt)
     return sums, grads
 
 
@@ -91,9 +78,8 @@ def apply_update(state: TrainState, grads: Params, weight: jax.Array, *,
     optimizer state into device memory for the update (``jit`` returns it to the host)."""
     grads = jax.tree.map(lambda g, p: (g.astype(jnp.float32) / weight).astype(p.dtype),
                          grads, state.params)
-    opt_state = state.opt_state
-    if opt_on_device is not None:
-        opt_state = jax.device_put(opt_state, opt_on_device)
+    opt_state = (state.opt_state if opt_on_device is None
+                 else jax.device_put(state.opt_state, opt_on_device))
     updates, opt_state = optimizer.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, opt_state), optax.global_norm(grads)
@@ -104,12 +90,8 @@ def train_step(state: TrainState, batch_mbt: dict[str, jax.Array], *, layout: Tr
                run: LayerRun, accumulate_dtype: str = "float32",
                grad_shardings: Params | None = None,
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Accumulate gradients over the leading micro-batch axis, then one optimizer
-    update (:func:`apply_update` with its settings bound).
-
-    ``grad_shardings`` keeps the accumulator (``accumulate_dtype``) sharded like
-    the parameters.
-    """
+    """:func:`batch_gradients`, then ``update`` (:func:`apply_update` with its settings
+    bound); returns the new state and the step's metrics."""
     (loss_sum, weight, metric_sums), grads = batch_gradients(
         layout, objective, state.params, batch_mbt, run, accumulate_dtype, grad_shardings)
     weight = jnp.maximum(weight, 1.0)
@@ -128,9 +110,8 @@ class StepProgram:
     step: Callable[[TrainState, dict], tuple[TrainState, dict]]
     state_shardings: TrainState
     batch_shardings: dict[str, NamedSharding]  # per field of the objective's batch
-    abstract_state: TrainState
-    # (state, summed gradients, weight) -> (state, grad norm), unjitted: the
-    # optimizer's part of the step, which the step-time estimate compiles alone
+    abstract_state: TrainState  # shapes with shardings: a restore target, a compile input
+    # the optimizer's part of the step, unjitted: the step-time estimate compiles it alone
     update: Callable[[TrainState, Params, jax.Array], tuple[TrainState, jax.Array]]
     # (params, batch) -> (micro_batches, rows) completion log-probs: DPO's reference
     reference_logps: Callable[[Params, dict], jax.Array] | None = None
@@ -139,14 +120,10 @@ class StepProgram:
 def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
                objective: Objective, attention: str = "xla",
                rules: ShardingRules = ShardingRules()) -> StepProgram:
-    """Jit init (params -> state) and the step with explicit shardings on ``mesh``.
-
-    Optimizer moments are sharded like the parameters they track (in pinned host
-    memory with ``cfg.offload_optimizer``); the step counters are replicated.
-    Batches are (micro_batches, rows, seq) with rows split over the batch mesh
-    axes (the objective's ``row_fields``: (micro_batches, rows)). Both functions donate
-    their input, so a fine-tune never holds two copies of the parameters.
-    """
+    """Jit init (params -> state) and the step with explicit shardings on ``mesh``: the
+    optimizer moments like their parameters (in pinned host memory with
+    ``cfg.offload_optimizer``), batch rows over the batch mesh axes. Both donate their
+    input, so a fine-tune never holds two copies of the parameters."""
     optimizer = make_optimizer(cfg)
     schedule = learning_rate_schedule(cfg)
     host = offload_memory_kind(mesh) if cfg.offload_optimizer else None
@@ -156,15 +133,16 @@ def build_step(layout: TrainLayout, cfg: TrainSection, mesh: Mesh, remat: str,
     def init(params: Params) -> TrainState:
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
-    abstract_state = jax.eval_shape(init, layout.abstract_params())
+    shapes = jax.eval_shape(init, layout.abstract_params())
     opt_on_device = optax.tree_map_params(  # factored (Adafactor) statistics: replicated
         optimizer, lambda leaf, s, p: s if leaf.shape == p.shape else replicated,
-        abstract_state.opt_state, params_sharding, abstract_state.params,
+        shapes.opt_state, params_sharding, shapes.params,
         transform_non_params=lambda _: replicated)
-    opt_shardings = opt_on_device
-    if host is not None:
-        opt_shardings = jax.tree.map(lambda s: s.with_memory_kind(host), opt_on_device)
+    opt_shardings = opt_on_device if host is None else jax.tree.map(
+        lambda s: s.with_memory_kind(host), opt_on_device)
     state_shardings = TrainState(replicated, params_sharding, opt_shardings)
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, state_shardings)
     batch_axes = rules.mesh_axes("batch")
     batch_shardings = {
         field: NamedSharding(mesh, PartitionSpec(None, batch_axes, *(

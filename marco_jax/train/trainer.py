@@ -10,6 +10,7 @@ import resource
 import sys
 import time
 
+import grain
 import jax
 import numpy as np
 from etils import epath
@@ -18,7 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from marco_jax import config as model_config
+from marco_jax import model_config as model_config
 from marco_jax import prompts
 from marco_jax import tokenizer as tokenizer_lib
 from marco_jax.checkpoint import orbax_io
@@ -30,11 +31,11 @@ from marco_jax.train import data as data_lib
 from marco_jax.train import metrics as metrics_lib
 from marco_jax.train import pairs as pairs_lib
 from marco_jax.train import reference as reference_lib
-from marco_jax.train.checkpoint import RunCheckpoints, abstract_target
-from marco_jax.train.config import TrainConfig, to_dict
+from marco_jax.train.checkpoint import RunCheckpoints
+from marco_jax.train.config import TrainConfig
 from marco_jax.train.layout import (TrainLayout, checkpoint_tensors, init_params, layout_of,
                                     stack_layers)
-from marco_jax.train.objectives import objective_of
+from marco_jax.train.objectives import Objective, objective_of
 from marco_jax.train.step import StepProgram, build_step
 
 
@@ -46,13 +47,17 @@ class Setup:
     mesh: Mesh
     program: StepProgram
     attention: str  # the kernel the forward runs: xla, splash or cudnn
+    objective: Objective
+    rows: int  # batch rows of one micro-batch, over all devices
+
+    @property
+    def rows_per_device(self) -> int:
+        return self.rows // (self.mesh.shape["data"] * self.mesh.shape["fsdp"])
 
 
 def model_config_of(cfg: TrainConfig) -> model_config.Qwen2Config:
-    if cfg.model.init_from:
-        model_cfg = checkpoint_config(cfg.model.init_from)
-    else:
-        model_cfg = model_config.preset(cfg.model.preset)
+    model_cfg = (checkpoint_config(cfg.model.init_from) if cfg.model.init_from
+                 else model_config.preset(cfg.model.preset))
     return model_cfg.replace(param_dtype=cfg.model.param_dtype,
                              compute_dtype=cfg.model.compute_dtype)
 
@@ -66,9 +71,7 @@ def set_up(cfg: TrainConfig, devices: list | None = None, layers: int | None = N
     attention = attention_lib.resolve(cfg.model.attention, devices[0].platform,
                                       cfg.model.compute_dtype)
     model_cfg = model_config_of(cfg)
-    if layers is not None:
-        model_cfg = model_cfg.replace(num_layers=layers)
-    layout = layout_of(model_cfg)
+    layout = layout_of(model_cfg if layers is None else model_cfg.replace(num_layers=layers))
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
     rows = cfg.train.global_batch * objective.rows_per_example // cfg.train.micro_batches
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -77,8 +80,8 @@ def set_up(cfg: TrainConfig, devices: list | None = None, layers: int | None = N
             f"config {cfg.name}: {rows} rows per micro-batch (train.global_batch x "
             f"{objective.rows_per_example} / train.micro_batches) do not split over data x "
             f"fsdp = {batch_ways} devices")
-    return Setup(layout, mesh, build_step(layout, cfg.train, mesh, cfg.model.remat, objective,
-                                          attention), attention)
+    program = build_step(layout, cfg.train, mesh, cfg.model.remat, objective, attention)
+    return Setup(layout, mesh, program, attention, objective, rows)
 
 
 def run_tokenizer(cfg: TrainConfig):
@@ -105,7 +108,7 @@ def _initial_params(cfg: TrainConfig, setup: Setup) -> dict:
     return jax.jit(lambda: init_params(setup.layout, cfg.train.seed), out_shardings=shardings)()
 
 
-def sft_batches(cfg: TrainConfig, tokenizer):
+def sft_batches(cfg: TrainConfig, tokenizer) -> grain.IterDataset:
     """This process's batches of the configured data; what was cut goes to the log."""
     path = epath.Path(cfg.data.path)
     records, skipped = data_lib.read_records(path, cfg.data.on_bad_record)
@@ -125,46 +128,21 @@ def sft_batches(cfg: TrainConfig, tokenizer):
 
 
 def dpo_batches(cfg: TrainConfig, setup: Setup, tokenizer, params: dict | None,
-                progress: bool = True):
+                progress: bool = True) -> tuple[grain.IterDataset, dict | None]:
     """This process's batches of preference pairs, and the live reference's weights
-    (None when the reference log-probs are precomputed: they ride in the batches).
-
-    Precomputed log-probs come from the reference file when it matches this run,
-    else from ``params`` (the initial weights; loaded anew when None, as on a
-    resume) and are written to it.
-    """
+    (None when the reference log-probs are precomputed: they ride in the batches)."""
     path = epath.Path(cfg.data.path)
-    records, skipped = pairs_lib.read_pairs(path, cfg.data.on_bad_record)
+    records, skipped = data_lib.read_records(path, cfg.data.on_bad_record, pairs_lib.pair_problem)
     system = prompts.SYSTEM_PROMPTS[cfg.data.system]
     examples, counts = pairs_lib.pair_examples(records, tokenizer, system, cfg.data.seq_len,
                                                cfg.data.overlong)
-    print(f"data: {path}: {counts.pairs} pairs ({counts.truncated} truncated, {counts.dropped} "
-          f"dropped, {skipped} bad records skipped)", file=sys.stderr)
-    program, live, logps = setup.program, None, None
+    print(f"data: {path}: {counts.examples} pairs ({counts.truncated} truncated, "
+          f"{counts.dropped} dropped, {skipped} bad records skipped)", file=sys.stderr)
+    live, logps = None, None
     if cfg.dpo.reference == "live":
         live = _initial_params(cfg, setup)
     else:
-        ref_path = epath.Path(cfg.dpo.reference_logps
-                              or epath.Path(cfg.output_dir) / "reference_logps.jsonl")
-        header = {"pairs": str(path), "pairs_sha256": reference_lib.file_sha256(path),
-                  "reference": cfg.model.init_from or f"random init, seed {cfg.train.seed}",
-                  "param_dtype": cfg.model.param_dtype, "compute_dtype": cfg.model.compute_dtype,
-                  "seq_len": cfg.data.seq_len, "system": cfg.data.system,
-                  "overlong": cfg.data.overlong, "mask_shared_prefix": cfg.dpo.mask_shared_prefix}
-        ids = [e["id"] for e in examples]
-        if params is not None:  # a fresh run checks the weights; a resumed one made the file
-            header["reference_weights"] = reference_lib.weights_fingerprint(params)
-        logps = reference_lib.read_reference(ref_path, header, ids)
-        if logps is None:
-            reference = _initial_params(cfg, setup) if params is None else params
-            if params is None:  # a fresh run fingerprinted these weights above
-                header["reference_weights"] = reference_lib.weights_fingerprint(reference)
-            logps = reference_lib.compute_reference(
-                examples, cfg.train.global_batch // cfg.train.micro_batches,
-                lambda b: _global_batch(b, program),
-                lambda b: program.reference_logps(reference, b), progress)
-            if jax.process_index() == 0:
-                reference_lib.write_reference(ref_path, header, ids, logps)
+        logps = _precomputed_reference(cfg, setup, path, examples, params, progress)
     batches = pairs_lib.make_pair_dataset(
         examples, logps, pairs_per_batch=cfg.train.global_batch // jax.process_count(),
         seed=cfg.data.shuffle_seed, num_epochs=cfg.data.num_epochs,
@@ -172,23 +150,50 @@ def dpo_batches(cfg: TrainConfig, setup: Setup, tokenizer, params: dict | None,
     return batches, live
 
 
-def _micro_batches(batch: dict[str, np.ndarray], cfg: TrainConfig) -> dict[str, np.ndarray]:
-    m = cfg.train.micro_batches
-    return {k: v.reshape(m, -1, *v.shape[1:]) for k, v in batch.items()}
+def _precomputed_reference(cfg: TrainConfig, setup: Setup, path: epath.Path, examples: list,
+                           params: dict | None, progress: bool) -> np.ndarray:
+    """(pairs, 2) reference log-probs: the reference file's when it matches this run, else
+    computed from ``params`` (the initial weights; loaded anew when None, as on a resume)
+    and written to it."""
+    ref_path = epath.Path(cfg.dpo.reference_logps
+                          or epath.Path(cfg.output_dir) / "reference_logps.jsonl")
+    header = {"pairs": str(path), "pairs_sha256": reference_lib.file_sha256(path),
+              "reference": cfg.model.init_from or f"random init, seed {cfg.train.seed}",
+              "param_dtype": cfg.model.param_dtype, "compute_dtype": cfg.model.compute_dtype,
+              "seq_len": cfg.data.seq_len, "system": cfg.data.system,
+              "overlong": cfg.data.overlong, "mask_shared_prefix": cfg.dpo.mask_shared_prefix}
+    ids = [e["id"] for e in examples]
+    if params is not None:  # a fresh run checks the weights; a resumed one made the file
+        header["reference_weights"] = reference_lib.weights_fingerprint(params)
+    logps = reference_lib.read_reference(ref_path, header, ids)
+    if logps is not None:
+        return logps
+    if params is None:
+        params = _initial_params(cfg, setup)
+        header["reference_weights"] = reference_lib.weights_fingerprint(params)
+    program = setup.program
+    logps = reference_lib.compute_reference(
+        examples, cfg.train.global_batch // cfg.train.micro_batches,
+        lambda b: _global_batch(b, program), lambda b: program.reference_logps(params, b),
+        progress)
+    if jax.process_index() == 0:
+        reference_lib.write_reference(ref_path, header, ids, logps)
+    return logps
 
 
-def _global_batch(local: dict[str, np.ndarray], program: StepProgram) -> dict[str, jax.Array]:
-    """This process's (micro_batches, rows, ...) fields -> arrays over the mesh."""
-    return {k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
-            for k, v in local.items() if k in program.batch_shardings}
+def _global_batch(local: dict[str, np.ndarray], program: StepProgram,
+                  micro_batches: int = 1) -> dict[str, jax.Array]:
+    """This process's rows of the step's fields -> (micro_batches, rows, ...) arrays over
+    the mesh."""
+    return {k: jax.make_array_from_process_local_data(
+        program.batch_shardings[k], v.reshape(micro_batches, -1, *v.shape[1:]))
+        for k, v in local.items() if k in program.batch_shardings}
 
 
 def export(params: dict, model_cfg: model_config.Qwen2Config, tokenizer,
            directory: epath.Path) -> None:
-    """Write the trained weights as a model checkpoint (``scripts/convert.py
-    orbax-to-hf`` turns it into safetensors). Every process takes part in the
-    Orbax save, layer by layer, and writes the shards it holds (Orbax decides
-    which host writes what); process 0 writes the config and the tokenizer."""
+    """Write the trained weights as a model checkpoint (``scripts/convert.py orbax-to-hf``
+    makes safetensors of it): every process saves its shards, process 0 the tokenizer."""
     orbax_io.save(directory, model_cfg, checkpoint_tensors(params))
     if jax.process_index() == 0:
         tokenizer.save_pretrained(str(directory))
@@ -210,25 +215,20 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
     program = setup.program
     start = checkpoints.latest_step() if resume else None
     params = _initial_params(cfg, setup) if start is None else None
-    live_reference = None
-    if cfg.objective == "dpo":
-        batches, live_reference = dpo_batches(cfg, setup, tokenizer, params, progress)
-    else:
-        batches = sft_batches(cfg, tokenizer)
+    batches, live_reference = (dpo_batches(cfg, setup, tokenizer, params, progress)
+                               if cfg.objective == "dpo" else (sft_batches(cfg, tokenizer), None))
     data_iter = iter(batches)
     if start is None:
         state = program.init(params)  # donated: the step's state is the only copy
         del params
         start = 0
     else:
-        target = abstract_target(program.abstract_state, program.state_shardings)
-        state = checkpoints.restore(start, target, data_iter)
+        state = checkpoints.restore(start, program.abstract_state, data_iter)
         print(f"resumed from step {start} of {checkpoints_dir}", file=sys.stderr)
     lead = jax.process_index() == 0
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    log = metrics_lib.MetricsLog(out, enabled=lead)
+    log = metrics_lib.MetricsLog(out, enabled=lead)  # makes ``out``
+    if lead:  # the resolved config, for reproducibility
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     flops = metrics_lib.flops_per_token(setup.layout.cfg, cfg.data.seq_len)
     peak = metrics_lib.peak_flops(peak_tflops)
     logged: list[dict] = []
@@ -238,7 +238,7 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
     for step in bar:
         batch = next(data_iter)
         tokens_seen += int((batch["segment_ids"] > 0).sum()) * jax.process_count()
-        global_batch = _global_batch(_micro_batches(batch, cfg), program)
+        global_batch = _global_batch(batch, program, cfg.train.micro_batches)
         if live_reference is not None:
             global_batch["reference_logps"] = program.reference_logps(live_reference,
                                                                       global_batch)

@@ -21,7 +21,7 @@ import json
 import pathlib
 
 from marco_jax.cli import run
-from marco_jax.engine.options import add_engine_args, engine_setup
+from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search import job_files
@@ -72,7 +72,9 @@ def main() -> None:
     run_stats = {"seconds_this_run": 0.0}
     if todo:
         engine_config, mesh = engine_setup(args)
-        figures = run_job(load(args.model), job, todo, output, None, engine_config, mesh,
+        dtype = model_dtype(args)
+        loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype)
+        figures = run_job(loaded, job, todo, output, None, engine_config, mesh,
                           args.trees_in_flight)
         run_stats = {"seconds_this_run": figures.pop("seconds"), **figures}
     summary = summarize(output, {p["id"] for p in problems})

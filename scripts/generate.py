@@ -23,7 +23,7 @@ import time
 from marco_jax import prompts as prompt_lib
 from marco_jax.cli import run
 from marco_jax.engine.engine import Completion
-from marco_jax.engine.options import add_engine_args, build_engine, engine_setup
+from marco_jax.engine.options import add_engine_args, build_engine, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
 from marco_jax.loading import load
@@ -50,7 +50,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
                         help="stop a row once its text contains TEXT (repeatable)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--json", action="store_true", help="print JSON with per-token log-probs")
     add_engine_args(parser, slots=8)
     return parser.parse_args()
@@ -105,7 +104,8 @@ def main() -> None:
     if not texts:
         raise MarcoError(f"{args.prompts_file}: no prompts")
     start = time.perf_counter()
-    loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
+    dtype = model_dtype(args)
+    loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype)
     tokenizer = loaded.tokenizer
     engine = build_engine(loaded, *engine_setup(args, top_logprobs=args.top_logprobs), args.stop)
     load_s = time.perf_counter() - start

@@ -29,7 +29,7 @@ import pathlib
 import jax
 
 from marco_jax.cli import run
-from marco_jax.engine.options import add_engine_args, engine_setup
+from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search import job_files
@@ -63,7 +63,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field: final=vote, search.children=8 "
                              "(repeatable; --seed and --iterations are applied after these)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     add_engine_args(parser)
     return parser.parse_args()
 
@@ -89,10 +88,10 @@ def main() -> None:
     if job.action_tree and "checker" in job.action_tree.models and args.checker_model is None:
         raise MarcoError(f"config {job.name} gives node types to the 'checker' model: "
                          "pass --checker-model")
-    loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
+    loaded = load(args.model, param_dtype=model_dtype(args), compute_dtype=model_dtype(args))
     engine_config, mesh = engine_setup(args)
     checker = None if args.checker_model is None else \
-        load(args.checker_model, param_dtype=args.dtype, compute_dtype=args.dtype)
+        load(args.checker_model, param_dtype=model_dtype(args), compute_dtype=model_dtype(args))
     figures = run_job(loaded, job, todo, args.output, args.trees, engine_config, mesh,
                       args.trees_in_flight, checker)
     print(f"{len(todo)} problems in {figures['seconds']:.1f}s; {stats_line(figures)} "

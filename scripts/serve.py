@@ -20,7 +20,7 @@ import pathlib
 import uvicorn
 
 from marco_jax.cli import run
-from marco_jax.engine.options import add_engine_args, build_engine, engine_setup
+from marco_jax.engine.options import add_engine_args, build_engine, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search.config import load_job_config
@@ -55,7 +55,6 @@ def parse_args() -> argparse.Namespace:
                              "while they arrive less than this apart (0: start at once)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="compile the engine's programs on first use instead of at start")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     add_engine_args(parser)
     return parser.parse_args()
 
@@ -86,7 +85,8 @@ def main() -> None:
         if config.action_tree is not None and "checker" in config.action_tree.models:
             raise MarcoError(f"search config {name!r} gives node types to a second (checker) "
                              "model, which the server does not load")
-    loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
+    dtype = model_dtype(args)
+    loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype)
     engine = build_engine(loaded, *engine_setup(args, top_logprobs=args.top_logprobs),
                           engine_stop_strings(searches.values()))
     if not args.no_warmup:

@@ -1,11 +1,16 @@
 """The continuous-batching engine against HF, against itself alone, and its pool bookkeeping."""
 
+import argparse
+import dataclasses
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 from marco_jax.engine import stops
 from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.engine.options import model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.scoring import score
@@ -228,3 +233,25 @@ def test_sharded_engine_matches_one_device(tiny):
     for a, b in zip(plain, sharded):
         assert a.tokens == b.tokens
         np.testing.assert_allclose(a.top_logprobs, b.top_logprobs, atol=1e-5)
+
+
+def test_the_kv_pool_has_a_dtype_of_its_own(tiny):
+    """A float32 model over a bfloat16 pool (what an accelerator's default reads):
+    half the bytes a block holds, and greedy decoding still matches the float32 pool
+    on this short prompt; an unknown dtype is refused by name."""
+    config = dataclasses.replace(SMALL, kv_dtype="bfloat16", kv_cache_gb=0.001)
+    half = Engine(tiny.model, eos_ids=(258,), config=config)
+    full = Engine(tiny.model, eos_ids=(258,), config=dataclasses.replace(config,
+                                                                        kv_dtype="auto"))
+    assert half.pages.k_lkpzh.dtype == jnp.bfloat16 and full.pages.k_lkpzh.dtype == jnp.float32
+    assert half.blocks.capacity > full.blocks.capacity  # the same GiB holds twice the blocks
+    prompt = random_tokens((12,), seed=3).tolist()
+    [a], [b] = half.generate([prompt], 6), full.generate([prompt], 6)
+    assert a.tokens == b.tokens
+    with pytest.raises(MarcoError, match="kv_dtype must be one of auto, float32, bfloat16"):
+        EngineConfig(kv_dtype="fp8")
+
+
+def test_auto_dtype_is_float32_on_cpu():
+    assert model_dtype(argparse.Namespace(dtype="auto")) == "float32"
+    assert model_dtype(argparse.Namespace(dtype="bfloat16")) == "bfloat16"

@@ -59,13 +59,14 @@ def decode_steps(graphdef: nnx.GraphDef, params: nnx.State, pages: KVPages, stat
     and Marco-o1's confidence, and stop it on EOS, a stop string or its budget."""
     model = nnx.merge(graphdef, params)
     s = state.token_s.shape[0]
+    kernel_on = placement if use_kernel and placement.platform == "tpu" else None
 
     def one_step(loop):
         i, pages, state, out = loop
         live_s = state.reason_s == RUNNING
         x_s1d, pages = paged_hidden_states(model, pages, state.token_s[:, None],
                                            state.position_s[:, None], live_s[:, None],
-                                           table_sm, use_kernel)
+                                           table_sm, kernel_on)
         pages = constrain_pages(pages, placement)
         logits_sv = model.logits(x_s1d)[:, 0]
         token_s = sampling.next_tokens(logits_sv, state.temperature_s, state.top_k_s,
@@ -104,6 +105,5 @@ def prefill_chunk(graphdef: nnx.GraphDef, params: nnx.State, pages: KVPages,
                   table_rm: jax.Array, *, placement: Placement) -> KVPages:
     """Write the keys/values of r rows' next c context tokens into their blocks."""
     model = nnx.merge(graphdef, params)
-    _, pages = paged_hidden_states(model, pages, tokens_rc, positions_rc, valid_rc, table_rm,
-                                   use_kernel=False)
+    _, pages = paged_hidden_states(model, pages, tokens_rc, positions_rc, valid_rc, table_rm)
     return constrain_pages(pages, placement)

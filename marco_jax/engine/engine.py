@@ -28,10 +28,14 @@ from marco_jax.engine.kv_pages import Placement, blocks_for_budget, make_pages
 from marco_jax.engine.scheduler import Request, Scheduler
 from marco_jax.errors import MarcoError, require
 from marco_jax.model import Qwen2
+from marco_jax.run_config import choice_checks
 from marco_jax.sharding import ShardingRules, shard_state
 
 FILTER_WIDTH = 256  # candidates for top-k / top-p thresholds (see sampling.py)
 MIN_TABLE_WIDTH = 8  # blocks: the narrowest decode program
+
+
+KV_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +53,7 @@ class EngineConfig:
     top_logprobs: int = 5
     policy: str = "fcfs"  # or "longest_first" (offline batches: fewer idle slots at the end)
     use_kernel: bool = True  # the TPU paged-attention kernel for decode, where it applies
+    kv_dtype: str = "auto"  # the KV pool's: "auto" (the model's compute dtype) or a dtype
 
     def __post_init__(self):
         shapes = self.prefill_shapes
@@ -60,6 +65,7 @@ class EngineConfig:
             (bool(shapes) and len(set(shapes)) == len(shapes)
              and all(len(s) == 2 and min(s) >= 1 for s in shapes),
              f"prefill_shapes {shapes} must be distinct (rows, chunk) pairs >= 1"),
+            *choice_checks(self, {"kv_dtype": KV_DTYPES}),
         ], "engine config: ")
 
 
@@ -137,11 +143,12 @@ class Engine:
         if mesh is not None:
             self.params = shard_state(self.params, mesh, rules)
         self.max_blocks = math.ceil(config.max_model_len / config.block_size)
+        kv_dtype = cfg.compute_dtype if config.kv_dtype == "auto" else config.kv_dtype
         num_blocks = blocks_for_budget(cfg, config.block_size, config.kv_cache_gb,
-                                       config.kv_memory_fraction)
+                                       config.kv_memory_fraction, kv_dtype)
         if config.kv_cache_gb is None:  # no larger than every slot at full length needs
             num_blocks = min(num_blocks, config.slots * self.max_blocks + 1)
-        self.pages = make_pages(cfg, num_blocks, config.block_size, self.placement)
+        self.pages = make_pages(cfg, num_blocks, config.block_size, self.placement, kv_dtype)
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(config.slots, self.blocks, self.max_blocks, config.policy)
         self.eos_ids = jnp.asarray(eos_ids, jnp.int32)

@@ -34,6 +34,12 @@ class Placement:
     def sharding(self, axes: tuple, shape: tuple[int, ...]) -> jax.sharding.Sharding | None:
         return None if self.mesh is None else self.rules.sharding(axes, shape, self.mesh)
 
+    @property
+    def platform(self) -> str:
+        """The platform the programs are compiled for: the mesh's devices' (a TPU
+        topology compiled on a CPU host is "tpu"), else the default backend's."""
+        return jax.default_backend() if self.mesh is None else self.mesh.devices.flat[0].platform
+
     def put_rows(self, array: np.ndarray) -> jax.Array:
         """A per-row host array on the device(s), rows split over the batch axes."""
         axes = ("batch",) + (None,) * (array.ndim - 1)
@@ -60,7 +66,7 @@ def free_memory_bytes() -> int:
 
 
 def blocks_for_budget(cfg: Qwen2Config, block_size: int, kv_cache_gb: float | None,
-                      memory_fraction: float) -> int:
+                      memory_fraction: float, dtype: str | None = None) -> int:
     """Blocks that fit ``kv_cache_gb`` GiB, or ``memory_fraction`` of free memory."""
     if kv_cache_gb is not None:
         if kv_cache_gb <= 0:
@@ -70,7 +76,7 @@ def blocks_for_budget(cfg: Qwen2Config, block_size: int, kv_cache_gb: float | No
         if not 0 < memory_fraction <= 1:
             raise MarcoError(f"kv memory fraction must be in (0, 1], got {memory_fraction}")
         budget = memory_fraction * free_memory_bytes()
-    itemsize = jnp.dtype(cfg.jnp_compute_dtype).itemsize
+    itemsize = jnp.dtype(dtype or cfg.compute_dtype).itemsize
     per_block = 2 * cfg.num_layers * cfg.num_kv_heads * block_size * cfg.head_dim * itemsize
     blocks = int(budget // per_block)  # keys and values of every layer
     if blocks < 2:
@@ -80,11 +86,11 @@ def blocks_for_budget(cfg: Qwen2Config, block_size: int, kv_cache_gb: float | No
 
 
 def make_pages(cfg: Qwen2Config, num_blocks: int, block_size: int,
-               placement: Placement = Placement()) -> KVPages:
-    """An all-zero pool, KV heads over ``tensor`` and replicated over ``data``
-    (every slot reads any block)."""
+               placement: Placement = Placement(), dtype: str | None = None) -> KVPages:
+    """An all-zero pool of ``dtype`` (default: the model's compute dtype), KV heads
+    over ``tensor`` and replicated over ``data`` (every slot reads any block)."""
     shape = (cfg.num_layers, cfg.num_kv_heads, num_blocks, block_size, cfg.head_dim)
-    zeros = jax.jit(lambda: jnp.zeros(shape, cfg.jnp_compute_dtype),
+    zeros = jax.jit(lambda: jnp.zeros(shape, dtype or cfg.compute_dtype),
                     out_shardings=placement.sharding(PAGE_AXES, shape))
     return KVPages(zeros(), zeros())
 

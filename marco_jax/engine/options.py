@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+import jax
 from jax.sharding import Mesh
 
-from marco_jax.engine.engine import Engine, EngineConfig
+from marco_jax.engine.engine import KV_DTYPES, Engine, EngineConfig
 from marco_jax.engine.scheduler import POLICIES
 from marco_jax.engine.stops import build_stop_table
 from marco_jax.errors import MarcoError
@@ -42,6 +43,19 @@ def add_engine_args(parser: argparse.ArgumentParser, slots: int = 64) -> None:
                        help="KV pool size (default: every slot at --max-model-len, at most half "
                             "of free device memory)")
     group.add_argument("--policy", choices=POLICIES, default="fcfs")
+    group.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                       help="parameters and compute (auto: bfloat16 on TPU and GPU, float32 "
+                            "on CPU)")
+    group.add_argument("--kv-dtype", choices=KV_DTYPES, default="auto",
+                       help="the KV pool's dtype (auto: the model's, --dtype)")
+
+
+def model_dtype(args: argparse.Namespace) -> str:
+    """``--dtype``, with auto resolved for the backend: accelerators run bfloat16
+    (half the bytes a decode step reads), the CPU float32 (its results stay exact)."""
+    if args.dtype != "auto":
+        return args.dtype
+    return "bfloat16" if jax.default_backend() in ("tpu", "gpu") else "float32"
 
 
 def engine_setup(args: argparse.Namespace,
@@ -50,7 +64,7 @@ def engine_setup(args: argparse.Namespace,
     config = EngineConfig(slots=args.slots, decode_steps=args.decode_steps,
                           block_size=args.block_size, max_model_len=args.max_model_len,
                           kv_cache_gb=args.kv_cache_gb, policy=args.policy,
-                          top_logprobs=top_logprobs)
+                          top_logprobs=top_logprobs, kv_dtype=args.kv_dtype)
     mesh = None if args.mesh is None else make_mesh(**parse_mesh(args.mesh))
     return config, mesh
 

@@ -1,15 +1,53 @@
 """Joining a multi-process (multi-host) run before JAX starts its backends: on TPU VMs
 (and under SLURM, Kubernetes or MPI) peers are found automatically; anywhere else (e.g.
 CPU processes standing for hosts) they are given, and CPU processes talk through gloo.
+Processes that work apart (a search job's hosts, each on its own problems) meet through
+the coordination service, and a process that fails tells the others.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import itertools
 import os
+import time
+from typing import Iterator
 
 import jax
+# The coordination service's client: JAX has no public barrier that waits without a
+# timeout and without a collective over every device (Orbax uses this client too).
+from jax._src import distributed as jax_distributed
 
 from marco_jax.errors import MarcoError
+
+_KEY = "marco_jax"
+_meetings = itertools.count()
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """The options that join a multi-process run, alike in every tool."""
+    group = parser.add_argument_group("multi-host")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run with jax.distributed.initialize() "
+                            "(peers auto-detected on TPU VMs)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address, where the environment does not say it")
+    group.add_argument("--num-processes", type=int, metavar="N")
+    group.add_argument("--process-id", type=int, metavar="I")
+
+
+def asked(args: argparse.Namespace) -> bool:
+    """Whether ``add_args``' options ask to join a run (any of them does)."""
+    return args.distributed or any(v is not None for v in
+                                   (args.coordinator, args.num_processes, args.process_id))
+
+
+def join(args: argparse.Namespace) -> bool:
+    """Join the run that ``add_args``' options ask for, if any; whether one was joined."""
+    if asked(args):
+        initialize(args.coordinator, args.num_processes, args.process_id)
+    return asked(args)
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
@@ -34,3 +72,44 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise MarcoError(f"--distributed: {str(e).splitlines()[0]} (outside TPU VMs and "
                          "clusters JAX detects, pass --coordinator, --num-processes and "
                          "--process-id)") from e
+
+
+class PeerFailed(MarcoError):
+    """Another process reported failing: this one stops too, with its message."""
+
+
+def meet(name: str, poll_s: float = 1.0) -> None:
+    """Wait until every process of the run has come here, however long the slowest takes
+    (hosts finish their shares of a job at different times): a key per process in the
+    coordination service, polled, so neither a timeout nor the devices are involved. A
+    failure another process reported stops the wait. Without a joined run: returns."""
+    client = jax_distributed.global_state.client
+    if client is None:
+        return
+    here = f"{_KEY}/meet/{next(_meetings)}-{name}"
+    client.key_value_set(f"{here}/{jax.process_index()}", "")
+    while len(client.key_value_dir_get(here)) < jax.process_count():
+        failed = sorted(client.key_value_dir_get(f"{_KEY}/failed"))
+        if failed:
+            key, message = failed[0]
+            raise PeerFailed(f"process {key.rsplit('/', 1)[1]} stopped before {name!r}: "
+                             f"{message}")
+        time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def failures_reported() -> Iterator[None]:
+    """Tell the other processes when this one fails, so that they stop at their next
+    ``meet`` with its message instead of waiting there for it."""
+    try:
+        yield
+    except PeerFailed:
+        raise
+    except BaseException as e:
+        client = jax_distributed.global_state.client
+        if client is not None:
+            with contextlib.suppress(Exception):  # the service may be what failed
+                client.key_value_set(f"{_KEY}/failed/{jax.process_index()}",
+                                     (str(e).splitlines() or [type(e).__name__])[0],
+                                     allow_overwrite=True)
+        raise

@@ -116,7 +116,7 @@ def _read_model(path: pathlib.Path, fmt: str, cfg: Qwen2Config,
 
     def sharding_of(key: str, shape) -> jax.sharding.Sharding:
         if mesh is None:
-            return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return rules.sharding(axes[key], shape, mesh)
 
     if fmt == "orbax":

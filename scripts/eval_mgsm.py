@@ -11,29 +11,37 @@ A method is a search config in marco_jax/configs/search/; ``--set key=value`` or
 ``--set search.key=value`` overrides any of its fields.
 Answers come from the ``<Output>`` part (else a boxed answer, "Answer:", an output
 block, or the last number), commas removed, compared numerically.
+
+``--distributed`` (the same command on every host of a multi-host run) spreads the
+problems over the hosts as ``scripts/search.py --distributed`` does: one per-problem
+file in the end, and process 0 prints the summary (its run figures are its own share's).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import pathlib
 
+import jax
+
+from marco_jax import distributed
 from marco_jax.cli import run
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search import job_files
 from marco_jax.search import problems as problems_lib
-from marco_jax.search.config import load_job_config
+from marco_jax.search.config import JobConfig, load_job_config
 from marco_jax.search.job_files import summarize
 from marco_jax.search.runner import run_job
 
 METHODS = ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin:tiny")
     parser.add_argument("--data", required=True, type=pathlib.Path, help="MGSM TSV or JSONL")
@@ -54,10 +62,27 @@ def main() -> None:
     parser.add_argument("--tag", default="",
                         help="added to the per-problem file name (<data>-<method>-<tag>.jsonl)")
     add_engine_args(parser)
-    args = parser.parse_args()
+    distributed.add_args(parser)
+    return parser.parse_args()
+
+
+def evaluate(args: argparse.Namespace, job: JobConfig, share: job_files.Share) -> dict:
+    """Search the share's unfinished problems into its file; the figures of this run on
+    this host (its tokens as ``generated_tokens_this_run``: the summary's
+    ``generated_tokens`` count every problem in the file)."""
+    engine_config, mesh = engine_setup(args)
+    dtype = model_dtype(args)
+    loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
+    figures = run_job(loaded, job, share.todo, share.output, None, engine_config, mesh,
+                      args.trees_in_flight)
+    return {"seconds_this_run": figures.pop("seconds"),
+            "generated_tokens_this_run": figures.pop("generated_tokens"), **figures}
+
+
+def evaluate_method(args: argparse.Namespace, joined: bool) -> None:
+    """Search the method's unfinished problems (this process's share) and print the summary."""
     if args.trees_in_flight is not None and args.trees_in_flight < 1:
         raise MarcoError(f"--trees-in-flight must be >= 1, got {args.trees_in_flight}")
-
     overrides = {} if args.iterations is None else {"iterations": args.iterations}
     if args.max_tokens is not None:
         overrides.update(max_tokens=args.max_tokens, call_tokens=args.max_tokens)
@@ -67,19 +92,23 @@ def main() -> None:
     problems = problems_lib.read_problems(args.data)[:args.limit]
     name = "-".join(filter(None, (args.data.stem, args.method, args.tag)))
     output = args.out_dir / f"{name}.jsonl"
-    done = job_files.finished_ids(output)
-    todo = [p for p in problems if p["id"] not in done]
+    share = (job_files.spread(problems, output, None) if joined
+             else contextlib.nullcontext(job_files.own_share(problems, output, None)))
     run_stats = {"seconds_this_run": 0.0}
-    if todo:
-        engine_config, mesh = engine_setup(args)
-        dtype = model_dtype(args)
-        loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype)
-        figures = run_job(loaded, job, todo, output, None, engine_config, mesh,
-                          args.trees_in_flight)
-        run_stats = {"seconds_this_run": figures.pop("seconds"), **figures}
-    summary = summarize(output, {p["id"] for p in problems})
-    print(json.dumps({"data": str(args.data), "method": args.method, **summary, **run_stats,
-                      "per_problem": str(output)}, indent=1))
+    with share as mine:
+        if mine.todo:
+            run_stats = evaluate(args, job, mine)
+    if not joined or jax.process_index() == 0:
+        summary = summarize(output, {p["id"] for p in problems})
+        print(json.dumps({"data": str(args.data), "method": args.method, **summary,
+                          **run_stats, "per_problem": str(output)}, indent=1))
+
+
+def main() -> None:
+    args = parse_args()
+    joined = distributed.join(args)
+    with distributed.failures_reported():
+        evaluate_method(args, joined)
 
 
 if __name__ == "__main__":

@@ -14,27 +14,41 @@ translation; v2-gsm8k, v2-letters) or are given as a path; ``--set key=value`` o
 search.key=value`` overrides any field (an unknown key or a wrong type is an
 error naming it). Problems stream through one inference engine (each tree
 advances on its own; a finished tree's place goes to the next problem); each
-finished problem is appended to --output at once, and a restart skips the ids already there. Each line holds the chosen
-answer and text, its reward, whether it matches the gold answer, Test@N (any
-rollout correct), tree statistics and, with a gold answer, the status
-(solved: the verifier accepted at least one answer), rollouts and correct
+finished problem is appended to --output at once, and a restart skips the ids already
+there. Each line holds the chosen answer and text, its reward, whether it matches the
+gold answer, Test@N (any rollout correct), tree statistics and, with a gold answer, the
+status (solved: the verifier accepted at least one answer), rollouts and correct
 answers. ``scripts/export_data.py`` turns the trees into SFT and DPO data.
+
+Multi-host: ``--distributed`` (the same command on every host; peers found by
+``jax.distributed``, or given with ``--coordinator HOST:PORT --num-processes N
+--process-id I``) gives each host every N-th problem, searched by an engine on that
+host's own devices (``--mesh`` sizes one host's mesh) into ``OUTPUT.part-I-of-N``
+(and ``TREES.part-I-of-N``). When all hosts are done, process 0 merges the parts into
+--output and --trees in input order, each id once, and removes them. --output must be
+on a filesystem every host shares. After a host dies, the others stop; rerun the same
+command everywhere and it resumes from the parts (with any number of hosts).
+``--process-index I --process-count N`` instead shards by hand, each process
+appending to its own --output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
+from typing import ContextManager
 
 import jax
 
+from marco_jax import distributed
 from marco_jax.cli import run
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.search import job_files
 from marco_jax.search import problems as problems_lib
-from marco_jax.search.config import load_job_config
+from marco_jax.search.config import JobConfig, load_job_config
 from marco_jax.search.driver import stats_line
 from marco_jax.search.runner import run_job
 
@@ -56,7 +70,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trees", type=pathlib.Path,
                         help="append each problem's tree to this JSON lines file")
     parser.add_argument("--on-bad-line", choices=["skip", "error"], default="skip")
-    parser.add_argument("--process-index", type=int, default=None)
+    parser.add_argument("--process-index", type=int, default=None,
+                        help="search every COUNT-th problem from this one, by hand "
+                             "(to OUTPUT itself; see --distributed)")
     parser.add_argument("--process-count", type=int, default=None)
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--iterations", type=int, help="override the config's iterations")
@@ -64,38 +80,63 @@ def parse_args() -> argparse.Namespace:
                         help="override a config field: final=vote, search.children=8 "
                              "(repeatable; --seed and --iterations are applied after these)")
     add_engine_args(parser)
+    distributed.add_args(parser)
     return parser.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
+def share_of(args: argparse.Namespace, problems: list[dict],
+             joined: bool) -> ContextManager[job_files.Share]:
+    """This process's problems and files: spread over a joined run, or a shard by hand."""
+    if joined:
+        return job_files.spread(problems, args.output, args.trees)
+    index = jax.process_index() if args.process_index is None else args.process_index
+    count = jax.process_count() if args.process_count is None else args.process_count
+    return contextlib.nullcontext(
+        job_files.own_share(problems, args.output, args.trees, index, count))
+
+
+def search(args: argparse.Namespace, job: JobConfig, share: job_files.Share) -> None:
+    """Search the share's unfinished problems into its files."""
+    if job.action_tree and "checker" in job.action_tree.models and args.checker_model is None:
+        raise MarcoError(f"config {job.name} gives node types to the 'checker' model: "
+                         "pass --checker-model")
+    engine_config, mesh = engine_setup(args)
+    dtype = model_dtype(args)
+    loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
+    checker = None if args.checker_model is None else \
+        load(args.checker_model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
+    figures = run_job(loaded, job, share.todo, share.output, share.trees, engine_config, mesh,
+                      args.trees_in_flight, checker)
+    print(f"{len(share.todo)} problems in {figures['seconds']:.1f}s; {stats_line(figures)} "
+          f"-> {share.output}")
+
+
+def search_job(args: argparse.Namespace, joined: bool) -> None:
+    """The job: this process's share of the problems searched, resumably."""
     overrides = {k: v for k, v in (("seed", args.seed), ("iterations", args.iterations))
                  if v is not None}
     job = load_job_config(args.config, args.set, **overrides)
     if args.trees_in_flight is not None and args.trees_in_flight < 1:
         raise MarcoError(f"--trees-in-flight must be >= 1, got {args.trees_in_flight}")
     problems = problems_lib.read_problems(args.input, args.on_bad_line)[:args.limit]
-    index = jax.process_index() if args.process_index is None else args.process_index
-    count = jax.process_count() if args.process_count is None else args.process_count
-    problems = job_files.shard(problems, index, count)
-    done = job_files.finished_ids(args.output)
-    todo = [p for p in problems if p["id"] not in done]
-    if args.trees:
-        job_files.keep_trees(args.trees, done)
-    if not todo:
-        print(f"all {len(problems)} problems already in {args.output}")
-        return
-    if job.action_tree and "checker" in job.action_tree.models and args.checker_model is None:
-        raise MarcoError(f"config {job.name} gives node types to the 'checker' model: "
-                         "pass --checker-model")
-    loaded = load(args.model, param_dtype=model_dtype(args), compute_dtype=model_dtype(args))
-    engine_config, mesh = engine_setup(args)
-    checker = None if args.checker_model is None else \
-        load(args.checker_model, param_dtype=model_dtype(args), compute_dtype=model_dtype(args))
-    figures = run_job(loaded, job, todo, args.output, args.trees, engine_config, mesh,
-                      args.trees_in_flight, checker)
-    print(f"{len(todo)} problems in {figures['seconds']:.1f}s; {stats_line(figures)} "
-          f"-> {args.output}")
+    with share_of(args, problems, joined) as share:
+        if share.todo:
+            search(args, job, share)
+        else:
+            print(f"all {len(share.problems)} problems already in {args.output}"
+                  + " or its parts" * joined)
+    if joined and jax.process_index() == 0:
+        print(f"the parts of {jax.process_count()} processes merged -> {args.output}")
+
+
+def main() -> None:
+    args = parse_args()
+    if distributed.asked(args) and (args.process_index, args.process_count) != (None, None):
+        raise MarcoError("--distributed takes the process index and count from "
+                         "jax.distributed: drop --process-index and --process-count")
+    joined = distributed.join(args)
+    with distributed.failures_reported():
+        search_job(args, joined)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import json
 import os
 import sys
 
+from marco_jax import distributed
 from marco_jax.cli import run
 from marco_jax.engine.options import parse_mesh
 from marco_jax.errors import MarcoError
@@ -63,13 +64,7 @@ def parse_args() -> argparse.Namespace:
                         help="with --topology: S slices joined by the data-centre network")
     parser.add_argument("--no-estimate", action="store_true",
                         help="with --topology: skip the step-time and MFU estimate")
-    group = parser.add_argument_group("multi-host")
-    group.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize() (auto-detected on TPU VMs)")
-    group.add_argument("--coordinator", metavar="HOST:PORT",
-                       help="process 0's address, where the environment does not say it")
-    group.add_argument("--num-processes", type=int, metavar="N")
-    group.add_argument("--process-id", type=int, metavar="I")
+    distributed.add_args(parser)
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args()
 
@@ -116,12 +111,11 @@ def main() -> None:
     if args.topology:  # compile-only devices: the attached chips (if any) stay untouched,
         jax.config.update("jax_platforms", "cpu")  # and executables for them are not cached
         jax.config.update("jax_enable_compilation_cache", False)
-    from marco_jax import distributed, topology
+    from marco_jax import topology
     from marco_jax.train import estimate, memory, trainer
     from marco_jax.train.config import load_train_config
 
-    if args.distributed or args.coordinator:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    distributed.join(args)
     cfg = load_train_config(args.config, [*args.set, *mesh_overrides(args.mesh)])
     if (args.simulate_devices or args.topology) and not args.dry_run:
         raise MarcoError("--simulate-devices and --topology are only for --dry-run")

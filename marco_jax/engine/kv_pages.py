@@ -59,7 +59,7 @@ class KVPages:
 
 def free_memory_bytes() -> int:
     """Free memory of the first device (its allocator's view), else of the host."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

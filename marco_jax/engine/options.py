@@ -60,12 +60,14 @@ def model_dtype(args: argparse.Namespace) -> str:
 
 def engine_setup(args: argparse.Namespace,
                  top_logprobs: int = 5) -> tuple[EngineConfig, Mesh | None]:
-    """The engine config and mesh that ``add_engine_args``' options describe."""
+    """The engine config and mesh that ``add_engine_args``' options describe. The mesh
+    holds this process's devices only: each host of a multi-host job runs its own engine."""
     config = EngineConfig(slots=args.slots, decode_steps=args.decode_steps,
                           block_size=args.block_size, max_model_len=args.max_model_len,
                           kv_cache_gb=args.kv_cache_gb, policy=args.policy,
                           top_logprobs=top_logprobs, kv_dtype=args.kv_dtype)
-    mesh = None if args.mesh is None else make_mesh(**parse_mesh(args.mesh))
+    mesh = None if args.mesh is None else make_mesh(**parse_mesh(args.mesh),
+                                                    devices=jax.local_devices())
     return config, mesh
 
 

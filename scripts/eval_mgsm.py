@@ -32,7 +32,7 @@ from marco_jax.cli import run
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
-from marco_jax.search import job_files
+from marco_jax.search import shares
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import JobConfig, load_job_config
 from marco_jax.search.job_files import summarize
@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def evaluate(args: argparse.Namespace, job: JobConfig, share: job_files.Share) -> dict:
+def evaluate(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> dict:
     """Search the share's unfinished problems into its file; the figures of this run on
     this host (its tokens as ``generated_tokens_this_run``: the summary's
     ``generated_tokens`` count every problem in the file)."""
@@ -92,8 +92,8 @@ def evaluate_method(args: argparse.Namespace, joined: bool) -> None:
     problems = problems_lib.read_problems(args.data)[:args.limit]
     name = "-".join(filter(None, (args.data.stem, args.method, args.tag)))
     output = args.out_dir / f"{name}.jsonl"
-    share = (job_files.spread(problems, output, None) if joined
-             else contextlib.nullcontext(job_files.own_share(problems, output, None)))
+    share = (shares.spread(problems, output, None) if joined
+             else contextlib.nullcontext(shares.own_share(problems, output, None)))
     run_stats = {"seconds_this_run": 0.0}
     with share as mine:
         if mine.todo:

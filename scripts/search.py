@@ -46,7 +46,7 @@ from marco_jax.cli import run
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
-from marco_jax.search import job_files
+from marco_jax.search import shares
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import JobConfig, load_job_config
 from marco_jax.search.driver import stats_line
@@ -85,17 +85,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def share_of(args: argparse.Namespace, problems: list[dict],
-             joined: bool) -> ContextManager[job_files.Share]:
+             joined: bool) -> ContextManager[shares.Share]:
     """This process's problems and files: spread over a joined run, or a shard by hand."""
     if joined:
-        return job_files.spread(problems, args.output, args.trees)
+        return shares.spread(problems, args.output, args.trees)
     index = jax.process_index() if args.process_index is None else args.process_index
     count = jax.process_count() if args.process_count is None else args.process_count
     return contextlib.nullcontext(
-        job_files.own_share(problems, args.output, args.trees, index, count))
+        shares.own_share(problems, args.output, args.trees, index, count))
 
 
-def search(args: argparse.Namespace, job: JobConfig, share: job_files.Share) -> None:
+def search(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> None:
     """Search the share's unfinished problems into its files."""
     if job.action_tree and "checker" in job.action_tree.models and args.checker_model is None:
         raise MarcoError(f"config {job.name} gives node types to the 'checker' model: "

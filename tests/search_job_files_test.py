@@ -11,7 +11,7 @@ import pytest
 from cli_test import ROOT, assert_one_line_error, run_script
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
-from marco_jax.search import job_files
+from marco_jax.search import shares
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
 from marco_jax.search.job_files import summarize
@@ -100,9 +100,9 @@ def test_configs_and_shards():
     assert load_job_config("mcts-mini32").search.mini_step_tokens == 32
     with pytest.raises(MarcoError, match="no search config 'nope'"):
         load_job_config("nope")
-    assert job_files.shard(list(range(7)), 1, 3) == [1, 4]
+    assert shares.shard(list(range(7)), 1, 3) == [1, 4]
     with pytest.raises(MarcoError, match="process index 3"):
-        job_files.shard([1], 3, 3)
+        shares.shard([1], 3, 3)
 
 
 def test_eval_mgsm_summary(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from cli_test import ROOT, assert_one_line_error, run_script
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
-from marco_jax.search import job_files
+from marco_jax.search import job_files, shares
 from multihost_test import env, free_port
 
 PROBLEMS = 6
@@ -62,39 +62,39 @@ def records(path) -> dict[str, dict]:
 def test_merged_lines_keep_the_file_then_each_new_id_once_in_input_order():
     merged = [line(1, "merged")]
     parts = [[line(3, "a"), line(1, "a"), "not json"], [line(9), line(0, "b"), line(3, "b")]]
-    assert job_files.merged_lines(merged, parts, ["p0", "p1", "p2", "p3"]) == \
+    assert shares.merged_lines(merged, parts, ["p0", "p1", "p2", "p3"]) == \
         [line(1, "merged"), line(0, "b"), line(3, "a"), line(9)]
 
 
 def test_parts_merge_into_the_file_and_a_rerun_of_the_merge_changes_nothing(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text(line(2, "merged") + "\n")
-    job_files.part_path(out, 0, 2).write_text(line(0) + "\n" + line(2) + "\n")
-    torn = job_files.part_path(out, 1, 2)
+    shares.part_path(out, 0, 2).write_text(line(0) + "\n" + line(2) + "\n")
+    torn = shares.part_path(out, 1, 2)
     torn.write_text(line(1) + "\n" + '{"id": "p3", "tr')  # killed mid-write
-    stale = job_files.part_path(out, 0, 3)  # an earlier run on three hosts
+    stale = shares.part_path(out, 0, 3)  # an earlier run on three hosts
     stale.write_text(line(3) + "\n")
-    assert job_files.part_paths(out)[-1] == stale
-    assert job_files.spread_finished_ids(out) == {"p0", "p1", "p2", "p3"}
+    assert shares.part_paths(out)[-1] == stale
+    assert shares.spread_finished_ids(out) == {"p0", "p1", "p2", "p3"}
     assert torn.read_text().endswith("tr")  # read only: its process may still be writing
-    job_files.merge_parts(out, ["p0", "p1", "p2", "p3"])
+    shares.merge_parts(out, ["p0", "p1", "p2", "p3"])
     expected = [line(2, "merged"), line(0), line(1), line(3)]
     assert lines(out.read_text()) == expected
-    assert job_files.part_paths(out) == []
-    job_files.merge_parts(out, ["p0", "p1", "p2", "p3"])
+    assert shares.part_paths(out) == []
+    shares.merge_parts(out, ["p0", "p1", "p2", "p3"])
     assert lines(out.read_text()) == expected
-    job_files.part_path(out, 0, 2).touch()  # process 1 writes to a disk process 0 cannot see
+    shares.part_path(out, 0, 2).touch()  # process 1 writes to a disk process 0 cannot see
     with pytest.raises(MarcoError, match=r"out.jsonl.part-1-of-2 \(process 1's part\) is not "
                                          "visible to process 0"):
-        job_files._check_shared(0, 2, out)
+        shares._check_shared(0, 2, out)
 
 
 def test_one_process_spread_resumes_from_its_part_and_merges(tmp_path):
     problems = [{"id": f"p{i}"} for i in range(4)]
     out, trees = tmp_path / "out.jsonl", tmp_path / "trees.jsonl"
-    job_files.part_path(out, 0, 1).write_text(line(0) + "\n" + '{"id": "p1"')
-    job_files.part_path(trees, 0, 1).write_text(line(0) + "\n" + line(1) + "\n")
-    with job_files.spread(problems, out, trees) as share:
+    shares.part_path(out, 0, 1).write_text(line(0) + "\n" + '{"id": "p1"')
+    shares.part_path(trees, 0, 1).write_text(line(0) + "\n" + line(1) + "\n")
+    with shares.spread(problems, out, trees) as share:
         assert [p["id"] for p in share.todo] == ["p1", "p2", "p3"]
         assert lines(share.trees.read_text()) == [line(0)]  # p1's tree had no output line
         for p in share.todo:
@@ -139,12 +139,12 @@ def test_two_processes_killed_and_resumed_write_what_one_process_writes(tmp_path
     pair = launch_pair(tmp_path, "two")
     deadline = time.time() + 120
     while time.time() < deadline and all(p.poll() is None for p in pair) and \
-            not any(p.read_text().count("\n") for p in job_files.part_paths(out)):
+            not any(p.read_text().count("\n") for p in shares.part_paths(out)):
         time.sleep(0.02)
     for p in pair:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    finished = job_files.spread_finished_ids(out)
+    finished = shares.spread_finished_ids(out)
     assert 0 < len(finished) < PROBLEMS and not out.exists(), logs(tmp_path, "two")
 
     pair = launch_pair(tmp_path, "two")

@@ -43,6 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kv-cache-gb", type=float,
                         help="KV pool size (default: every slot at --max-model-len)")
     parser.add_argument("--kv-dtype", choices=KV_DTYPES, default="auto")
+    parser.add_argument("--widest-only", action="store_true",
+                        help="compile only the widest block table (every slot at "
+                             "--max-model-len: what the table reports), not every width")
     parser.add_argument("--json-out", type=pathlib.Path, help="also write the plan here")
     parser.add_argument("--table", type=pathlib.Path, nargs="+", metavar="PLAN.json",
                         help="print these saved plans as a markdown table and stop")
@@ -87,8 +90,9 @@ def main() -> None:
                           kv_cache_gb=args.kv_cache_gb, kv_dtype=args.kv_dtype)
     devices = topology.tpu_devices(args.topology)
     mesh = plan.engine_mesh(cfg, devices, parse_mesh(args.mesh) if args.mesh else None)
+    widths = plan.table_widths(config)[-1:] if args.widest_only else None
     result = plan.plan_engine(cfg, config, Placement(mesh), counts,
-                              (args.preset, args.topology), on_program=progress).to_json()
+                              (args.preset, args.topology), progress, widths).to_json()
     text = json.dumps(result, indent=1)
     print(text)
     if args.json_out:

@@ -82,6 +82,22 @@ def test_the_kernel_is_in_the_decode_program_where_head_dim_allows(v5e):
     assert 0 < estimate.roofline_fraction <= 1
 
 
+def test_a_decode_step_reads_no_more_for_a_larger_pool(v5e):
+    """The layers read the pool in place: a decode step's traffic is its weights and live
+    KV, whatever the pool holds (a per-layer copy of the pool would grow with it). Both
+    pools are too large for the compiler to stage whole in VMEM, which small ones are."""
+    cfg = bf16(KERNEL_SHAPE)
+    placement = Placement(plan.engine_mesh(cfg, v5e))
+    steps = []
+    for slots in (128, 2048):
+        config = EngineConfig(slots=slots, max_model_len=128, prefill_shapes=((1, 32),))
+        result = plan.plan_engine(cfg, config, placement, (2,), ("kernel", "v5e:2x2"))
+        steps.append((result.kv_pool_bytes, result.decode[0].step_bytes))
+    (small_pool, small_step), (large_pool, large_step) = steps
+    assert large_pool >= 15 * small_pool > 10 * large_step
+    assert large_step <= 1.05 * small_step
+
+
 def test_table_widths_are_the_engines():
     assert plan.table_widths(EngineConfig(max_model_len=2048)) == [8, 16, 32, 64, 128]
     assert plan.table_widths(EngineConfig(max_model_len=100)) == [7]

@@ -229,7 +229,7 @@ def test_sharded_engine_matches_one_device(tiny):
     mesh = make_mesh(data=4, fsdp=1, tensor=2)
     engine = Engine(tiny.model, (258,), SMALL, mesh=mesh)
     sharded = engine.generate(prompts, **settings)
-    assert len(engine.pages.k_lkpzh.sharding.device_set) == 8
+    assert len(engine.pages.k_kpzh.sharding.device_set) == 8
     for a, b in zip(plain, sharded):
         assert a.tokens == b.tokens
         np.testing.assert_allclose(a.top_logprobs, b.top_logprobs, atol=1e-5)
@@ -243,7 +243,7 @@ def test_the_kv_pool_has_a_dtype_of_its_own(tiny):
     half = Engine(tiny.model, eos_ids=(258,), config=config)
     full = Engine(tiny.model, eos_ids=(258,), config=dataclasses.replace(config,
                                                                         kv_dtype="auto"))
-    assert half.pages.k_lkpzh.dtype == jnp.bfloat16 and full.pages.k_lkpzh.dtype == jnp.float32
+    assert half.pages.k_kpzh.dtype == jnp.bfloat16 and full.pages.k_kpzh.dtype == jnp.float32
     assert half.blocks.capacity > full.blocks.capacity  # the same GiB holds twice the blocks
     prompt = random_tokens((12,), seed=3).tolist()
     [a], [b] = half.generate([prompt], 6), full.generate([prompt], 6)

@@ -101,16 +101,16 @@ def paged_hidden_states(model: Qwen2, pages: KVPages, tokens_bt: jax.Array,
     index_bt = jnp.minimum(positions_bt // size, table_bm.shape[1] - 1)  # padding may overrun
     block_bt = jnp.where(valid_bt, jnp.take_along_axis(table_bm, index_bt, axis=1), SCRATCH)
     offset_bt = jnp.where(valid_bt, positions_bt % size, 0)
-    pool = {"k": pages.k_lkpzh, "v": pages.v_lkpzh}  # threaded through the layers at trace time
+    pool = {"k": pages.k_kpzh, "v": pages.v_kpzh}  # threaded through the layers at trace time
 
     def layer_attention(layer: int, q_btnh, k_btkh, v_btkh):
-        # Mixed indexing puts the (b, t) index dims first: targets are (b, t, k, h).
+        first = pages.first_page(layer)
         for name, new_btkh in (("k", k_btkh), ("v", v_btkh)):
-            pool[name] = pool[name].at[layer, :, block_bt, offset_bt].set(
-                new_btkh.astype(pool[name].dtype))
-        out_btnh = paged_attention(q_btnh, pool["k"][layer], pool["v"][layer], table_bm,
+            pool[name] = pool[name].at[:, first + block_bt, offset_bt].set(
+                jnp.moveaxis(new_btkh, 2, 0).astype(pool[name].dtype))  # targets (k, b, t, h)
+        out_btnh = paged_attention(q_btnh, pool["k"], pool["v"], first + table_bm,
                                    positions_bt, kernel_on)
         return out_btnh.astype(q_btnh.dtype)
 
     x_btd = model.hidden_states(tokens_bt, positions_bt, layer_attention)
-    return x_btd, dataclasses.replace(pages, k_lkpzh=pool["k"], v_lkpzh=pool["v"])
+    return x_btd, dataclasses.replace(pages, k_kpzh=pool["k"], v_kpzh=pool["v"])

@@ -1,9 +1,11 @@
 """The device side of the paged KV cache: every layer's keys and values in
 fixed-size blocks, sized from a memory budget and sharded over the mesh.
 
-Shape suffixes: l layers, k KV heads, p pool blocks, z positions in a block, h head
-dim; (k, p, z, h) is what TPU paged-attention kernels read. Block 0 is scratch:
-padding table entries point at it and writes nothing keeps land there.
+Shape suffixes: k KV heads, p pages, z positions in a page, h head dim; (k, p, z, h)
+is what TPU paged-attention kernels read. The pages are layer-major: layer l's block i
+is page ``l * blocks + i``, so a layer reads the whole pool through its own page
+indices and no program copies out one layer's blocks. Each layer's block 0 is
+scratch: padding table entries point at it and writes nothing keeps land there.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from marco_jax.errors import MarcoError
 from marco_jax.sharding import ShardingRules
 
 SCRATCH = 0
-PAGE_AXES = ("layers", "kv_heads", None, None, "head_dim")
+PAGE_AXES = ("kv_heads", None, None, "head_dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +51,22 @@ class Placement:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVPages:
-    k_lkpzh: jax.Array
-    v_lkpzh: jax.Array
+    k_kpzh: jax.Array
+    v_kpzh: jax.Array
+    layers: int = dataclasses.field(metadata=dict(static=True))
 
     @property
     def block_size(self) -> int:
-        return self.k_lkpzh.shape[3]
+        return self.k_kpzh.shape[2]
+
+    @property
+    def blocks(self) -> int:
+        """Blocks per layer (the block tables' range)."""
+        return self.k_kpzh.shape[1] // self.layers
+
+    def first_page(self, layer: int) -> int:
+        """Layer ``layer``'s block i is page ``first_page(layer) + i``."""
+        return layer * self.blocks
 
 
 def free_memory_bytes() -> int:
@@ -89,15 +101,15 @@ def make_pages(cfg: Qwen2Config, num_blocks: int, block_size: int,
                placement: Placement = Placement(), dtype: str | None = None) -> KVPages:
     """An all-zero pool of ``dtype`` (default: the model's compute dtype), KV heads
     over ``tensor`` and replicated over ``data`` (every slot reads any block)."""
-    shape = (cfg.num_layers, cfg.num_kv_heads, num_blocks, block_size, cfg.head_dim)
+    shape = (cfg.num_kv_heads, cfg.num_layers * num_blocks, block_size, cfg.head_dim)
     zeros = jax.jit(lambda: jnp.zeros(shape, dtype or cfg.compute_dtype),
                     out_shardings=placement.sharding(PAGE_AXES, shape))
-    return KVPages(zeros(), zeros())
+    return KVPages(zeros(), zeros(), cfg.num_layers)
 
 
 def constrain_pages(pages: KVPages, placement: Placement) -> KVPages:
     """Keep the pool where :func:`make_pages` put it inside a device program."""
     if placement.mesh is None:
         return pages
-    sharding = placement.sharding(PAGE_AXES, pages.k_lkpzh.shape)
+    sharding = placement.sharding(PAGE_AXES, pages.k_kpzh.shape)
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), pages)

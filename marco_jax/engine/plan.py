@@ -117,7 +117,7 @@ class EnginePlan:
 
     def to_json(self) -> dict[str, Any]:
         """The plan with what the engine needs per device: its largest program's peak
-        (programs run one at a time; each peak holds the weights and the pool)."""
+        (programs run one at a time; a peak holds the pool and the weights it uses)."""
         engine = [p for p in self.programs if p.kind != "decode x2"]
         return {**dataclasses.asdict(self), "peak_bytes": max(p.peak_bytes for p in engine)}
 
@@ -248,7 +248,7 @@ def weights_read_bytes(cfg: Qwen2Config, params: nnx.State) -> int:
 
 def live_kv_bytes(pages: KVPages, local_slots: int, context: int) -> float:
     """Per device, the keys and values of ``local_slots`` slots at ``context`` tokens."""
-    positions = pages.k_lkpzh.shape[2] * pages.block_size
+    positions = pages.blocks * pages.block_size  # a position holds every layer's K and V
     return local_slots * context * device_bytes(pages) / positions
 
 
@@ -275,11 +275,13 @@ def decode_estimate(one: ProgramPlan, two: ProgramPlan, chip: Chip, steps: int,
 
 def plan_engine(cfg: Qwen2Config, config: EngineConfig, placement: Placement,
                 slot_counts: tuple[int, ...], names: tuple[str, str],
-                on_program: Callable[[ProgramPlan], None] = lambda p: None) -> EnginePlan:
+                on_program: Callable[[ProgramPlan], None] = lambda p: None,
+                widths: list[int] | None = None) -> EnginePlan:
     """Compile every program of an engine over ``placement``'s mesh of compile-only TPU
     devices: prefill at each shape and width over a pool sized by ``config`` (its
     ``slots``), decode at each width for each of ``slot_counts`` slots over that pool.
-    ``names``: the model's and topology's; ``on_program`` sees each plan as it is made."""
+    ``names``: the model's and topology's; ``on_program`` sees each plan as it is made;
+    ``widths``: only these table widths (default: every one the engine compiles)."""
     devices = list(placement.mesh.devices.flat)
     chip = chip_of(devices[0].device_kind)
     if chip is None:
@@ -300,7 +302,7 @@ def plan_engine(cfg: Qwen2Config, config: EngineConfig, placement: Placement,
         on_program(plan)
         return plan
 
-    for width in table_widths(config):
+    for width in widths or table_widths(config):
         for rows, chunk in config.prefill_shapes:
             add(measure(prefill, graphdef, (params, pages, *prefill_args(
                 rows, chunk, width, placement)), "prefill", rows, chunk, width))
@@ -322,21 +324,21 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f}"
 
 
-def markdown_table(plans: list[dict[str, Any]], width: int | None = None) -> str:
-    """One row per plan (``EnginePlan.to_json()``) and slot count, at table ``width``
-    (default: the widest, every slot at ``max_model_len``)."""
+def markdown_table(plans: list[dict[str, Any]]) -> str:
+    """One row per plan (``EnginePlan.to_json()``) and slot count, at the widest table
+    (every slot at ``max_model_len``)."""
     lines = ["| model | topology (chips) | mesh | slots | context | HBM GiB/device: weights "
              "+ KV pool + temp = peak / limit | est. ms/step | decode tokens/s | "
              "must read MiB/step | HBM roofline fraction | kernel |",
              "|" + "---|" * 11]
     for plan in plans:
-        chosen = width or max(e["width"] for e in plan["decode"])
+        chosen = max(e["width"] for e in plan["decode"])
         for e in (e for e in plan["decode"] if e["width"] == chosen):
-            decode = [p for p in plan["programs"] if p["kind"] == "decode"
-                      and p["rows"] == e["slots"] and p["width"] == chosen][0]
-            peak = max(p["peak_bytes"] for p in plan["programs"] if p["kind"] == "prefill"
-                       or p["kind"] == "decode" and p["rows"] == e["slots"])
+            own = [p for p in plan["programs"] if p["kind"] == "prefill"
+                   or p["kind"] == "decode" and p["rows"] == e["slots"]]
+            peak = max(p["peak_bytes"] for p in own)
             temp = peak - plan["weight_bytes"] - plan["kv_pool_bytes"]
+            kernel = any(p["kernel"] for p in own if p["kind"] == "decode")
             mesh = " x ".join(f"{k} {v}" for k, v in plan["mesh"].items() if v > 1)
             lines.append(
                 f"| {plan['model']} | {plan['topology']} ({plan['devices']}) | {mesh} | "
@@ -344,5 +346,5 @@ def markdown_table(plans: list[dict[str, Any]], width: int | None = None) -> str
                 f"{_gib(plan['kv_pool_bytes'])} + {_gib(temp)} = **{_gib(peak)}** / "
                 f"{_gib(plan['hbm_limit_bytes'])} | {1e3 * e['step_seconds']:.2f} | "
                 f"{e['tokens_per_second']:,.0f} | {e['must_read_bytes'] / 2**20:,.0f} | "
-                f"**{e['roofline_fraction']:.2f}** | {'yes' if decode['kernel'] else 'no'} |")
+                f"**{e['roofline_fraction']:.2f}** | {'yes' if kernel else 'no'} |")
     return "\n".join(lines)

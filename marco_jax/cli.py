@@ -1,5 +1,6 @@
 """Shared command-line plumbing: bad input becomes one line on stderr and exit 2;
-compiled programs are kept on disk between runs."""
+compiled programs are kept on disk between runs. JAX is not imported here, so that a
+tool's ``--help`` and argument errors come at once."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import os
 import pathlib
 import sys
 from typing import Callable
-
-import jax
 
 from marco_jax.errors import MarcoError
 
@@ -21,8 +20,18 @@ def enable_compilation_cache() -> None:
     ~/.cache/marco-jax/xla; empty: off), so that a rerun, a resumed job or the next method
     of an evaluation does not compile every engine and train step program again."""
     path = os.environ.get(CACHE_ENV, str(DEFAULT_CACHE))
-    if path:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    if not path:
+        return
+    path = os.path.expanduser(path)
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_compilation_cache_dir", path)
+    else:  # JAX reads its flags from the environment when it is first imported
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+
+
+def summary(doc: str) -> str:
+    """A script docstring's first paragraph on one line: its ``--help`` description."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 def run(main: Callable[[], int | None]) -> None:

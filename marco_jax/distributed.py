@@ -33,8 +33,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                             "(peers auto-detected on TPU VMs)")
     group.add_argument("--coordinator", metavar="HOST:PORT",
                        help="process 0's address, where the environment does not say it")
-    group.add_argument("--num-processes", type=int, metavar="N")
-    group.add_argument("--process-id", type=int, metavar="I")
+    group.add_argument("--num-processes", type=int, metavar="N",
+                       help="with --coordinator: how many processes join")
+    group.add_argument("--process-id", type=int, metavar="I",
+                       help="with --coordinator: this process's index, 0 to N-1")
 
 
 def asked(args: argparse.Namespace) -> bool:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from marco_jax.errors import MarcoError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+QWEN2_ARCHITECTURE = "Qwen2ForCausalLM"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Qwen2Config:
         """The ``config.json`` that transformers' Qwen2ForCausalLM loads."""
         eos = list(self.eos_token_ids)
         return {
-            "architectures": ["Qwen2ForCausalLM"],
+            "architectures": [QWEN2_ARCHITECTURE],
             "model_type": "qwen2",
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -106,6 +107,12 @@ def from_hf_dict(cfg: dict[str, Any], source: str = "config.json") -> Qwen2Confi
     model_type = cfg.get("model_type")
     if model_type not in ("qwen2", None):
         raise _unsupported(source, f"model_type={model_type!r}")
+    # Another architecture's config may name enough of the same fields to load as wrong
+    # numbers: without model_type, architectures is what says which model the file is.
+    architectures = cfg.get("architectures") or []
+    if not isinstance(architectures, list) or any(a != QWEN2_ARCHITECTURE for a in architectures):
+        raise MarcoError(f"{source}: architectures={architectures!r} is not supported by "
+                         f"marco-jax, which reads {QWEN2_ARCHITECTURE} checkpoints")
     if cfg.get("hidden_act", "silu") != "silu":
         raise _unsupported(source, f"hidden_act={cfg['hidden_act']!r}")
     if cfg.get("use_sliding_window"):

@@ -12,7 +12,7 @@ import pathlib
 import time
 
 from marco_jax.checkpoint import convert
-from marco_jax.cli import run
+from marco_jax.cli import run, summary
 from marco_jax.errors import MarcoError
 
 COMMANDS = {
@@ -23,10 +23,13 @@ COMMANDS = {
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("--src", required=True, type=pathlib.Path)
-    parser.add_argument("--dst", required=True, type=pathlib.Path)
+    parser = argparse.ArgumentParser(description=summary(__doc__))
+    parser.add_argument("command", choices=sorted(COMMANDS), help="the conversion: from-to")
+    parser.add_argument("--src", required=True, type=pathlib.Path,
+                        help="the checkpoint to read: an HF directory, a marco-jax Orbax "
+                             "checkpoint or a .gguf file")
+    parser.add_argument("--dst", required=True, type=pathlib.Path,
+                        help="the new checkpoint's directory (absent or empty)")
     parser.add_argument("--max-shard-gb", type=float, default=2.0,
                         help="orbax-to-hf: largest safetensors shard (default 2 GB)")
     return parser.parse_args()

@@ -15,12 +15,15 @@ block, or the last number), commas removed, compared numerically.
 ``--distributed`` (the same command on every host of a multi-host run) spreads the
 problems over the hosts as ``scripts/search.py --distributed`` does: one per-problem
 file in the end, and process 0 prints the summary (its run figures are its own share's).
+
+As for ``scripts/search.py``, one evaluation at a time writes a per-problem file, and a
+rerun under other settings (``--iterations``, ``--model``, ``--set`` ...) is refused
+unless ``--force-new`` moves the earlier file aside (``*.bak-N``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import pathlib
@@ -28,26 +31,29 @@ import pathlib
 import jax
 
 from marco_jax import distributed
-from marco_jax.cli import run
+from marco_jax.cli import run, summary
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
-from marco_jax.search import shares
+from marco_jax.search import job_files, shares
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import JobConfig, load_job_config
-from marco_jax.search.job_files import summarize
 from marco_jax.search.runner import run_job
 
 METHODS = ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:tiny")
+    parser = argparse.ArgumentParser(description=summary(__doc__))
+    parser.add_argument("--model", default="builtin:tiny",
+                        help="HF directory, Orbax checkpoint, GGUF file, or builtin:tiny (random, for trying things)")
     parser.add_argument("--data", required=True, type=pathlib.Path, help="MGSM TSV or JSONL")
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--limit", type=int, help="the first N problems")
-    parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("results/eval"))
+    parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("results/eval"),
+                        help="one JSONL of results per language and method, and the summary")
+    parser.add_argument("--force-new", action="store_true",
+                        help="move an earlier per-problem file aside (.bak-N) and start over")
     parser.add_argument("--trees-in-flight", type=int,
                         help="trees searched at once (default: 8 x slots / children, "
                              "advanced breadth-first)")
@@ -90,16 +96,19 @@ def evaluate_method(args: argparse.Namespace, joined: bool) -> None:
     if args.template:
         job = dataclasses.replace(job, template=args.template)
     problems = problems_lib.read_problems(args.data)[:args.limit]
+    if not problems:
+        raise MarcoError(f"no problems in {args.data}" + " (--limit 0)" * (args.limit == 0))
     name = "-".join(filter(None, (args.data.stem, args.method, args.tag)))
     output = args.out_dir / f"{name}.jsonl"
-    share = (shares.spread(problems, output, None) if joined
-             else contextlib.nullcontext(shares.own_share(problems, output, None)))
+    stamp = job_files.stamp(job, args.model)
+    share = (shares.spread(problems, output, None, stamp, args.force_new) if joined
+             else shares.owned(problems, output, None, stamp, args.force_new))
     run_stats = {"seconds_this_run": 0.0}
     with share as mine:
         if mine.todo:
             run_stats = evaluate(args, job, mine)
     if not joined or jax.process_index() == 0:
-        summary = summarize(output, {p["id"] for p in problems})
+        summary = job_files.summarize(output, {p["id"] for p in problems})
         print(json.dumps({"data": str(args.data), "method": args.method, **summary,
                           **run_stats, "per_problem": str(output)}, indent=1))
 

@@ -28,7 +28,8 @@ import argparse
 import json
 import pathlib
 
-from marco_jax.cli import run
+from marco_jax.cli import run, summary
+from marco_jax.errors import MarcoError
 from marco_jax.loading import checkpoint_tokenizer
 from marco_jax.search import export
 from marco_jax.search.config import VERIFIERS
@@ -37,7 +38,7 @@ from marco_jax.grading import verifier
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--trees", required=True, type=pathlib.Path, action="append",
                         help="a search's trees (search.py --trees); repeat "
                              "to pair chains of several searches of the same problems")
@@ -45,7 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pairs", type=pathlib.Path, help="write preference pairs here (JSONL)")
     parser.add_argument("--model", default="builtin:tiny",
                         help="checkpoint whose tokenizer counts shared-prefix tokens")
-    parser.add_argument("--verifier", choices=VERIFIERS, default="numeric")
+    parser.add_argument("--verifier", choices=VERIFIERS, default="numeric",
+                        help="how a chain's final answer is checked against the tree's gold "
+                             "answer (default numeric)")
     parser.add_argument("--select", choices=export.SELECTIONS, default="shortest",
                         help="which correct chains of a tree become SFT records")
     parser.add_argument("--format", choices=export.FORMATS, default="marco",
@@ -69,7 +72,7 @@ def write(path: pathlib.Path, records: list[dict]) -> None:
 def main() -> None:
     args = parse_args()
     if args.sft is None and args.pairs is None:
-        raise SystemExit("nothing to write: give --sft and/or --pairs")
+        raise MarcoError("nothing to write: give --sft and/or --pairs")
     tokenizer = checkpoint_tokenizer(args.model)
     sft, pairs, counts = export.export(
         [tree for path in args.trees for tree in read_trees(path)],

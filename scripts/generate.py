@@ -6,8 +6,9 @@
 
 PATH is an HF checkpoint directory, a marco-jax Orbax checkpoint, a GGUF file, or
 ``builtin:tiny`` (a random tiny model, to try the pipeline; the default). A prompts
-file holds one prompt per line, or one JSON object with a "prompt" field per line
-(.jsonl). Prompt i of the whole run uses seed ``--seed + i``, so any prompt's
+file holds one prompt per line, or one JSON object with a string "prompt" field per
+line (.jsonl); blank lines are skipped, and errors name the file's line (from 1).
+The i-th prompt of the whole run (from 0) uses seed ``--seed + i``, so any prompt's
 sample is reproducible whatever else runs beside it. All prompts go to the
 engine at once; its slots are refilled as generations finish.
 """
@@ -19,18 +20,20 @@ import json
 import pathlib
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from marco_jax import prompts as prompt_lib
-from marco_jax.cli import run
-from marco_jax.engine.engine import Completion
+from marco_jax.cli import run, summary
 from marco_jax.engine.options import add_engine_args, build_engine, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
-from marco_jax.loading import load
+
+if TYPE_CHECKING:  # JAX is imported by main, so that --help comes at once
+    from marco_jax.engine.engine import Completion
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--model", default="builtin:tiny",
                         help="HF dir, Orbax checkpoint, GGUF file or builtin:tiny (default)")
     source = parser.add_mutually_exclusive_group()
@@ -42,12 +45,20 @@ def parse_args() -> argparse.Namespace:
                           help="wrap each prompt as a user turn in ChatML")
     template.add_argument("--marco", action="store_true",
                           help="ChatML with Marco-o1's system prompt (<Thought>/<Output>)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=128,
+                        help="tokens generated per prompt, at most (default %(default)s)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-logprobs", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="sample from the most likely tokens that hold this much "
+                             "probability (1: off, the default)")
+    parser.add_argument("--top-k", type=int, default=0,
+                        help="sample from the K most likely tokens (0: off, the default)")
+    parser.add_argument("--top-logprobs", type=int, default=5,
+                        help="most likely alternatives kept per token, shown with --json "
+                             "(default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the first prompt's sampling seed; each next prompt uses the next "
+                             "one (default %(default)s)")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
                         help="stop a row once its text contains TEXT (repeatable)")
     parser.add_argument("--json", action="store_true", help="print JSON with per-token log-probs")
@@ -55,24 +66,34 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
+def read_prompts(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(where, prompt)`` pairs: where names the prompt in errors (``--prompt``, or
+    ``FILE:LINE`` with the file's own line number, blank lines counted)."""
     if args.prompts_file is None:
-        return [args.prompt if args.prompt is not None else "Marco-o1 thinks step by step:"]
+        return [("--prompt", args.prompt if args.prompt is not None
+                 else "Marco-o1 thinks step by step:")]
     path = args.prompts_file
     if not path.is_file():
         raise MarcoError(f"{path}: no such file")
     try:
-        texts = [line for line in lines(path.read_text(encoding="utf-8")) if line.strip()]
+        numbered = [(f"{path}:{number}", line) for number, line
+                    in enumerate(lines(path.read_text(encoding="utf-8")), 1) if line.strip()]
     except UnicodeDecodeError:
         raise MarcoError(f"{path}: not UTF-8 text") from None
     if path.suffix != ".jsonl":
-        return texts
+        return numbered
     out = []
-    for number, line in enumerate(texts, 1):
+    for where, line in numbered:
         try:
-            out.append(str(json.loads(line)["prompt"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise MarcoError(f"{path}:{number}: expected a JSON object with a 'prompt' field")
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise MarcoError(f"{where}: expected a JSON object with a 'prompt' field")
+        if not isinstance(record["prompt"], str):
+            raise MarcoError(f"{where}: the 'prompt' field must be a string, got "
+                             f"{json.dumps(record['prompt'], ensure_ascii=False)[:40]}")
+        out.append((where, record["prompt"]))
     return out
 
 
@@ -98,11 +119,26 @@ def records(completions: list[Completion], texts: list[str], tokenizer,
     return out
 
 
+def check_lengths(ids: list[list[int]], where: list[str], max_new_tokens: int,
+                  limit: int) -> None:
+    """Name the first prompt the engine would refuse, by its input line, in tokens."""
+    for row, name in zip(ids, where):
+        if not row:
+            raise MarcoError(f"{name}: the prompt is empty (it needs at least one token)")
+        if len(row) + max_new_tokens > limit:
+            raise MarcoError(f"{name}: the prompt has {len(row)} tokens and --max-new-tokens "
+                             f"asks for {max_new_tokens} more; the context (--max-model-len) "
+                             f"is {limit} tokens")
+
+
 def main() -> None:
     args = parse_args()
-    texts = read_prompts(args)
-    if not texts:
+    prompts = read_prompts(args)
+    if not prompts:
         raise MarcoError(f"{args.prompts_file}: no prompts")
+    where, texts = [w for w, _ in prompts], [t for _, t in prompts]
+    from marco_jax.loading import load  # JAX and the model code: after the input is checked
+
     start = time.perf_counter()
     dtype = model_dtype(args)
     loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype)
@@ -112,9 +148,7 @@ def main() -> None:
     template = "marco" if args.marco else "chat" if args.chat else "none"
     ids = [tokenizer.encode(prompt_lib.render(template, t), add_special_tokens=False)
            for t in texts]
-    for i, row in enumerate(ids):
-        if not row:
-            raise MarcoError(f"prompt {i + 1} is empty")
+    check_lengths(ids, where, args.max_new_tokens, args.max_model_len)
 
     start = time.perf_counter()
     completions = engine.generate(ids, args.max_new_tokens, temperature=args.temperature,

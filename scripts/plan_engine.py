@@ -19,14 +19,14 @@ import json
 import pathlib
 import sys
 
-from marco_jax.cli import run
+from marco_jax.cli import run, summary
 from marco_jax.engine.engine import KV_DTYPES, EngineConfig
 from marco_jax.engine.options import parse_mesh
 from marco_jax.errors import MarcoError
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--preset", default="qwen2-7b",
                         help="model shape: a preset of marco_jax/model_config.py")
     parser.add_argument("--topology", default="v5e:2x4", help="TPU topology, e.g. v5p:2x2x1")
@@ -37,12 +37,16 @@ def parse_args() -> argparse.Namespace:
                         help="parameters and compute")
     parser.add_argument("--slots", default="1,8,64",
                         help="slot counts to compile decode for; the pool holds the largest")
-    parser.add_argument("--decode-steps", type=int, default=EngineConfig.decode_steps)
-    parser.add_argument("--block-size", type=int, default=EngineConfig.block_size)
-    parser.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)
+    parser.add_argument("--decode-steps", type=int, default=EngineConfig.decode_steps,
+                        help="tokens per decode call, as the engine runs them")
+    parser.add_argument("--block-size", type=int, default=EngineConfig.block_size,
+                        help="tokens per KV block")
+    parser.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len,
+                        help="longest context a slot holds (tokens)")
     parser.add_argument("--kv-cache-gb", type=float,
                         help="KV pool size (default: every slot at --max-model-len)")
-    parser.add_argument("--kv-dtype", choices=KV_DTYPES, default="auto")
+    parser.add_argument("--kv-dtype", choices=KV_DTYPES, default="auto",
+                        help="the KV pool's dtype (auto: the model's)")
     parser.add_argument("--widest-only", action="store_true",
                         help="compile only the widest block table (every slot at "
                              "--max-model-len: what the table reports), not every width")

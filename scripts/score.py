@@ -15,14 +15,12 @@ import pathlib
 import sys
 
 from marco_jax import prompts
-from marco_jax.cli import run
+from marco_jax.cli import run, summary
 from marco_jax.errors import MarcoError
-from marco_jax.loading import load
-from marco_jax.scoring import score
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--model", default="builtin:tiny",
                         help="HF dir, Orbax checkpoint, GGUF file or builtin:tiny (default)")
     source = parser.add_mutually_exclusive_group()
@@ -30,7 +28,9 @@ def parse_args() -> argparse.Namespace:
     source.add_argument("--text", help="text to score, given inline")
     parser.add_argument("--chat", action="store_true",
                         help="wrap the text as a user turn in the ChatML chat template")
-    parser.add_argument("--top-logprobs", type=int, default=5)
+    parser.add_argument("--top-logprobs", type=int, default=5,
+                        help="most likely alternatives shown at each position (default "
+                             "%(default)s)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="parameter and compute dtype (default float32)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -55,6 +55,9 @@ def read_text(args: argparse.Namespace) -> str:
 def main() -> None:
     args = parse_args()
     text = read_text(args)
+    from marco_jax.loading import load  # JAX and the model code: after the input is checked
+    from marco_jax.scoring import score
+
     loaded = load(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
     if args.chat:
         text = prompts.chat_prompt(text)

@@ -30,23 +30,27 @@ on a filesystem every host shares. After a host dies, the others stop; rerun the
 command everywhere and it resumes from the parts (with any number of hosts).
 ``--process-index I --process-count N`` instead shards by hand, each process
 appending to its own --output.
+
+One job at a time writes an output: a second job on it stops (exit 2) naming the pid
+that holds ``OUTPUT.lock``. The settings that wrote an output (config, template, seeds,
+model) are kept in ``OUTPUT.config.json``; a restart under other settings is refused
+unless ``--force-new`` moves the earlier files aside (``*.bak-N``) and starts over.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import pathlib
 from typing import ContextManager
 
 import jax
 
 from marco_jax import distributed
-from marco_jax.cli import run
+from marco_jax.cli import run, summary
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
-from marco_jax.search import shares
+from marco_jax.search import job_files, shares
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import JobConfig, load_job_config
 from marco_jax.search.driver import stats_line
@@ -54,26 +58,36 @@ from marco_jax.search.runner import run_job
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:tiny")
+    parser = argparse.ArgumentParser(description=summary(__doc__))
+    parser.add_argument("--model", default="builtin:tiny",
+                        help="HF directory, Orbax checkpoint, GGUF file, or builtin:tiny (random, for trying things)")
     parser.add_argument("--checker-model",
                         help="second model for node types an action tree gives to 'checker' "
                              "(v2's rubber-duck checker; must share the tokenizer)")
     parser.add_argument("--config", required=True,
                         help="name in marco_jax/configs/search/ or a path")
-    parser.add_argument("--input", required=True, type=pathlib.Path)
-    parser.add_argument("--output", required=True, type=pathlib.Path)
+    parser.add_argument("--input", required=True, type=pathlib.Path,
+                        help="problems: GSM8K JSONL, JSONL of {id?, question, answer?}, an MGSM "
+                             "TSV or Marco's letter-count JSON")
+    parser.add_argument("--output", required=True, type=pathlib.Path,
+                        help="one JSON line per finished problem, appended; a rerun skips the "
+                             "ids already there")
+    parser.add_argument("--force-new", action="store_true",
+                        help="move the output's earlier files aside (OUTPUT.bak-N and so on) "
+                             "and start over, whatever settings wrote them")
     parser.add_argument("--trees-in-flight", type=int,
                         help="trees searched at once (default: 8 x slots / children, "
                              "advanced breadth-first)")
     parser.add_argument("--limit", type=int, help="only the first N problems of the input")
     parser.add_argument("--trees", type=pathlib.Path,
                         help="append each problem's tree to this JSON lines file")
-    parser.add_argument("--on-bad-line", choices=["skip", "error"], default="skip")
+    parser.add_argument("--on-bad-line", choices=["skip", "error"], default="skip",
+                        help="an unreadable input line: skip it with a warning, or stop")
     parser.add_argument("--process-index", type=int, default=None,
                         help="search every COUNT-th problem from this one, by hand "
                              "(to OUTPUT itself; see --distributed)")
-    parser.add_argument("--process-count", type=int, default=None)
+    parser.add_argument("--process-count", type=int, default=None,
+                        help="with --process-index: search every N-th problem by hand")
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--iterations", type=int, help="override the config's iterations")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -84,15 +98,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def share_of(args: argparse.Namespace, problems: list[dict],
+def share_of(args: argparse.Namespace, job: JobConfig, problems: list[dict],
              joined: bool) -> ContextManager[shares.Share]:
     """This process's problems and files: spread over a joined run, or a shard by hand."""
+    stamp = job_files.stamp(job, args.model, args.checker_model)
     if joined:
-        return shares.spread(problems, args.output, args.trees)
+        return shares.spread(problems, args.output, args.trees, stamp, args.force_new)
     index = jax.process_index() if args.process_index is None else args.process_index
     count = jax.process_count() if args.process_count is None else args.process_count
-    return contextlib.nullcontext(
-        shares.own_share(problems, args.output, args.trees, index, count))
+    return shares.owned(problems, args.output, args.trees, stamp, args.force_new, index, count)
 
 
 def search(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> None:
@@ -119,7 +133,10 @@ def search_job(args: argparse.Namespace, joined: bool) -> None:
     if args.trees_in_flight is not None and args.trees_in_flight < 1:
         raise MarcoError(f"--trees-in-flight must be >= 1, got {args.trees_in_flight}")
     problems = problems_lib.read_problems(args.input, args.on_bad_line)[:args.limit]
-    with share_of(args, problems, joined) as share:
+    if not problems:
+        raise MarcoError(f"no problems in {args.input}"
+                         + " (--limit 0)" * (args.limit == 0))
+    with share_of(args, job, problems, joined) as share:
         if share.todo:
             search(args, job, share)
         else:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
+import socket
+import sys
+import time
 
 import uvicorn
 
-from marco_jax.cli import run
+from marco_jax.cli import run, summary
 from marco_jax.engine.options import add_engine_args, build_engine, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
@@ -27,17 +30,22 @@ from marco_jax.search.config import load_job_config
 from marco_jax.serve.app import ServerSettings, create_app
 from marco_jax.serve.worker import ADMIT_WAIT_S, EngineWorker, engine_stop_strings
 
+SEARCH_TOKENS = ('For a search request, max_tokens bounds the returned answer: its path\'s '
+                 'tokens, cut there (finish_reason "length") and counted in usage. '
+                 '"marco": {"max_total_tokens": N} bounds every token the search generates '
+                 '(N >= the config\'s children), counted in the response\'s marco.usage.')
 EFFORTS = {"low": ("mcts-step", 2), "medium": ("mcts-step", 8), "high": ("mcts-step", 32)}
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__), epilog=SEARCH_TOKENS)
     parser.add_argument("--model", default="builtin:tiny",
                         help="HF dir, Orbax checkpoint, GGUF file or builtin:tiny (default)")
     parser.add_argument("--served-model-name",
                         help="the name clients put in 'model' (default: the model path's name)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--search", action="append", metavar="CONFIG",
                         help="a search config requests may name (repeatable; default: "
                              "mcts-step)")
@@ -48,6 +56,11 @@ def parse_args() -> argparse.Namespace:
                         help="alternatives kept per token: the most a request may ask for")
     parser.add_argument("--max-requests", type=int, default=512,
                         help="requests in flight before new ones get 503")
+    parser.add_argument("--max-n", type=int, default=128,
+                        help="the most choices ('n') one request may ask for; more get 400 "
+                             "(default 128, OpenAI's limit)")
+    parser.add_argument("--max-body-mb", type=float, default=8.0,
+                        help="the largest request body in MiB; larger ones get 413 (default 8)")
     parser.add_argument("--grace-s", type=float, default=30.0,
                         help="on shutdown, how long in-flight requests may take to finish")
     parser.add_argument("--admit-wait-ms", type=float, default=ADMIT_WAIT_S * 1000,
@@ -73,11 +86,38 @@ def efforts(items: list[str] | None) -> dict[str, tuple[str, int]]:
     return out
 
 
+def stage(message: str) -> None:
+    """What the server is doing during its silent minute of start-up (printed, not logged:
+    JAX may have claimed the root logger before ``basicConfig``)."""
+    print(f"serve: {message}", file=sys.stderr, flush=True)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail at once, not after loading and compiling, when the port cannot be listened on."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as error:
+        raise MarcoError(f"cannot listen on port {port} of {host}: {error.strerror or error} "
+                         "(choose another with --port)") from None
+
+
+def check_limits(args: argparse.Namespace) -> None:
+    """Refuse settings the server cannot run with, naming the option."""
+    if args.admit_wait_ms < 0:
+        raise MarcoError(f"--admit-wait-ms must be >= 0, got {args.admit_wait_ms}")
+    if args.max_n < 1:
+        raise MarcoError(f"--max-n must be >= 1, got {args.max_n}")
+    if not args.max_body_mb > 0:
+        raise MarcoError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.admit_wait_ms < 0:
-        raise MarcoError(f"--admit-wait-ms must be >= 0, got {args.admit_wait_ms}")
+    check_limits(args)
+    check_port(args.host, args.port)
     searches = {name: load_job_config(name) for name in args.search or ["mcts-step"]}
     for level, (name, iterations) in efforts(args.effort).items():
         searches[f"effort:{level}"] = load_job_config(name, iterations=iterations)
@@ -86,16 +126,24 @@ def main() -> None:
             raise MarcoError(f"search config {name!r} gives node types to a second (checker) "
                              "model, which the server does not load")
     dtype = model_dtype(args)
+    started = time.perf_counter()
+    stage(f"loading {args.model} (weights and tokenizer)")
     loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype)
+    stage(f"loaded in {time.perf_counter() - started:.1f} s; building the engine (KV cache)")
     engine = build_engine(loaded, *engine_setup(args, top_logprobs=args.top_logprobs),
                           engine_stop_strings(searches.values()))
     if not args.no_warmup:
-        logging.info("compiled %d engine programs", engine.warmup())
+        started = time.perf_counter()
+        stage("compiling the engine's programs, so that no request waits for a compile "
+              "(--no-warmup skips this)")
+        stage(f"compiled {engine.warmup()} engine programs in "
+              f"{time.perf_counter() - started:.1f} s")
     worker = EngineWorker(engine, loaded.tokenizer, loaded.eos_ids, args.max_requests,
                           admit_wait_s=args.admit_wait_ms / 1000)
     name = args.served_model_name or pathlib.Path(str(args.model)).name
     settings = ServerSettings(name, engine.config.max_model_len, args.top_logprobs, searches,
-                              args.grace_s)
+                              args.grace_s, args.max_n, args.max_body_mb)
+    stage(f"serving '{name}' on http://{args.host}:{args.port}")
     uvicorn.run(create_app(worker, settings), host=args.host, port=args.port,
                 timeout_graceful_shutdown=int(args.grace_s), log_level="info")
 

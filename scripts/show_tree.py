@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from marco_jax.cli import run
+from marco_jax.cli import run, summary
 from marco_jax.errors import MarcoError
 from marco_jax.search.record import read_trees
 from marco_jax.search.tree_html import render
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("trees", type=pathlib.Path,
                         help="a search's --trees file (JSON lines) or one tree's JSON file")
     parser.add_argument("--id", help="the problem whose tree to show (needed when the file "

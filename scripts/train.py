@@ -1,4 +1,4 @@
-"""Full-parameter SFT of a Qwen2 model, sharded over a (data, fsdp, tensor) mesh.
+"""Full-parameter SFT or DPO of a Qwen2 model, sharded over a (data, fsdp, tensor) mesh.
 
     python scripts/train.py --config qwen2_7b_sft [--set train.learning_rate=1e-5 ...] [--resume]
     python scripts/train.py --config qwen2_7b_sft --dry-run --simulate-devices 8 --mesh fsdp=8
@@ -9,7 +9,9 @@ are given as a path; ``--set section.key=value`` overrides any field. Checkpoint
 checkpoint.every steps; ``--resume`` continues from the latest one. The trained
 weights are exported to <output_dir>/final (``scripts/convert.py orbax-to-hf``
 turns them into safetensors). Metrics: console, <output_dir>/metrics.jsonl and
-<output_dir>/tensorboard.
+<output_dir>/tensorboard (a resumed run drops what was logged after its checkpoint). One
+run at a time uses an output_dir: a second stops (exit 2) naming the pid that holds
+<output_dir>/run.lock.
 
 ``--dry-run`` compiles the real step from abstract arrays (nothing allocated)
 and prints per-device parameter, optimizer, activation and total bytes, and the
@@ -35,13 +37,13 @@ import os
 import sys
 
 from marco_jax import distributed
-from marco_jax.cli import run
+from marco_jax.cli import run, summary
 from marco_jax.engine.options import parse_mesh
 from marco_jax.errors import MarcoError
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--config", required=True,
                         help="name in marco_jax/configs/train/ or a path")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -65,7 +67,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-estimate", action="store_true",
                         help="with --topology: skip the step-time and MFU estimate")
     distributed.add_args(parser)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (log lines only), e.g. under a job scheduler")
     return parser.parse_args()
 
 
@@ -79,7 +82,7 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def summary(plan: dict) -> str:
+def plan_line(plan: dict) -> str:
     """The plan in one line: per device, then this process's host memory."""
     where = " (offloaded to the host)" if plan["optimizer_offloaded"] else ""
     text = (f"per device: params {gib(plan['param_bytes'])}, optimizer "
@@ -127,10 +130,11 @@ def main() -> None:
         if args.topology and not args.no_estimate:
             plan["estimate"] = estimate.step_estimate(cfg, devices, progress=not args.no_progress)
         print(json.dumps(plan, indent=1))
-        print(summary(plan), file=sys.stderr)
+        print(plan_line(plan), file=sys.stderr)
         return
-    trainer.train(cfg, resume=args.resume, peak_tflops=args.peak_tflops,
-                  progress=not args.no_progress)
+    with distributed.failures_reported():
+        trainer.train(cfg, resume=args.resume, peak_tflops=args.peak_tflops,
+                      progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Checkpoint conversion: HF <-> Orbax bit-exactness, GGUF import, bad inputs."""
 
 import json
+import os
 import pathlib
+import stat
 
 import gguf
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from marco_jax.checkpoint import convert, gguf_io
+from marco_jax.checkpoint import convert, gguf_io, safetensors_io
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
 from marco_jax.tokenizer import builtin_tokenizer
@@ -141,3 +143,19 @@ def test_conversion_refuses_non_empty_destination(hf_checkpoint, tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(MarcoError, match="not empty"):
         convert.hf_to_orbax(src, tmp_path / "out")
+
+
+@pytest.mark.parametrize("max_shard_bytes", [1000, 12], ids=["one-file", "sharded"])
+def test_written_safetensors_get_the_mode_of_any_new_file(tmp_path, max_shard_bytes):
+    """safetensors writes 0600; an exported checkpoint is read by others like its config."""
+    old = os.umask(0o022)
+    try:
+        safetensors_io.write_safetensors(
+            tmp_path, [("a", 12), ("b", 12)],
+            lambda names: {name: np.zeros(3, np.float32) for name in names}, max_shard_bytes)
+        (tmp_path / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert len(modes) == (2 if max_shard_bytes == 1000 else 4)
+    assert set(modes.values()) == {0o644}, modes

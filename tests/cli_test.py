@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -92,6 +93,12 @@ def test_unsupported_config_feature(one_checkpoint, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg | {"rope_scaling": {"type": "yarn", "factor": 4.0}}))
     assert_one_line_error(run_script("score.py", "--model", str(bad), "--text", "hi"),
                           "RoPE scaling of type 'yarn'")
+    llama = {k: v for k, v in cfg.items() if k != "model_type"} | {
+        "architectures": ["LlamaForCausalLM"]}
+    (bad / "config.json").write_text(json.dumps(llama))
+    assert_one_line_error(run_script("convert.py", "hf-to-orbax", "--src", str(bad),
+                                     "--dst", str(tmp_path / "o")),
+                          "architectures=['LlamaForCausalLM'] is not supported")
 
 
 def test_truncated_safetensors(one_checkpoint, tmp_path):
@@ -146,21 +153,50 @@ def test_generate_text_output_and_errors(tmp_path):
     proc = run_script("generate.py", "--prompt", "abc", "--max-new-tokens", "4", "--stop", "zz")
     assert proc.returncode == 0 and proc.stdout.startswith("=== 1:"), proc.stderr
     assert "tokens/s" in proc.stderr
-    assert_one_line_error(run_script("generate.py", "--prompt", ""), "prompt 1 is empty")
+    assert_one_line_error(run_script("generate.py", "--prompt", ""),
+                          "--prompt: the prompt is empty")
     assert_one_line_error(run_script("generate.py", "--prompt", "a" * 3000),
-                          "exceed max_model_len 2048")
+                          "--prompt: the prompt has 3000 tokens and --max-new-tokens asks for "
+                          "128 more; the context (--max-model-len) is 2048 tokens")
     # Bad engine settings (slots, temperature, top_p) are the engine's errors:
     # engine_test.test_bad_requests_are_errors; here only that they reach one line.
     assert_one_line_error(run_script("generate.py", "--prompt", "a", "--top-p", "2"), "top_p")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\nnot json\n')
     assert_one_line_error(run_script("generate.py", "--prompts-file", str(tmp_path / "bad.jsonl")),
-                          "bad.jsonl:2")
+                          "bad.jsonl:2: expected a JSON object with a 'prompt' field")
 
 
-def test_scripts_keep_compiled_programs_on_disk(tmp_path):
-    code = ("import jax, jax.numpy as jnp\n"
+@pytest.mark.parametrize("text, message", [
+    # Line numbers are the file's own, blank lines counted, from 1.
+    ('{"prompt": "ok"}\n\n\nnot json\n', "p.jsonl:4: expected a JSON object with a 'prompt' "
+                                         "field"),
+    ('{"prompt": "ok"}\n{"prompt": null}\n', "p.jsonl:2: the 'prompt' field must be a string, "
+                                           "got null"),
+    ('\n{"prompt": 42}\n', "p.jsonl:2: the 'prompt' field must be a string, got 42"),
+    ('{"prompt": ""}\n', "p.jsonl:1: the prompt is empty"),
+    ('\n{"prompt": "%s"}\n' % ("a" * 3000), "p.jsonl:2: the prompt has 3000 tokens"),
+])
+def test_generate_names_the_input_line(tmp_path, text, message):
+    (tmp_path / "p.jsonl").write_text(text)
+    assert_one_line_error(run_script("generate.py", "--prompts-file", str(tmp_path / "p.jsonl")),
+                          message)
+
+
+def test_generate_help_does_not_wait_for_jax():
+    start = time.perf_counter()
+    proc = run_script("generate.py", "--help")
+    assert time.perf_counter() - start < 5, "--help imported JAX or the model code"
+    assert proc.returncode == 0 and "--prompts-file" in proc.stdout, proc.stderr
+    assert "tokens per KV cache block" in proc.stdout
+
+
+@pytest.mark.parametrize("jax_first", [False, True], ids=["before-jax", "after-jax"])
+def test_scripts_keep_compiled_programs_on_disk(tmp_path, jax_first):
+    """Tools turn the cache on before JAX is imported (it is not, for --help); benchmarks after."""
+    code = ("import jax\n" * jax_first +
             "from marco_jax.cli import enable_compilation_cache\n"
             "enable_compilation_cache()\n"
+            "import jax, jax.numpy as jnp\n"
             "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)\n"
             "jax.jit(lambda x: x @ x.T)(jnp.ones((8, 8))).block_until_ready()\n")
     env = {**os.environ, "MARCO_JAX_COMPILATION_CACHE": str(tmp_path / "xla")}
@@ -168,3 +204,8 @@ def test_scripts_keep_compiled_programs_on_disk(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert any((tmp_path / "xla").iterdir())
+
+
+def test_export_data_with_nothing_to_write_is_one_line(tmp_path):
+    assert_one_line_error(run_script("export_data.py", "--trees", str(tmp_path / "t.jsonl")),
+                          "error: nothing to write: give --sft and/or --pairs")

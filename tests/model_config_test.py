@@ -1,6 +1,7 @@
 """Reading HF configs: supported fields map over, unsupported features are refused."""
 
 import json
+import re
 
 import pytest
 
@@ -62,3 +63,15 @@ def test_presets():
 def test_to_hf_dict_round_trips():
     cfg = PRESETS["qwen2-7b"]
     assert from_hf_dict(cfg.to_hf_dict()) == cfg
+
+
+def test_architectures_say_which_model_a_config_is():
+    """Without model_type, a Llama config holds every field a Qwen2 one needs."""
+    untyped = {k: v for k, v in BASE.items() if k != "model_type"}
+    assert from_hf_dict(untyped | {"architectures": ["Qwen2ForCausalLM"]}) == from_hf_dict(BASE)
+    for architectures in (["LlamaForCausalLM"], ["Qwen2ForCausalLM", "LlamaForCausalLM"],
+                          "Qwen2ForCausalLM"):
+        with pytest.raises(MarcoError, match=re.escape(
+                f"c.json: architectures={architectures!r} is not supported by marco-jax, "
+                "which reads Qwen2ForCausalLM checkpoints")):
+            from_hf_dict(untyped | {"architectures": architectures}, "c.json")

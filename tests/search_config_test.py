@@ -44,7 +44,9 @@ def test_a_good_file_loads(tmp_path):
     ({"search": {**GOOD["search"], "iterations": True}}, "iterations must be int, got True"),
     ({"search": {**GOOD["search"], "c_uct": "1.0"}}, "c_uct must be float, got '1.0'"),
     ({"search": {**GOOD["search"], "reflection": 1}}, "reflection must be bool, got 1"),
-    ({"search": {**GOOD["search"], "children": 0}}, "[search]: children must be >= 1"),
+    ({"search": {**GOOD["search"], "children": 0}}, "[search]: children must be >= 1, got 0"),
+    ({"search": {**GOOD["search"], "temperature": -0.5}},
+     "[search]: temperature must be >= 0, got -0.5"),
     ({"search": 4}, "search must be a section"),
     ({"final": "best"}, "final must be one of most_visited, max_value, vote, got 'best'"),
     ({"template": "llama"}, "template must be one of marco, chat, none, got 'llama'"),
@@ -73,7 +75,7 @@ def test_overrides_apply_in_order_then_keywords():
 
 
 @pytest.mark.parametrize("overrides, keywords, message", [
-    (["search.childern=2"], {}, "[search]: unknown key(s) childern"),
+    (["search.childern=2"], {}, "--set search.childern=2: unknown key(s) childern"),
     (["finall=vote"], {}, "unknown key(s) finall"),
     (["children=2"], {}, "unknown key(s) children"),
     (["search.children=two"], {}, "children must be int, got 'two'"),
@@ -83,10 +85,28 @@ def test_overrides_apply_in_order_then_keywords():
     (["search"], {}, "expected key=value or search.key=value"),
     ([], {"iteration": 2}, "unknown key(s) iteration"),
     ([], {"iterations": "2"}, "iterations must be int, got '2'"),
+    # Numbers outside their declared range name the override (or keyword) that set them.
+    (["search.temperature=-1"], {}, "--set search.temperature=-1: temperature must be >= 0, "
+                                    "got -1.0"),
+    (["search.top_p=0"], {}, "--set search.top_p=0: top_p must be in (0, 1], got 0.0"),
+    (["search.top_k=-1"], {}, "top_k must be >= 0, got -1"),
+    (["search.c_uct=-1"], {}, "c_uct must be >= 0, got -1.0"),
+    (["search.token_budget=-5"], {}, "token_budget must be >= 0, got -5"),
+    (["search.call_tokens=0"], {}, "call_tokens must be >= 1, got 0"),
+    (["search.reward_weight=2"], {}, "reward_weight must be in [0, 1], got 2.0"),
+    (["search.seed=-1"], {}, "seed must be >= 0, got -1"),
+    ([], {"iterations": 0}, "iterations=0: iterations must be >= 1, got 0"),
 ])
 def test_bad_overrides_name_the_key(overrides, keywords, message):
     with pytest.raises(MarcoError, match=re.escape(message)):
         load_job_config("mcts-step", overrides, **keywords)
+
+
+def test_search_configs_built_in_code_are_range_checked():
+    with pytest.raises(MarcoError, match=re.escape("children must be >= 1, got 0")):
+        SearchConfig(children=0)
+    with pytest.raises(MarcoError, match=re.escape("temperature must be >= 0, got -0.1")):
+        dataclasses.replace(SearchConfig(), temperature=-0.1)
 
 
 def test_settings_types():

@@ -1,7 +1,9 @@
 """The search job end to end on the tiny model: resume after a kill, bad input lines,
-configs, tree rendering and the MGSM evaluation summary."""
+configs, tree rendering and the MGSM evaluation summary; one job per output, a resume
+under other settings refused, an input without problems refused."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -9,9 +11,10 @@ import time
 import pytest
 
 from cli_test import ROOT, assert_one_line_error, run_script
+from marco_jax import run_lock
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
-from marco_jax.search import shares
+from marco_jax.search import job_files, shares
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import load_job_config
 from marco_jax.search.job_files import summarize
@@ -132,3 +135,73 @@ def test_summary_counts_test_at_k_over_the_first_k_rollouts(tmp_path):
     assert summary == {"problems": 4, "pass@1": 0.5, "test@4": 0.75, "vote@4": 0.5,
                        "test@1": 0.5, "test@2": 0.75, "generated_tokens": 40}
     assert summarize(out, {"p2", "p3"})["problems"] == 2
+
+
+def test_a_second_job_on_one_output_stops_naming_the_holder(tmp_path):
+    write_problems(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "o.jsonl"
+    with run_lock.held(run_lock.lock_path(out), "another job"):
+        proc = run_script("search.py", "--config", "cot", "--input", str(tmp_path / "in.jsonl"),
+                          "--output", str(out))
+        assert proc.returncode == 2
+        assert_one_line_error(proc, f"o.jsonl is in use by another job: pid {os.getpid()} ")
+        # spread over hosts: process 0 locks the output, each process its part
+        with pytest.raises(MarcoError, match=f"pid {os.getpid()} "):
+            with shares.spread([{"id": "p0"}], out, None):
+                pass
+    with run_lock.held(run_lock.lock_path(shares.part_path(out, 0, 1)), "another job"):
+        with pytest.raises(MarcoError, match=r"o.jsonl.part-0-of-1 is in use"):
+            with shares.spread([{"id": "p0"}], out, None):
+                pass
+    assert not out.exists()
+
+
+def test_resuming_under_other_settings_is_refused_and_force_new_starts_over(tmp_path):
+    write_problems(tmp_path / "in.jsonl", 1)
+    out = tmp_path / "o.jsonl"
+    out.write_text(json.dumps({"id": "p0", "config": "mcts-step"}) + "\n")
+    job_files.check_stamp(out, job_files.stamp(load_job_config("mcts-step"), "builtin:tiny"),
+                          has_results=False)
+    fast = ["--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--slots", "8",
+            "--set", "search.max_tokens=8", "--set", "search.call_tokens=8"]
+    proc = run_script("search.py", "--config", "sc", *fast)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "o.jsonl holds results of config mcts-step (")
+    assert "not of config sc (" in proc.stderr and "--force-new" in proc.stderr
+    proc = run_script("search.py", "--config", "sc", "--force-new", *fast)
+    assert proc.returncode == 0, proc.stderr
+    assert lines((tmp_path / "o.jsonl.bak-1").read_text()) == [
+        json.dumps({"id": "p0", "config": "mcts-step"})]
+    assert json.loads((tmp_path / "o.jsonl.config.json.bak-1").read_text())["config"] == \
+        "mcts-step"
+    assert [json.loads(line)["config"] for line in lines(out.read_text())] == ["sc"]
+    assert json.loads((tmp_path / "o.jsonl.config.json").read_text())["config"] == "sc"
+    again = run_script("search.py", "--config", "sc", *fast)  # the same settings resume
+    assert again.returncode == 0 and "already in" in again.stdout, again.stderr
+    changed = run_script("search.py", "--config", "sc", "--seed", "7", *fast)
+    assert_one_line_error(changed, "differs in search.seed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.jsonl", "o.jsonl", "o.jsonl.bak-1", "o.jsonl.config.json",
+        "o.jsonl.config.json.bak-1"]
+
+
+def test_an_output_without_results_takes_the_new_settings(tmp_path):
+    out = tmp_path / "o.jsonl"
+    cot, sc = (job_files.stamp(load_job_config(name), "builtin:tiny") for name in ("cot", "sc"))
+    job_files.check_stamp(out, cot, has_results=False)
+    job_files.check_stamp(out, sc, has_results=False)  # nothing was written under cot
+    with pytest.raises(MarcoError, match=r"differs in final, search.children"):
+        job_files.check_stamp(out, cot, has_results=True)
+    assert cot["fingerprint"] == job_files.stamp(load_job_config("cot"), "builtin:tiny")[
+        "fingerprint"] != job_files.stamp(load_job_config("cot", seed=1), "builtin:tiny")[
+        "fingerprint"]
+
+
+@pytest.mark.parametrize("text", ["", "{not json\n\n"])
+def test_empty_or_all_bad_input_is_an_error(tmp_path, text):
+    (tmp_path / "in.jsonl").write_text(text)
+    proc = run_script("search.py", "--config", "cot", "--input", str(tmp_path / "in.jsonl"),
+                      "--output", str(tmp_path / "o.jsonl"))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, f"no problems in {tmp_path / 'in.jsonl'}")
+    assert not (tmp_path / "o.jsonl").exists()

@@ -124,7 +124,7 @@ def test_a_failing_process_stops_its_peer_with_its_message(tmp_path):
         for i in range(2)]
     errors = [p.communicate(timeout=120)[1] for p in pair]
     assert [p.returncode for p in pair] == [2, 2], errors
-    assert "error: process 1 stopped before 'parts created': " in errors[0], errors[0]
+    assert "error: process 1 stopped before 'output checked': " in errors[0], errors[0]
     assert "nope" in errors[0] and "nope" in errors[1]
 
 

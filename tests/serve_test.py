@@ -204,6 +204,13 @@ def test_a_search_request_answers_like_the_search_job(live, tiny, tmp_path):
      "stop"),
     ({"messages": [{"role": "user", "content": "hi"}], "marco": {"search": "nope"}},
      "marco.search"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 129}, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}],
+      "marco": {"search": "mcts-step", "max_total_tokens": 3}}, "marco.max_total_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}],
+      "marco": {"search": "mcts-step", "max_total_tokens": "many"}}, "marco.max_total_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "marco": {"max_total_tokens": 99}},
+     "marco.max_total_tokens"),
 ])
 def test_bad_requests_get_400_naming_the_field(live, body, param):
     response = httpx.post(f"{live.url}/v1/chat/completions", json={"model": "tiny", **body})
@@ -302,3 +309,80 @@ def test_script_on_a_mesh_streams_the_one_device_text_and_sigterm_lets_it_finish
         server.kill()
     log = server.stdout.read()
     assert "Application shutdown complete" in log and "Traceback" not in log
+    assert "loading builtin:tiny" in log and f"serving 'builtin:tiny' on {url}" in log
+
+
+def test_health_answers_while_a_huge_prompt_is_tokenized(live):
+    """A 6 MB prompt takes seconds to tokenize; the event loop must not wait for it."""
+    body = {"model": "tiny", "prompt": "x" * 6_000_000, "max_tokens": 4}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        big = pool.submit(httpx.post, f"{live.url}/v1/completions", json=body, timeout=120)
+        time.sleep(1.0)  # the body is in; its prompt is being tokenized
+        took = []
+        with httpx.Client(base_url=live.url) as client:
+            for _ in range(3):
+                start = time.perf_counter()
+                assert client.get("/health").status_code == 200
+                took.append(time.perf_counter() - start)
+        assert not big.done()  # still tokenizing while /health answered
+        response = big.result()
+    assert max(took) < 0.1, took
+    assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+
+
+def test_a_body_over_the_limit_gets_413_naming_it(live):
+    body = {"model": "tiny", "prompt": "x" * (9 * 2 ** 20), "max_tokens": 4}
+    response = httpx.post(f"{live.url}/v1/completions", json=body, timeout=60)
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert "8 MiB" in error["message"] and error["code"] == "request_too_large"
+
+
+def test_the_running_gauge_drops_when_a_client_leaves(live):
+    body = {"model": "tiny", "prompt": "gauge", "n": 4, "max_tokens": 250, "stream": True,
+            "temperature": 1.0, "seed": 5}
+    with httpx.stream("POST", f"{live.url}/v1/completions", json=body, timeout=120) as response:
+        next(line for line in response.iter_lines() if line.startswith("data:"))
+    deadline = time.time() + 30
+    while time.time() < deadline and (live.worker.in_flight or live.engine.has_work):
+        time.sleep(0.05)
+    metrics = httpx.get(f"{live.url}/metrics").text
+    assert "marco_requests_in_flight 0" in metrics
+    assert "marco_engine_running_requests 0" in metrics
+    assert "marco_engine_waiting_requests 0" in metrics
+
+
+def test_search_max_tokens_cuts_the_answer_and_max_total_tokens_caps_the_search(live):
+    """max_tokens bounds the returned answer's tokens (usage counts them); marco.max_total_tokens
+    bounds all the search generates (marco.usage counts those)."""
+    question = "Tom has 3 apples and buys 4 more. How many apples?"
+    search = {"search": "mcts-step", "iterations": 2}
+
+    def ask(marco, **kwargs):
+        return chat(live, question, seed=7, extra_body={"marco": marco}, **kwargs)
+
+    whole = ask(search)
+    used = whole.model_extra["marco"]["usage"]["completion_tokens"]
+    assert used == whole.model_extra["marco"]["generated_tokens"]
+    assert 5 < whole.usage.completion_tokens < used  # the answer's path, not the whole tree
+    cut = ask(search, max_tokens=5)
+    assert cut.usage.completion_tokens == 5 and cut.choices[0].finish_reason == "length"
+    assert whole.choices[0].message.content.startswith(
+        cut.choices[0].message.content.rstrip("\ufffd"))
+    capped = ask({**search, "max_total_tokens": 40})
+    assert capped.model_extra["marco"]["usage"]["completion_tokens"] <= 40 < used
+    assert capped.usage.completion_tokens <= 40
+
+
+def test_script_refuses_a_port_in_use_before_loading():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "serve.py"), "--port", str(port),
+             "--no-warmup"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and f"port {port}" in last and "--port" in last
+    assert "loading" not in result.stderr

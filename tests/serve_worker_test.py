@@ -8,7 +8,8 @@ import pytest
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
 from marco_jax.serve import protocol
-from marco_jax.serve.worker import EngineWorker, ServeRequest, decoding_once
+from marco_jax.search.record import TreeRecord
+from marco_jax.serve.worker import KEPT_TREES, EngineWorker, ServeRequest, decoding_once
 
 CONFIG = EngineConfig(slots=4, decode_steps=4, block_size=8, max_model_len=128,
                       kv_cache_gb=0.01, prefill_shapes=((4, 16),))
@@ -61,3 +62,92 @@ def test_requests_arriving_at_an_idle_engine_share_its_first_step(admit_wait_s, 
 def test_the_gather_ends_when_the_slots_are_spoken_for():
     """A minute's quiet gap would stall these four; the fourth fills the slots."""
     assert run_requests(60.0, CONFIG.slots, 0.2, timeout_s=30) == 2
+
+
+def started_worker(tiny) -> EngineWorker:
+    worker = EngineWorker(Engine(tiny.model, tiny.eos_ids, CONFIG), tiny.tokenizer, tiny.eos_ids,
+                          admit_wait_s=0)
+    worker.start()
+    return worker
+
+
+def test_a_small_request_does_not_wait_for_all_of_a_large_ones_choices():
+    """16 choices of 32 tokens over 4 slots, then a 4-token request: served round-robin by
+    request, the small one runs in the first wave instead of after 12 of the large one's."""
+    tiny = load("builtin:tiny")
+    worker = EngineWorker(Engine(tiny.model, tiny.eos_ids, CONFIG), tiny.tokenizer, tiny.eos_ids)
+    order: list[tuple[str, str, str | None]] = []
+    done = threading.Semaphore(0)
+
+    def emit_for(name):
+        def emit(event):
+            order.append((name, event.kind, event.finish))
+            if event.kind in ("done", "error"):
+                done.release()
+        return emit
+
+    for name, n, max_tokens in (("large", 16, 32), ("small", 1, 4)):
+        parsed = protocol.parse_completion({"model": "tiny", "prompt": "a", "n": n,
+                                            "max_tokens": max_tokens, "temperature": 1.0}, 5)
+        worker.submit(ServeRequest(parsed, [1, 2, 3], max_tokens, 0, emit_for(name)))
+    worker.start()  # both are queued: the engine thread begins them together
+    assert done.acquire(timeout=120) and done.acquire(timeout=120)
+    worker.close(grace_s=1)
+    small_done = order.index(("small", "done", None))
+    large_finished = sum(1 for name, kind, finish in order[:small_done]
+                         if name == "large" and finish is not None)
+    assert ("small", "error", None) not in order and large_finished < CONFIG.slots
+
+
+def test_close_answers_queued_requests_with_503():
+    """A request still in the queue when the grace period ends is told so (503), as is the
+    running one; none is left without an answer."""
+    tiny = load("builtin:tiny")
+    worker = started_worker(tiny)
+    step = worker.engine.step
+    worker.engine.step = lambda: time.sleep(0.3) or step()  # a slow engine: the queue fills
+    answers: dict[int, int] = {}
+    answered = threading.Semaphore(0)
+
+    def emit_for(index):
+        def emit(event):
+            if event.kind == "error":
+                answers[index] = event.error.status
+                answered.release()
+        return emit
+
+    parsed = protocol.parse_completion({"model": "tiny", "prompt": "a", "max_tokens": 100}, 5)
+    worker.submit(ServeRequest(parsed, [1, 2, 3], 100, 0, emit_for(0)))
+    deadline = time.time() + 30
+    while worker.metrics.requests_started < 1 and time.time() < deadline:
+        time.sleep(0.01)
+    worker.submit(ServeRequest(parsed, [4, 5, 6], 100, 0, emit_for(1)))  # queued behind a step
+    worker.close(grace_s=0)
+    assert answered.acquire(timeout=30) and answered.acquire(timeout=30)
+    assert answers == {0: 503, 1: 503} and not worker.alive
+
+
+def test_special_tokens_are_counted_but_never_shown():
+    """<|endoftext|> is not the built-in model's EOS, yet no client should see it."""
+    tiny = load("builtin:tiny")
+    worker = EngineWorker(Engine(tiny.model, tiny.eos_ids, CONFIG), tiny.tokenizer, tiny.eos_ids)
+    ids = tiny.tokenizer.encode("hi<|endoftext|>!<|im_start|>", add_special_tokens=False)
+    assert tiny.tokenizer.convert_tokens_to_ids("<|endoftext|>") not in tiny.eos_ids
+    text = worker.choice_text()
+    text.feed(ids)
+    assert text.release(final=True) == "hi!" and text.tokens == len(ids)
+    assert worker.decode(ids) == "hi!"  # a search's texts
+
+
+def test_kept_trees_are_read_while_the_engine_thread_writes_them():
+    """The app's threads read trees as the engine thread adds (and drops) them."""
+    tiny = load("builtin:tiny")
+    worker = EngineWorker(Engine(tiny.model, tiny.eos_ids, CONFIG), tiny.tokenizer, tiny.eos_ids)
+    count = 4 * KEPT_TREES
+    writer = threading.Thread(target=lambda: [worker._keep_tree(TreeRecord(f"tree-{i}", ()))
+                                              for i in range(count)])
+    writer.start()
+    while writer.is_alive():
+        worker.tree(f"tree-{count // 2}")
+    writer.join()
+    assert worker.tree("tree-0") is None and worker.tree(f"tree-{count - 1}") is not None

@@ -43,3 +43,13 @@ def test_compression_is_a_setting_and_restores_the_same_state(tmp_path):
 def test_unset_settings_are_off_on_cpu_only():
     assert [on_unless_cpu(None, cpu) for cpu in (True, False)] == [False, True]
     assert on_unless_cpu(True, True) and not on_unless_cpu(False, False)
+
+
+def test_the_directory_appears_with_the_first_save(tmp_path):
+    """A run that fails before its first save leaves no empty checkpoint folder."""
+    checkpoints = RunCheckpoints(tmp_path / "run" / "checkpoints", every=2, keep=1)
+    assert checkpoints.latest_step() is None and not (tmp_path / "run").exists()
+    data = iter(grain.MapDataset.range(10).to_iter_dataset())
+    checkpoints.save(2, TrainState(jnp.zeros((), jnp.int32), {"w": jnp.ones(4)}, ()), data)
+    checkpoints.close()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["2"]

@@ -1,10 +1,14 @@
 """Training configs: named files, --set overrides, and errors that name the key."""
 
 import dataclasses
+import json
+import re
 
 import pytest
 
+from cli_test import assert_one_line_error, run_script
 from marco_jax.errors import MarcoError
+from marco_jax.run_config import CONFIGS
 from marco_jax.train.config import load_train_config
 
 
@@ -33,12 +37,56 @@ def test_named_configs_load_and_overrides_apply():
     ("steps", "expected section.key=value"),
     ("objective=ppo", "objective must be sft or dpo"),
     ("dpo.loss=hinge", "dpo.loss must be sigmoid or ipo"),
-    ("dpo.label_smoothing=0.5", "dpo.label_smoothing must be >= 0 and < 0.5"),
     ("dpo.reference=frozen", "dpo.reference must be precomputed or live"),
+    # Numbers outside their declared range name the override, its key, value and range.
+    ("train.learning_rate=-0.003", "--set train.learning_rate=-0.003: learning_rate must be "
+                                   "> 0, got -0.003"),
+    ("train.learning_rate=Infinity", "learning_rate must be a finite number > 0, got inf"),
+    ("train.steps=0", "--set train.steps=0: steps must be >= 1, got 0"),
+    ("train.global_batch=-8", "global_batch must be >= 1, got -8"),
+    ("train.micro_batches=0", "micro_batches must be >= 1, got 0"),
+    ("train.warmup_steps=-1", "warmup_steps must be >= 0, got -1"),
+    ("train.b2=1", "b2 must be in [0, 1), got 1.0"),
+    ("train.clip_norm=0", "clip_norm must be > 0, got 0.0"),
+    ("data.num_epochs=0", "--set data.num_epochs=0: num_epochs must be >= 1, got 0"),
+    ("dpo.beta=-0.1", "--set dpo.beta=-0.1: beta must be > 0, got -0.1"),
+    ("dpo.label_smoothing=0.5", "label_smoothing must be in [0, 0.5), got 0.5"),
+    ("checkpoint.keep=0", "keep must be >= 1, got 0"),
+    ("mesh.tensor=-2", "tensor must be >= -1, got -2"),
+    ("mesh.tensor=0", "mesh.tensor must be >= 1 or -1 (every remaining device), got 0"),
+    ("train.min_learning_rate=0.1", "train.min_learning_rate (0.1) must be <= "
+                                    "train.learning_rate"),
+    ("train.learnig_rate=1", "--set train.learnig_rate=1: unknown key(s) learnig_rate"),
 ])
 def test_bad_overrides_name_the_key(override, message):
-    with pytest.raises(MarcoError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(MarcoError, match=re.escape(message)):
         load_train_config("tiny_sft", [override])
+
+
+def test_a_bad_value_in_a_file_names_the_file(tmp_path):
+    raw = json.loads((CONFIGS / "train" / "tiny_sft.json").read_text())
+    raw["train"]["learning_rate"] = -0.003
+    (tmp_path / "mine.json").write_text(json.dumps(raw))
+    with pytest.raises(MarcoError, match=re.escape(
+            f"{tmp_path / 'mine.json'} [train]: learning_rate must be > 0, got -0.003")):
+        load_train_config(str(tmp_path / "mine.json"))
+    # An override that puts it right is read in place of the file's value.
+    cfg = load_train_config(str(tmp_path / "mine.json"), ["train.learning_rate=0.003"])
+    assert cfg.train.learning_rate == 0.003
+
+
+def test_configs_built_in_code_are_range_checked():
+    cfg = load_train_config("tiny_sft")
+    bad = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=-1.0))
+    with pytest.raises(MarcoError, match=re.escape(
+            "config tiny_sft: train.learning_rate must be > 0, got -1.0")):
+        bad.validate()
+
+
+def test_train_cli_names_the_override():
+    proc = run_script("train.py", "--config", "tiny_sft", "--set", "train.learning_rate=-0.003")
+    assert_one_line_error(proc, "error: --set train.learning_rate=-0.003: learning_rate must "
+                                "be > 0, got -0.003")
 
 
 def test_unknown_config_lists_the_known_ones():

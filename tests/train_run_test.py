@@ -1,5 +1,6 @@
-"""Whole SFT runs on the tiny config: kill and resume, restore on another mesh,
-export to Hugging Face, bad configs, and the dry-run memory plan."""
+"""Whole SFT runs on the tiny config: kill and resume (metrics logged once per step),
+restore on another mesh, export to Hugging Face, bad configs, one run per output_dir, and
+the dry-run memory plan."""
 
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from cli_test import ROOT, assert_one_line_error, run_script
+from marco_jax import run_lock
 from marco_jax.checkpoint.convert import orbax_to_hf
 from marco_jax.errors import MarcoError
 from marco_jax.loading import load
@@ -85,12 +87,19 @@ def test_killed_run_resumes_with_the_same_losses(finished_run):
                                  tmp_path / "b" / "checkpoints", 4)
     assert last < STEPS
 
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    with open(metrics, "a") as f:  # what a kill leaves: steps past the checkpoint, torn
+        f.write(json.dumps({"step": last + 1, "loss": 9.0}) + "\n" + '{"step": ')
     cfg = load_train_config("tiny_sft", settings(tmp_path, "b"))
     with pytest.raises(MarcoError, match="--resume"):
         trainer.train(cfg, progress=False)
     resumed = trainer.train(cfg, resume=True, progress=False)
     assert resumed[0]["step"] == last + 1
     assert {m["step"]: m["loss"] for m in resumed} == {
+        s: l for s, l in losses.items() if s > last}
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [m["step"] for m in logged] == list(range(1, STEPS + 1))
+    assert {m["step"]: m["loss"] for m in logged if m["step"] > last} == {
         s: l for s, l in losses.items() if s > last}
 
 
@@ -135,8 +144,20 @@ def test_bad_config_and_data_are_one_line_errors(tmp_path):
                       f"data.path={tmp_path / 'bad.jsonl'}", "--set",
                       f"output_dir={tmp_path / 'out'}")
     assert_one_line_error(proc, "bad.jsonl:2")
+    assert not (tmp_path / "out" / "checkpoints").exists()  # nothing saved, no folder
     proc = run_script("train.py", "--config", "nope")
     assert_one_line_error(proc, "no training config 'nope'")
+
+
+def test_a_second_run_on_one_output_dir_stops_naming_the_holder(tmp_path):
+    write_data(tmp_path / "data.jsonl")
+    with run_lock.held(tmp_path / "c" / "run.lock", "the first run"):
+        proc = run_script("train.py", "--config", "tiny_sft", "--no-progress",
+                          *(f"--set={item}" for item in settings(tmp_path, "c")))
+        assert proc.returncode == 2
+        assert_one_line_error(proc, f"output_dir {tmp_path / 'c'} is in use by another job: "
+                                    f"pid {os.getpid()} ")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == []
 
 
 def test_dry_run_plans_memory_without_allocating():

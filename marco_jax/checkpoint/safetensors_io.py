@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
 import shutil
 from typing import Callable, Sequence
@@ -93,10 +94,19 @@ def write_safetensors(directory: pathlib.Path, sizes: Sequence[tuple[str, int]],
         filename = SINGLE_FILE if len(shards) == 1 else (
             f"model-{i:05d}-of-{len(shards):05d}.safetensors")
         save_file(fetch(names), str(directory / filename), metadata={"format": "pt"})
+        _as_new_file(directory / filename)
         weight_map.update({name: filename for name in names})
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(n for _, n in sizes)}, "weight_map": weight_map}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+
+def _as_new_file(path: pathlib.Path) -> None:
+    """Give ``path`` the mode any new file gets (0666 less the umask): safetensors
+    writes its files 0600, unreadable to the others the checkpoint is shared with."""
+    umask = os.umask(0o077)  # reading the umask sets it; meanwhile, the stricter one
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def copy_tokenizer_files(src: pathlib.Path, dst: pathlib.Path) -> None:

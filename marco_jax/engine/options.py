@@ -1,24 +1,33 @@
 """How every inference tool builds its engine: the command-line options for the
-engine's size and the device mesh it runs on, and :func:`build_engine`."""
+engine's size and the device mesh it runs on, and :func:`build_engine`.
+
+JAX and the engine are imported when an engine is set up, not with this module, so
+that a tool's ``--help`` comes at once; the choices and defaults the options show are
+therefore written out here (``engine_options_test`` checks them against the engine's)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import jax
-from jax.sharding import Mesh
-
-from marco_jax.engine.engine import KV_DTYPES, Engine, EngineConfig
-from marco_jax.engine.scheduler import POLICIES
-from marco_jax.engine.stops import build_stop_table
 from marco_jax.errors import MarcoError
-from marco_jax.loading import LoadedModel
-from marco_jax.sharding import MESH_AXES, make_mesh
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
+
+    from marco_jax.engine.engine import Engine, EngineConfig
+    from marco_jax.loading import LoadedModel
+
+KV_DTYPES = ("auto", "float32", "bfloat16")  # marco_jax.engine.engine.KV_DTYPES
+POLICIES = ("fcfs", "longest_first")  # marco_jax.engine.scheduler.POLICIES
+# EngineConfig's defaults for the options below.
+DEFAULTS = {"decode_steps": 16, "block_size": 16, "max_model_len": 2048}
 
 
 def parse_mesh(text: str, flag: str = "--mesh") -> dict[str, int]:
     """``data=2,tensor=4`` -> sizes of every mesh axis (unnamed axes: 1)."""
+    from marco_jax.sharding import MESH_AXES
+
     sizes = dict.fromkeys(MESH_AXES, 1)
     for item in text.split(","):
         axis, eq, size = item.partition("=")
@@ -33,16 +42,22 @@ def add_engine_args(parser: argparse.ArgumentParser, slots: int = 64) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--mesh", metavar="data=D,tensor=T",
                        help="run one engine over a device mesh (default: one device)")
-    group.add_argument("--slots", type=int, default=slots, help="requests decoded together")
-    group.add_argument("--decode-steps", type=int, default=EngineConfig.decode_steps,
-                       help="tokens per slot per device call")
-    group.add_argument("--block-size", type=int, default=EngineConfig.block_size)
-    group.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len,
-                       help="prompt + new tokens of one request")
+    group.add_argument("--slots", type=int, default=slots,
+                       help="requests decoded together (default %(default)s)")
+    group.add_argument("--decode-steps", type=int, default=DEFAULTS["decode_steps"],
+                       help="tokens per slot per device call (default %(default)s)")
+    group.add_argument("--block-size", type=int, default=DEFAULTS["block_size"],
+                       help="tokens per KV cache block (default %(default)s)")
+    group.add_argument("--max-model-len", type=int, default=DEFAULTS["max_model_len"],
+                       help="the most tokens of one request: prompt + new tokens "
+                            "(default %(default)s)")
     group.add_argument("--kv-cache-gb", type=float,
                        help="KV pool size (default: every slot at --max-model-len, at most half "
                             "of free device memory)")
-    group.add_argument("--policy", choices=POLICIES, default="fcfs")
+    group.add_argument("--policy", choices=POLICIES, default="fcfs",
+                       help="which waiting request starts next: fcfs (in arrival order, the "
+                            "default) or longest_first (the most new tokens first: fewer idle "
+                            "slots at the end of an offline batch)")
     group.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                        help="parameters and compute (auto: bfloat16 on TPU and GPU, float32 "
                             "on CPU)")
@@ -55,6 +70,8 @@ def model_dtype(args: argparse.Namespace) -> str:
     (half the bytes a decode step reads), the CPU float32 (its results stay exact)."""
     if args.dtype != "auto":
         return args.dtype
+    import jax
+
     return "bfloat16" if jax.default_backend() in ("tpu", "gpu") else "float32"
 
 
@@ -62,6 +79,11 @@ def engine_setup(args: argparse.Namespace,
                  top_logprobs: int = 5) -> tuple[EngineConfig, Mesh | None]:
     """The engine config and mesh that ``add_engine_args``' options describe. The mesh
     holds this process's devices only: each host of a multi-host job runs its own engine."""
+    import jax
+
+    from marco_jax.engine.engine import EngineConfig
+    from marco_jax.sharding import make_mesh
+
     config = EngineConfig(slots=args.slots, decode_steps=args.decode_steps,
                           block_size=args.block_size, max_model_len=args.max_model_len,
                           kv_cache_gb=args.kv_cache_gb, policy=args.policy,
@@ -75,5 +97,8 @@ def build_engine(loaded: LoadedModel, config: EngineConfig, mesh: Mesh | None = 
                  stop_strings: Sequence[str] = ()) -> Engine:
     """An engine over a loaded model, its stop strings compiled for the model's
     tokenizer (stops found on device)."""
+    from marco_jax.engine.engine import Engine
+    from marco_jax.engine.stops import build_stop_table
+
     table = build_stop_table(loaded.tokenizer, list(stop_strings), loaded.cfg.vocab_size)
     return Engine(loaded.model, loaded.eos_ids, config, stop_table=table, mesh=mesh)

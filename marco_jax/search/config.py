@@ -6,7 +6,8 @@ A file holds ``description``, ``template`` (marco, chat or none), ``final``
 tagged search (``"action": "tagged"``), an ``action_tree``
 (:class:`marco_jax.search.action_tree.ActionTree`). Keys and types are
 checked by :mod:`marco_jax.run_config`, the reader training configs use: a
-misspelt key or a wrong type is an error naming the key and the file.
+misspelt key, a wrong type or a number out of its range is an error naming the key
+and the file (or the override that set it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, Sequence
 
 from marco_jax.errors import MarcoError, require
 from marco_jax.search.action_tree import ActionTree
-from marco_jax.run_config import apply_overrides, build, choice_checks, named_config
+from marco_jax.run_config import (apply_overrides, build, choice_checks, named_config,
+                                  range_checks, ranged)
 
 FINALS = ("most_visited", "max_value", "vote")
 ACTIONS = ("mini_step", "step", "tagged")
@@ -30,17 +32,19 @@ REWARD_TOKENS = ("rollout", "action", "both")
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     action: str = "mini_step"  # "mini_step", "step" or "tagged" (v2's action tree)
-    mini_step_tokens: int = 64
+    mini_step_tokens: int = ranged(64, at_least=1)
     step_delimiter: str = "\n\n"
-    step_max_tokens: int = 256  # cap on one step action
-    children: int = 4  # continuations sampled per expansion
-    iterations: int = 8  # selections per tree (tagged: rollouts to an answer), at most
-    c_uct: float = 1.0
-    call_tokens: int = 512  # new tokens per call: action + rollout (tagged: one node)
-    max_tokens: int = 1024  # generated tokens on a path (beyond the prompt)
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 0
+    step_max_tokens: int = ranged(256, at_least=1)  # cap on one step action
+    children: int = ranged(4, at_least=1)  # continuations sampled per expansion
+    # selections per tree (tagged: rollouts to an answer), at most
+    iterations: int = ranged(8, at_least=1)
+    c_uct: float = ranged(1.0, at_least=0)
+    # new tokens per call: action + rollout (tagged: one node)
+    call_tokens: int = ranged(512, at_least=1)
+    max_tokens: int = ranged(1024, at_least=1)  # generated tokens on a path (beyond the prompt)
+    temperature: float = ranged(0.7, at_least=0)
+    top_p: float = ranged(0.95, above=0, at_most=1)
+    top_k: int = ranged(0, at_least=0)  # 0: off
     reward_tokens: str = "rollout"  # "rollout", "action" or "both"
     # v1: a rethinking sibling (reflection_text) of every action that closes the thought
     reflection: bool = False
@@ -54,28 +58,23 @@ class SearchConfig:
     # 1/0 on a finished answer (v2), or reward_weight x verifier + the rest x confidence.
     reward: str = "confidence"
     verifier: str = "numeric"
-    reward_weight: float = 0.5
+    reward_weight: float = ranged(0.5, at_least=0, at_most=1)
     # Per-problem early stop (0: off): at stop_at_correct correct answers, or once
     # stop_after_rollouts rollouts found at least stop_min_correct (v2: 8; 32 and 4).
-    stop_at_correct: int = 0
-    stop_after_rollouts: int = 0
-    stop_min_correct: int = 0
+    stop_at_correct: int = ranged(0, at_least=0)
+    stop_after_rollouts: int = ranged(0, at_least=0)
+    stop_min_correct: int = ranged(0, at_least=0)
     # Generated tokens one problem may use (0: no cap): no new expansion starts
     # once a tree has generated this many, so methods compare at equal cost.
-    token_budget: int = 0
-    seed: int = 0
+    token_budget: int = ranged(0, at_least=0)
+    seed: int = ranged(0, at_least=0)
 
     def __post_init__(self):
         require([
             *choice_checks(self, {"action": ACTIONS, "reward": REWARDS, "verifier": VERIFIERS,
                                   "reward_tokens": REWARD_TOKENS,
                                   "reflect_wrong": REFLECT_WRONG}),
-            (0 <= self.reward_weight <= 1, f"reward_weight must be in [0, 1], "
-                                           f"got {self.reward_weight}"),
-            (min(self.stop_at_correct, self.stop_after_rollouts, self.stop_min_correct,
-                 self.token_budget) >= 0,
-             "stop_at_correct, stop_after_rollouts, stop_min_correct and token_budget "
-             "must be >= 0"),
+            *range_checks(self),
             (self.reflect_wrong == "off" or self.needs_gold,
              "reflect_wrong needs a verifier reward (reward verifier or mix): it reflects "
              "on answers the verifier rejected"),
@@ -83,10 +82,6 @@ class SearchConfig:
              "reflect_wrong is for step and mini_step actions; a tagged search reflects "
              "through its action tree (reflect_under)"),
             (self.reflection_text.strip() != "", "reflection_text must not be empty"),
-            (self.children >= 1, f"children must be >= 1, got {self.children}"),
-            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
-            (self.mini_step_tokens >= 1, "mini_step_tokens must be >= 1"),
-            (self.call_tokens >= 1 and self.max_tokens >= 1, "token budgets must be >= 1"),
         ])
 
     @property
@@ -147,10 +142,11 @@ def load_job_config(name_or_path: str, overrides: Sequence[str] = (),
     path, raw = named_config(name_or_path, "search", "search")
     if not isinstance(raw, dict):
         raise MarcoError(f"{path}: expected an object of settings, got {raw!r}")
-    apply_overrides(raw, overrides, form="key=value or search.key=value")
+    origins = apply_overrides(raw, overrides, form="key=value or search.key=value")
     if search:
         block = raw.setdefault("search", {})
         if not isinstance(block, dict):
             raise MarcoError(f"{path}: search must be a section (an object), got {block!r}")
         block.update(search)
-    return build(JobConfig, raw, str(path), name=path.stem)
+        origins |= {f"search.{key}": f"{key}={value!r}" for key, value in search.items()}
+    return build(JobConfig, raw, str(path), origins=origins, name=path.stem)

@@ -5,16 +5,21 @@ and which of them a process searches is :mod:`marco_jax.search.shares`.
 
 Output is JSONL appended one finished problem at a time and flushed, so a
 killed job loses at most the problems in flight; a restart skips every id
-already written.
+already written. Which settings wrote it is kept beside it (``OUTPUT.config.json``, so
+that its lines stay records), and a restart under other settings is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import itertools
 import json
 import os
 import pathlib
 from typing import Callable, Iterable
 
+from marco_jax.errors import MarcoError
 from marco_jax.files import lines
 from marco_jax.grading import answers_match, final_answer, majority_answer
 from marco_jax.search.config import JobConfig
@@ -77,6 +82,73 @@ def append_line(output: pathlib.Path, record: dict) -> None:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def config_path(output: pathlib.Path) -> pathlib.Path:
+    """The sidecar naming the settings that wrote ``output``."""
+    return output.with_name(output.name + ".config.json")
+
+
+def stamp(job: JobConfig, model: str, checker_model: str | None = None) -> dict:
+    """What decides a job's results, and its hash: the resolved config (template,
+    instruction, seed and search settings) and the models (a local path made absolute).
+    The config's name and description are left out: a renamed copy gives the same lines."""
+    def where(path: str | None) -> str | None:
+        return os.path.abspath(path) if path is not None and os.path.exists(path) else path
+
+    settings = {k: v for k, v in dataclasses.asdict(job).items()
+                if k not in ("name", "description")}
+    settings.update(instruction=job.instruction, model=where(model),
+                    checker_model=where(checker_model))
+    text = json.dumps(settings, sort_keys=True, ensure_ascii=False)
+    return {"config": job.name, "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "settings": json.loads(text)}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two settings trees."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(prefix + key)
+    return keys
+
+
+def check_stamp(output: pathlib.Path, new: dict, has_results: bool) -> None:
+    """Refuse to add to ``output``'s results under settings other than those that wrote
+    them; record ``new`` as the output's settings otherwise. An output without a sidecar
+    (written before there were any) is taken to be this job's."""
+    sidecar = config_path(output)
+    if has_results and sidecar.is_file():
+        old = json.loads(sidecar.read_text(encoding="utf-8"))
+        if old["fingerprint"] == new["fingerprint"]:
+            return
+        differs = ", ".join(_differences(old["settings"], new["settings"])[:4])
+        raise MarcoError(f"{output} holds results of config {old['config']} "
+                         f"({old['fingerprint']}), not of config {new['config']} "
+                         f"({new['fingerprint']}; differs in {differs}): pass --force-new to "
+                         "move them aside and start over, or choose another output")
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    fresh = sidecar.with_name(sidecar.name + ".writing")
+    fresh.write_text(json.dumps(new, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(fresh, sidecar)
+
+
+def set_aside(paths: Iterable[pathlib.Path]) -> int | None:
+    """Rename each existing file of ``paths`` to ``NAME.bak-N``, one N (the first free)
+    for all, so that a job can start over without deleting data; N, or None if none
+    existed."""
+    found = [p for p in paths if p.exists()]
+    if not found:
+        return None
+    n = next(n for n in itertools.count(1)
+             if not any(p.with_name(f"{p.name}.bak-{n}").exists() for p in found))
+    for p in found:
+        p.rename(p.with_name(f"{p.name}.bak-{n}"))
+    return n
 
 
 def choose(result: SearchResult, final: str, decode) -> tuple[str, float]:

@@ -1,7 +1,9 @@
 """Which problems a process searches and where it writes: the whole job, a shard given
 by hand (``--process-index/--process-count``), or its share of a job spread over the
 hosts of a joined run, each host writing its own parts of the output and trees files,
-which process 0 merges into one file when every host is done.
+which process 0 merges into one file when every host is done. One job at a time writes
+an output: it holds ``OUTPUT.lock`` (in a spread job, process 0 does, and each process
+holds its part's lock too), and it checks the settings that wrote the output first.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import itertools
 import os
 import pathlib
 import re
+import sys
 from typing import Iterator, Sequence
 
 import jax
 
-from marco_jax import distributed
+from marco_jax import distributed, run_lock
 from marco_jax.errors import MarcoError
 from marco_jax.search import job_files
 
@@ -49,6 +52,32 @@ def own_share(problems: list[dict], output: pathlib.Path, trees: pathlib.Path | 
     if trees:
         job_files.keep_trees(trees, done)
     return Share(mine, [p for p in mine if p["id"] not in done], output, trees)
+
+
+@contextlib.contextmanager
+def owned(problems: list[dict], output: pathlib.Path, trees: pathlib.Path | None,
+          stamp: dict | None = None, force_new: bool = False, index: int = 0,
+          count: int = 1) -> Iterator[Share]:
+    """:func:`own_share` while holding ``output``'s lock, after :func:`begin`."""
+    with run_lock.held(run_lock.lock_path(output), str(output)):
+        begin(output, trees, stamp, force_new)
+        yield own_share(problems, output, trees, index, count)
+
+
+def begin(output: pathlib.Path, trees: pathlib.Path | None, stamp: dict | None,
+          force_new: bool) -> None:
+    """Before any process reads what is done: with ``force_new`` the job's earlier files
+    moved aside (never deleted); the job's settings (``stamp``) checked against those
+    that wrote the output (see :func:`job_files.check_stamp`)."""
+    if force_new:
+        files = [output, *part_paths(output), job_files.config_path(output)]
+        if trees:
+            files += [trees, *part_paths(trees)]
+        n = job_files.set_aside(files)
+        if n is not None:
+            print(f"moved the earlier files of {output} aside to *.bak-{n}", file=sys.stderr)
+    if stamp is not None:
+        job_files.check_stamp(output, stamp, bool(spread_finished_ids(output)))
 
 
 def part_path(path: pathlib.Path, index: int, count: int) -> pathlib.Path:
@@ -124,29 +153,37 @@ def _check_shared(index: int, count: int, *paths: pathlib.Path | None) -> None:
 
 
 @contextlib.contextmanager
-def spread(problems: list[dict], output: pathlib.Path,
-           trees: pathlib.Path | None) -> Iterator[Share]:
+def spread(problems: list[dict], output: pathlib.Path, trees: pathlib.Path | None,
+           stamp: dict | None = None, force_new: bool = False) -> Iterator[Share]:
     """This process's share of a job spread over the processes of a joined run (a host
     each), written to its own parts of ``output`` and ``trees``. When every process has
     searched its share, process 0 folds all parts into ``output`` and ``trees`` in input
     order, each id once. A rerun after any process died (the same command on every host)
-    searches only what no file or part holds yet, and merges. Run it inside
-    :func:`distributed.failures_reported`, so that no process waits for a failed one."""
+    searches only what no file or part holds yet, and merges. Process 0 holds the
+    output's lock and runs :func:`begin`, each process holds its part's lock. Run it
+    inside :func:`distributed.failures_reported`, so that no process waits for a failed
+    one."""
     index, count = jax.process_index(), jax.process_count()
     part = part_path(output, index, count)
     trees_part = trees and part_path(trees, index, count)
-    _claim(part, trees_part)
-    distributed.meet("parts created")
-    _check_shared(index, count, output, trees)
-    done = spread_finished_ids(output)
-    if trees_part:
-        job_files.keep_trees(trees_part, done)
-    mine = shard(problems, index, count)
-    yield Share(mine, [p for p in mine if p["id"] not in done], part, trees_part)
-    distributed.meet("shares searched")
-    if index == 0:
-        order = [p["id"] for p in problems]
-        if trees:
-            merge_parts(trees, order)
-        merge_parts(output, order)
-    distributed.meet("parts merged")
+    with contextlib.ExitStack() as locks:
+        if index == 0:
+            locks.enter_context(run_lock.held(run_lock.lock_path(output), str(output)))
+            begin(output, trees, stamp, force_new)
+        distributed.meet("output checked")
+        locks.enter_context(run_lock.held(run_lock.lock_path(part), str(part)))
+        _claim(part, trees_part)
+        distributed.meet("parts created")
+        _check_shared(index, count, output, trees)
+        done = spread_finished_ids(output)
+        if trees_part:
+            job_files.keep_trees(trees_part, done)
+        mine = shard(problems, index, count)
+        yield Share(mine, [p for p in mine if p["id"] not in done], part, trees_part)
+        distributed.meet("shares searched")
+        if index == 0:
+            order = [p["id"] for p in problems]
+            if trees:
+                merge_parts(trees, order)
+            merge_parts(output, order)
+        distributed.meet("parts merged")

@@ -1,5 +1,7 @@
 """The OpenAI-compatible HTTP app over one :class:`EngineWorker`: its events become OpenAI's
-JSON, whole or streamed; a client that disconnects cancels its request, freeing its slots."""
+JSON, whole or streamed; a client that disconnects cancels its request, freeing its slots.
+Bodies are parsed and prompts tokenized in a thread, so a huge prompt never stalls the event
+loop (``/health`` and the other requests' streams)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from fastapi.responses import (HTMLResponse, JSONResponse, PlainTextResponse, Re
 from marco_jax import prompts
 from marco_jax.engine.engine import FILTER_WIDTH
 from marco_jax.search import tree_html as tree_html_lib
-from marco_jax.search.config import JobConfig, load_job_config
+from marco_jax.search.config import JobConfig
 from marco_jax.serve import protocol
 from marco_jax.serve.protocol import GenerationRequest, RequestError
 from marco_jax.serve.worker import KEPT_TREES, EngineWorker, Event, ServeRequest
@@ -37,6 +39,8 @@ class ServerSettings:
     top_logprobs: int  # the engine's k: the most top_logprobs a request may ask for
     searches: Mapping[str, JobConfig]  # offered search configs (and effort:LEVEL entries)
     grace_s: float = 30.0  # shutdown: in-flight work may finish for this long
+    max_n: int = 128  # the most choices one request may ask for (OpenAI's own limit)
+    max_body_mb: float = 8.0  # the largest request body, in MiB (413 beyond)
 
 
 async def _error(_: Request, error: RequestError) -> JSONResponse:
@@ -62,6 +66,9 @@ class _Handlers:
             raise RequestError(f"the model '{parsed.model}' does not exist; this server runs "
                                f"'{self.settings.model_name}'", "model", status=404,
                                code="model_not_found")
+        if parsed.n > self.settings.max_n:
+            raise RequestError(f"'n' must be at most {self.settings.max_n} on this server, "
+                               f"got {parsed.n}", "n")
         if parsed.top_k > FILTER_WIDTH:
             raise RequestError(f"'top_k' must be at most {FILTER_WIDTH}, got {parsed.top_k}",
                                "top_k")
@@ -71,8 +78,8 @@ class _Handlers:
         limit = self.settings.max_model_len
         if not prompt_ids:
             raise RequestError(f"'{field}' renders to no tokens", field)
-        too_long = (f"this model's maximum context length is {limit} tokens; the prompt "
-                    f"({field}) has {len(prompt_ids)}")
+        too_long = (f"'{field}' has {len(prompt_ids)} tokens; this model's context is "
+                    f"{limit} tokens")
         if len(prompt_ids) >= limit:
             raise RequestError(too_long, field)
         max_tokens = parsed.max_tokens or limit - len(prompt_ids)
@@ -80,7 +87,8 @@ class _Handlers:
             raise RequestError(f"{too_long} and max_tokens asks for {max_tokens} more",
                                "max_tokens")
         seed = parsed.seed if parsed.seed is not None else random.randrange(2 ** 31)
-        return ServeRequest(parsed, prompt_ids, max_tokens, seed, emit, search_job)
+        return ServeRequest(parsed, prompt_ids, max_tokens, seed, emit, search_job,
+                            parsed.search_max_total_tokens)
 
     def prompt_ids(self, parsed: GenerationRequest, search_job: JobConfig | None) -> list[int]:
         """A search's prompt is its config's rendering of the question."""
@@ -94,6 +102,7 @@ class _Handlers:
         return self.worker.tokenizer.encode(text, add_special_tokens=False)
 
     def search_job(self, parsed: GenerationRequest) -> JobConfig | None:
+        """The offered config the request names, with its iterations and token cap."""
         if parsed.search is None:
             return None
         config = self.settings.searches.get(parsed.search)
@@ -101,25 +110,61 @@ class _Handlers:
             offered = ", ".join(sorted(self.settings.searches)) or "none"
             raise RequestError(f"'marco.search': no search config '{parsed.search}' on this "
                                f"server (offered: {offered})", "marco.search")
-        if parsed.search_iterations not in (None, config.search.iterations):
-            config = load_job_config(config.name, iterations=parsed.search_iterations)
-        return config
+        changes = {} if parsed.search_iterations is None else {
+            "iterations": parsed.search_iterations}
+        if parsed.search_max_total_tokens is not None:
+            changes["token_budget"] = self.token_budget(parsed, config)
+        return dataclasses.replace(config, search=dataclasses.replace(config.search, **changes))
+
+    @staticmethod
+    def token_budget(parsed: GenerationRequest, config: JobConfig) -> int:
+        """The search's own stopping rule for ``marco.max_total_tokens``: no round starts with
+        fewer tokens left than its calls (``children``), which then share what is left (the
+        worker cuts their lengths), so the total never passes the cap."""
+        total, search = parsed.search_max_total_tokens, config.search
+        if total < search.children:
+            raise RequestError(f"'marco.max_total_tokens' must be at least {search.children} "
+                               f"(a token for each of the {search.children} calls of a round of "
+                               f"'{parsed.search}'), got {total}", "marco.max_total_tokens")
+        budget = total - search.children + 1
+        return min(budget, search.token_budget) if search.token_budget else budget
 
     async def generate(self, http: Request) -> Response:
         """``POST /v1/completions`` and ``POST /v1/chat/completions``."""
-        try:
-            body = await http.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError("the request body is not valid JSON")
+        raw = await self.body(http)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         emit = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, queue.put_nowait)
         chat = http.url.path.endswith("/chat/completions")
-        parse = protocol.parse_chat if chat else protocol.parse_completion
-        req = self.serve_request(parse(body, self.settings.top_logprobs), emit)
+        req = await asyncio.to_thread(self.prepare, raw, chat, emit)
         self.worker.submit(req)
         if req.parsed.stream:
             return StreamingResponse(self.stream(req, queue), media_type="text/event-stream")
         return await self.collect(http, req, queue)
+
+    async def body(self, http: Request) -> bytes:
+        """The body, refused (413) as soon as it is known to pass ``max_body_mb``."""
+        limit = int(self.settings.max_body_mb * 2 ** 20)
+        too_large = RequestError(f"the request body is larger than this server's limit of "
+                                 f"{self.settings.max_body_mb:g} MiB (--max-body-mb)",
+                                 status=413, code="request_too_large")
+        declared = http.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        data = bytearray()
+        async for chunk in http.stream():
+            data += chunk
+            if len(data) > limit:
+                raise too_large
+        return bytes(data)
+
+    def prepare(self, raw: bytes, chat: bool, emit: Callable[[Event], None]) -> ServeRequest:
+        """Parse, check and tokenize a body (in a thread: a long prompt takes seconds)."""
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError("the request body is not valid JSON")
+        parse = protocol.parse_chat if chat else protocol.parse_completion
+        return self.serve_request(parse(body, self.settings.top_logprobs), emit)
 
     async def next_event(self, http: Request, req: ServeRequest,
                          queue: asyncio.Queue) -> Event | None:
@@ -154,7 +199,7 @@ class _Handlers:
                     finishes[event.index] = event.finish
             elif event.kind == "search":  # its one choice: the chosen answer
                 result = event.data
-                texts[0], finishes[0] = result["text"], "stop"
+                texts[0], finishes[0] = result["text"], event.finish
         kind = parsed.kind
         choices = [protocol.choice_body(
             kind, i, texts[i], finishes.get(i),
@@ -187,8 +232,8 @@ class _Handlers:
                 elif event.kind == "progress":
                     yield _sse(chunk([], marco={"progress": event.data}))
                 elif event.kind == "search":
-                    choice = protocol.choice_body(kind, 0, event.data["text"], "stop", None,
-                                                  delta=True, role=True)
+                    choice = protocol.choice_body(kind, 0, event.data["text"], event.finish,
+                                                  None, delta=True, role=True)
                     yield _sse(chunk([choice], marco=event.data))
                 elif event.kind == "error":
                     yield _sse(event.error.body())
@@ -214,14 +259,14 @@ class _Handlers:
             "owned_by": "marco-jax", "max_model_len": self.settings.max_model_len}]}
 
     async def tree(self, tree_id: str) -> Response:
-        found = self.worker.trees.get(tree_id)
+        found = self.worker.tree(tree_id)
         if found is None:
             raise RequestError(f"no tree '{tree_id}' (the server keeps the last {KEPT_TREES})",
                                "tree_id", status=404)
         return JSONResponse(found.to_json())
 
     async def tree_html(self, tree_id: str) -> Response:
-        found = self.worker.trees.get(tree_id)
+        found = self.worker.tree(tree_id)
         if found is None:
             raise RequestError(f"no tree '{tree_id}'", "tree_id", status=404)
         return HTMLResponse(tree_html_lib.render_fragment(found))
@@ -238,7 +283,8 @@ class _Handlers:
         rows = [  # (name after "marco_", type, help, value)
             ("requests_in_flight", "gauge", "HTTP requests queued or running", worker.in_flight),
             ("engine_running_requests", "gauge", "engine requests in decode slots", m.running),
-            ("engine_waiting_requests", "gauge", "engine requests waiting for a slot", m.waiting),
+            ("engine_waiting_requests", "gauge",
+             "engine requests and choices waiting for a slot", m.waiting),
             ("engine_slot_utilisation", "gauge",
              "share of decode slot-steps that produced a kept token", engine.stats.utilisation),
             ("engine_free_kv_blocks", "gauge", "KV blocks free or reusable",

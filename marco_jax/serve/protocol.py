@@ -1,6 +1,11 @@
 """OpenAI's request and response shapes. Unknown fields are ignored, as OpenAI's and vLLM's
 servers do; known ones this server cannot honour are refused rather than silently dropped.
-``marco`` is this server's extension: Marco-o1's system prompt and a tree search."""
+``marco`` is this server's extension: Marco-o1's system prompt and a tree search.
+
+For a search, ``max_tokens`` bounds the returned answer: its path's completion tokens, cut
+there (finish ``length``) as a plain choice is; ``usage`` counts those. Everything the search
+generates (every node and rollout) is bounded by ``marco.max_total_tokens`` and counted in
+``marco.usage``."""
 
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ class GenerationRequest:
     include_usage: bool
     search: str | None = None  # chat: the search config to answer with
     search_iterations: int | None = None  # instead of the search config's own
+    search_max_total_tokens: int | None = None  # a cap on every token the search generates
     question: str | None = None  # chat: the last user turn (what a search answers)
 
 
@@ -137,11 +143,20 @@ def _common(body: dict, kind: str) -> dict[str, Any]:
         include_usage=_typed(stream_options, "include_usage", (bool,), False))
 
 
-def _marco(body: dict) -> tuple[str | None, str | None, int | None]:
-    """``marco`` and ``reasoning_effort``: (system prompt name, search config, iterations)."""
+def _marco_int(marco: dict, name: str) -> int | None:
+    """``marco[name]``, an integer >= 1, checked as a top-level field is: errors name
+    ``marco.NAME``."""
+    param = f"marco.{name}"
+    return _typed({param: marco.get(name)}, param, (int,), None, _AT_LEAST_ONE)
+
+
+def _marco(body: dict) -> tuple[str | None, str | None, int | None, int | None]:
+    """``marco`` and ``reasoning_effort``: (system prompt name, search config, iterations,
+    max total tokens)."""
     marco = _typed(body, "marco", (dict,), {})
     effort = _typed(body, "reasoning_effort")
     config, iterations, system = marco.get("search"), marco.get("iterations"), marco.get("system")
+    total = _marco_int(marco, "max_total_tokens")
     if config is not None and (not isinstance(config, str) or not config):
         raise RequestError("'marco.search' must be the name of a search config", "marco.search")
     if config is not None and iterations is not None and (
@@ -150,9 +165,12 @@ def _marco(body: dict) -> tuple[str | None, str | None, int | None]:
     if system is not None and system not in prompts.SYSTEM_PROMPTS:
         raise RequestError(f"'marco.system' must be one of {sorted(prompts.SYSTEM_PROMPTS)}",
                            "marco.system")
-    if config is not None:
-        return system, config, iterations
-    return system, None if effort is None else f"effort:{effort}", None
+    if config is None and effort is not None:
+        config, iterations = f"effort:{effort}", None
+    if total is not None and config is None:
+        raise RequestError("'marco.max_total_tokens' bounds a search; this request asks for none",
+                           "marco.max_total_tokens")
+    return system, config, iterations, total
 
 
 def parse_completion(body: dict, max_logprobs: int) -> GenerationRequest:
@@ -207,7 +225,7 @@ def parse_chat(body: dict, max_logprobs: int) -> GenerationRequest:
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty array", "messages")
     turns = [_turn(message, i) for i, message in enumerate(messages)]
-    system, search, iterations = _marco(body)
+    system, search, iterations, total = _marco(body)
     system_prompt = prompts.SYSTEM_PROMPTS.get(system)
     if system_prompt is not None and turns[0]["role"] != "system":
         turns.insert(0, {"role": "system", "content": system_prompt})
@@ -221,6 +239,7 @@ def parse_chat(body: dict, max_logprobs: int) -> GenerationRequest:
         raise RequestError("a search request needs n = 1 and a user message", "marco")
     return GenerationRequest(prompt=prompts.chatml(turns), logprobs=logprobs,
                              search=search, search_iterations=iterations,
+                             search_max_total_tokens=total,
                              question=users[-1] if users else None, **common)
 
 

@@ -1,6 +1,8 @@
 """The server's engine thread: it alone drives the engine, so JAX calls and the scheduler's
 bookkeeping never race. A plain request's ``n`` choices are engine requests (seeds ``seed + i``)
-and a search request is a tree program, so both kinds share the decode slots."""
+and a search request is a tree program, so both kinds share the decode slots. Choices reach
+the engine round-robin by request, only as many as it can admit next, so one request's many
+choices never queue ahead of a later request."""
 
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class ServeRequest:
     seed: int
     emit: Callable[[Event], None]
     search_job: JobConfig | None = None  # a search request's config
+    search_budget: int | None = None  # a search's cap on all tokens it generates (None: none)
     tree_id: str | None = None  # a search's, set when it begins
     id: int = -1
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
@@ -72,8 +75,8 @@ class ServeMetrics:
     requests_finished: int = 0
     requests_cancelled: int = 0
     generated_tokens: int = 0
-    running: int = 0  # engine requests in decode slots after the last step
-    waiting: int = 0  # engine requests queued for a slot
+    running: int = 0  # engine requests in decode slots
+    waiting: int = 0  # engine requests queued for a slot, and choices waiting their turn
     ttft_sum: float = 0.0
     ttft_count: int = 0
     recent: collections.deque = dataclasses.field(
@@ -91,19 +94,34 @@ def decoding_once(decode: Callable[[list[int]], str]) -> Callable[[Sequence[int]
 
 
 def _with_stops(program: SearchProgram, strings: tuple[str, ...],
-                on_round: Callable[[list[Completion]], None]) -> SearchProgram:
-    """A search program ending on its config's stop strings only, not all the engine's."""
-    completions = None
+                on_round: Callable[[list[Completion]], None],
+                budget: int | None = None) -> SearchProgram:
+    """A search program ending on its config's stop strings only, not all the engine's; with
+    a ``budget``, each round's calls share the generated tokens it has left (one at least)."""
+    completions, left = None, budget
     try:
         while True:
             try:
                 calls = program.send(completions)
             except StopIteration as stop:
                 return stop.value
-            completions = yield [dataclasses.replace(c, stops=strings) for c in calls]
+            share = None if left is None else max(1, left // len(calls))
+            completions = yield [dataclasses.replace(
+                c, stops=strings, max_new_tokens=min(c.max_new_tokens, share or c.max_new_tokens))
+                for c in calls]
             on_round(completions)
+            if left is not None:
+                left -= sum(len(c.tokens) for c in completions)
     finally:
         program.close()
+
+
+@dataclasses.dataclass
+class _Choice:
+    """One choice of a plain request: its text, and its engine request once submitted."""
+
+    text: ChoiceText
+    engine_id: int | None = None  # None: waiting its turn in the worker
 
 
 class EngineWorker:
@@ -117,17 +135,23 @@ class EngineWorker:
         self.driver = Driver({"policy": engine})
         self.token_bytes = stops.token_bytes(tokenizer, engine.cfg.vocab_size)
         self.eos = frozenset(int(t) for t in eos_ids)
+        # counted but never shown: EOS and the tokenizer's special tokens (<|endoftext|>, ...)
+        self.hidden = self.eos | frozenset(getattr(tokenizer, "all_special_ids", ()))
         self.max_requests = max_requests
         self.metrics = ServeMetrics()
         self._cond = threading.Condition()
         self._inbox: list[ServeRequest] = []
         self._cancels: list[int] = []
         self._requests: dict[int, ServeRequest] = {}  # begun, not finished
-        # a plain request's choices: (engine request id, text)
-        self._choices: dict[int, list[tuple[int, ChoiceText]]] = {}
-        self.trees: collections.OrderedDict[str, TreeRecord] = collections.OrderedDict()
+        self._choices: dict[int, list[_Choice]] = {}  # a plain request's choices
+        # choices not yet submitted, by request, in turn order: request id -> choice indices
+        self._turns: collections.OrderedDict[int, collections.deque[int]] = (
+            collections.OrderedDict())
+        self._trees: collections.OrderedDict[str, TreeRecord] = collections.OrderedDict()
+        self._trees_lock = threading.Lock()  # the app's handlers read what this thread writes
         self._ids, self._tree_ids = itertools.count(), itertools.count()
         self._closing = False
+        self._give_up = False  # the grace period is over: cancel everything (503)
         self._thread = threading.Thread(target=self._run, name="marco-engine", daemon=True)
 
     def start(self) -> None:
@@ -160,8 +184,14 @@ class EngineWorker:
             self._cancels.append(request_id)
             self._cond.notify()
 
+    def tree(self, tree_id: str) -> TreeRecord | None:
+        """A kept search tree (the app's threads call this while the engine thread writes)."""
+        with self._trees_lock:
+            return self._trees.get(tree_id)
+
     def close(self, grace_s: float = 30.0) -> None:
-        """Refuse new requests and stop, giving those in flight ``grace_s`` before a 503."""
+        """Refuse new requests and stop, giving those in flight ``grace_s`` before a 503
+        (queued ones too: the engine thread begins them and cancels everything)."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -169,8 +199,7 @@ class EngineWorker:
         while self.in_flight and time.perf_counter() < deadline and self.alive:
             time.sleep(0.05)
         with self._cond:
-            self._cancels += list(self._requests) + [req.id for req in self._inbox]
-            self._inbox.clear()
+            self._give_up = True
             self._cond.notify()
         self._thread.join(timeout=grace_s + 10)
 
@@ -179,17 +208,18 @@ class EngineWorker:
             with self._cond:
                 idle = not self.driver.has_work
                 self._cond.wait_for(lambda: self._inbox or self._cancels or self.driver.has_work
-                                    or (self._closing and not self._requests))
+                                    or self._closing and (self._give_up or not self._requests))
                 if idle and self._inbox and not self._closing:
                     self._gather()
                 if self._closing and not (self._requests or self._inbox or self._cancels):
                     return
                 new, self._inbox = self._inbox, []
                 cancels, self._cancels = self._cancels, []
-            for request_id in cancels:
-                self._drop(request_id)
-            for req in new:
+            for req in new:  # before the cancels: a client may leave before its request begins
                 self._begin(req)
+            for request_id in list(self._requests) if self._give_up else cancels:
+                self._drop(request_id)
+            self._feed()
             if self.driver.has_work:
                 try:
                     self._step()
@@ -198,6 +228,13 @@ class EngineWorker:
                     for request_id in list(self._requests):
                         self._fail(request_id, RequestError(f"engine failure: {error}",
                                                             status=500, kind="server_error"))
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        """Running and waiting counts now, so a cancel that idles the engine shows at once."""
+        scheduler = self.engine.scheduler
+        self.metrics.running = sum(r is not None for r in scheduler.running)
+        self.metrics.waiting = len(scheduler.waiting) + sum(map(len, self._turns.values()))
 
     def _gather(self) -> None:
         """Let requests join the first step while they arrive less than ``admit_wait_s`` apart
@@ -212,30 +249,57 @@ class EngineWorker:
                 return
 
     def _begin(self, req: ServeRequest) -> None:
+        """Start a search, or queue a plain request's choices for their turns (see _feed)."""
         self._requests[req.id] = req
         self.metrics.requests_started += 1
-        parsed = req.parsed
+        if req.search_job is None:
+            n = req.parsed.n
+            self._choices[req.id] = [_Choice(self.choice_text(req.parsed.stop)) for _ in range(n)]
+            self._turns[req.id] = collections.deque(range(n))
+            return
         try:
-            if req.search_job is not None:
-                self._begin_search(req)
-                return
-            self._choices[req.id] = []
-            for i in range(parsed.n):
-                engine_id = self.engine.submit(
-                    req.prompt_ids, req.max_tokens, temperature=parsed.temperature,
-                    top_k=max(parsed.top_k, 0), top_p=parsed.top_p,
-                    seed=(req.seed + i) % 2 ** 31, stops=())
-                text = ChoiceText(self.token_bytes, parsed.stop, self.eos)
-                self._choices[req.id].append((engine_id, text))
+            self._begin_search(req)
         except MarcoError as error:
             self._fail(req.id, RequestError(str(error)))
+
+    def choice_text(self, stop: Sequence[str] = ()) -> ChoiceText:
+        """A new choice's text: stopped by ``stop``, special tokens hidden."""
+        return ChoiceText(self.token_bytes, stop, self.hidden)
+
+    def _feed(self) -> None:
+        """Submit waiting choices, one request's turn at a time, while the engine has free
+        slots to admit them: so a request's ``n`` choices make others wait one turn each,
+        not until all of them have run."""
+        scheduler = self.engine.scheduler
+        room = sum(r is None for r in scheduler.running) - len(scheduler.waiting)
+        while room > 0 and self._turns:
+            request_id, indices = next(iter(self._turns.items()))
+            self._turns.move_to_end(request_id)
+            index = indices.popleft()
+            if not indices:
+                del self._turns[request_id]
+            room -= self._submit_choice(self._requests[request_id], index)
+
+    def _submit_choice(self, req: ServeRequest, index: int) -> bool:
+        """Choice ``index`` of a plain request into the engine (seed ``seed + index``);
+        False when the engine refuses it, which fails the request."""
+        parsed = req.parsed
+        try:
+            self._choices[req.id][index].engine_id = self.engine.submit(
+                req.prompt_ids, req.max_tokens, temperature=parsed.temperature,
+                top_k=max(parsed.top_k, 0), top_p=parsed.top_p,
+                seed=(req.seed + index) % 2 ** 31, stops=())
+        except MarcoError as error:
+            self._fail(req.id, RequestError(str(error)))
+            return False
+        return True
 
     def _begin_search(self, req: ServeRequest) -> None:
         req.tree_id = f"tree-{next(self._tree_ids)}"
         algorithm = make_algorithm(req.search_job, self.tokenizer, self.engine.config.max_model_len)
         steps = itertools.count(1)
         generated = 0
-        decode_once = decoding_once(self._decode)
+        decode_once = decoding_once(self.decode)
 
         def on_round(completions: list[Completion]) -> None:
             nonlocal generated
@@ -249,7 +313,8 @@ class EngineWorker:
                                               "nodes": len(nodes), "tree_id": req.tree_id}))
 
         program = algorithm.program(Problem(req.id, req.prompt_ids, req.seed), on_grow)
-        self.driver.start(req.id, _with_stops(program, req.search_job.stops, on_round))
+        self.driver.start(req.id, _with_stops(program, req.search_job.stops, on_round,
+                                              req.search_budget))
         self._collect_searches()
 
     def _step(self) -> None:
@@ -258,9 +323,6 @@ class EngineWorker:
         produced = self.engine.stats.kept_tokens - before
         self.metrics.generated_tokens += produced
         self.metrics.recent.append((time.perf_counter(), produced))
-        scheduler = self.engine.scheduler
-        self.metrics.running = sum(r is not None for r in scheduler.running)
-        self.metrics.waiting = len(scheduler.waiting)
         for request_id in list(self._choices):
             self._advance(self._requests[request_id], foreign)
         self._collect_searches()
@@ -268,12 +330,13 @@ class EngineWorker:
     def _advance(self, req: ServeRequest, finished: Mapping[int, Completion]) -> None:
         """Emit each running choice's news; finish the request once all choices are done."""
         choices = self._choices[req.id]
-        for index, (engine_id, choice) in enumerate(choices):
-            if not choice.over:
-                self._advance_choice(req, index, engine_id, choice, finished.get(engine_id))
-        if all(choice.over for _, choice in choices):
+        for index, choice in enumerate(choices):
+            if choice.engine_id is not None and not choice.text.over:
+                self._advance_choice(req, index, choice.engine_id, choice.text,
+                                     finished.get(choice.engine_id))
+        if all(choice.text.over for choice in choices):
             del self._choices[req.id]
-            self._done(req, sum(choice.tokens for _, choice in choices))
+            self._done(req, sum(choice.text.tokens for choice in choices))
 
     def _advance_choice(self, req: ServeRequest, index: int, engine_id: int, choice: ChoiceText,
                         done: Completion | None) -> None:
@@ -309,32 +372,50 @@ class EngineWorker:
     def _collect_searches(self) -> None:
         for request_id, result in self.driver.finished:
             req = self._requests[request_id]
-            req.emit(Event("search", data=self._search_result(req, result)))
-            self._done(req, result.generated_tokens)
+            data, finish, answer_tokens = self._search_result(req, result)
+            req.emit(Event("search", data=data, finish=finish))
+            self._done(req, answer_tokens)
         self.driver.finished.clear()
 
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode([t for t in tokens if t not in self.eos])
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Text as clients see it: the special tokens (EOS included) left out."""
+        return self.tokenizer.decode([t for t in tokens if t not in self.hidden])
 
-    def _search_result(self, req: ServeRequest, result: SearchResult) -> dict:
-        decode = self._decode
-        text, value = job_files.choose(result, req.search_job.final, decode)
-        self._keep_tree(TreeRecord.of(result.tree, decode, req.tree_id, req.parsed.question,
+    def _search_result(self, req: ServeRequest, result: SearchResult) -> tuple[dict, str, int]:
+        """The search's body for the ``marco`` field, its finish reason and the answer's tokens
+        (at most ``max_tokens``: the answer is cut there, finish ``length``)."""
+        tokens_of: dict[str, list[int]] = {}
+
+        def remembered(tokens: Sequence[int]) -> str:  # which tokens spelled the answer
+            text = self.decode(tokens)
+            tokens_of.setdefault(text, list(tokens))
+            return text
+
+        text, value = job_files.choose(result, req.search_job.final, remembered)
+        answer = tokens_of[text]
+        returned, finish = text, "stop"
+        if len(answer) > req.max_tokens:
+            answer, finish = answer[:req.max_tokens], "length"
+            returned = self.decode(answer)
+        self._keep_tree(TreeRecord.of(result.tree, self.decode, req.tree_id, req.parsed.question,
                                       None, final_answer(text), result.best_path))
-        return {"text": text, "answer": final_answer(text), "value": value,
+        candidates = [(c, self.decode(c.tokens)) for c in result.candidates]
+        return {"text": returned, "answer": final_answer(text), "value": value,
                 "config": req.search_job.name, "rollouts": result.rollouts,
                 "generated_tokens": result.generated_tokens,
+                "usage": usage(len(req.prompt_ids), result.generated_tokens),
                 "candidates": [{"node": c.node, "text": shown, "value": c.value,
                                 "finished": c.finished, "answer": final_answer(shown)}
-                               for c, shown in ((c, decode(c.tokens)) for c in result.candidates)],
-                "tree_id": req.tree_id}
+                               for c, shown in candidates],
+                "tree_id": req.tree_id}, finish, len(answer)
 
     def _keep_tree(self, tree: TreeRecord) -> None:
         """A search's tree, growing or final, for GET /v1/trees/{id}: the last few only."""
-        self.trees[tree.id] = tree
-        self.trees.move_to_end(tree.id)
-        while len(self.trees) > KEPT_TREES:
-            self.trees.popitem(last=False)
+        with self._trees_lock:
+            self._trees[tree.id] = tree
+            self._trees.move_to_end(tree.id)
+            while len(self._trees) > KEPT_TREES:
+                self._trees.popitem(last=False)
 
     def _first_token(self, req: ServeRequest) -> None:
         """Time to first token, counted once per request."""
@@ -355,9 +436,10 @@ class EngineWorker:
                                                 kind="cancelled"))
 
     def _fail(self, request_id: int, error: RequestError) -> None:
-        for engine_id, choice in self._choices.pop(request_id, []):
-            if not choice.over:
-                self.engine.cancel(engine_id)
+        self._turns.pop(request_id, None)
+        for choice in self._choices.pop(request_id, []):
+            if choice.engine_id is not None and not choice.text.over:
+                self.engine.cancel(choice.engine_id)
         self.driver.cancel(request_id)  # a search's program, if it runs
         self._finish(request_id, Event("error", error=error))
 

@@ -9,7 +9,8 @@ import dataclasses
 from marco_jax.errors import require
 from marco_jax.model import REMAT_POLICIES
 from marco_jax.prompts import SYSTEM_PROMPTS
-from marco_jax.run_config import apply_overrides, build, choice_checks, named_config
+from marco_jax.run_config import (apply_overrides, build, choice_checks, named_config,
+                                  range_checks, ranged)
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn")  # marco_jax.train.attention
 ON_BAD_RECORD = ("error", "skip")
@@ -40,46 +41,48 @@ class DataSection:
     path: str = ""
     tokenizer: str = "builtin"  # "builtin" (tests) or a directory with tokenizer files
     system: str = "marco"  # system prompt for records without one: marco, default, none
-    seq_len: int = 512
+    seq_len: int = ranged(512, at_least=2)
     pack: bool = True  # SFT only: DPO rows hold one completion each
     overlong: str = "truncate"  # or "drop"
     on_bad_record: str = "error"  # or "skip"
-    shuffle_seed: int = 0
-    num_epochs: int | None = None  # None: repeat until train.steps
+    shuffle_seed: int = ranged(0, at_least=0)
+    num_epochs: int | None = ranged(None, at_least=1)  # None: repeat until train.steps
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
-    steps: int = 100
-    global_batch: int = 8  # sequences per optimizer step, over all hosts
-    micro_batches: int = 1  # gradient accumulation: global_batch is split into this many
-    learning_rate: float = 1e-5
-    warmup_steps: int = 10
-    min_learning_rate: float = 0.0  # end of the cosine decay
-    weight_decay: float = 0.0  # AdamW; never applied to norms and biases
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float = 1.0
+    steps: int = ranged(100, at_least=1)
+    global_batch: int = ranged(8, at_least=1)  # sequences per optimizer step, over all hosts
+    # gradient accumulation: global_batch is split into this many
+    micro_batches: int = ranged(1, at_least=1)
+    learning_rate: float = ranged(1e-5, above=0)
+    warmup_steps: int = ranged(10, at_least=0)
+    min_learning_rate: float = ranged(0.0, at_least=0)  # end of the cosine decay
+    weight_decay: float = ranged(0.0, at_least=0)  # AdamW; never applied to norms and biases
+    b1: float = ranged(0.9, at_least=0, below=1)
+    b2: float = ranged(0.95, at_least=0, below=1)
+    eps: float = ranged(1e-8, above=0)
+    clip_norm: float = ranged(1.0, above=0)  # global gradient norm cap
     optimizer: str = "adamw"  # or adafactor (factored second moment, no first moment)
     moments_dtype: str = "float32"  # AdamW's mu and nu: float32 or bfloat16
     accumulate_dtype: str = "float32"  # micro-batch gradient sum: float32 or bfloat16
     offload_optimizer: bool = False  # optimizer state in pinned host memory between steps
-    seed: int = 0
-    log_every: int = 1
+    seed: int = ranged(0, at_least=0)
+    log_every: int = ranged(1, at_least=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshSection:
-    data: int = 1
-    fsdp: int = -1  # -1: every remaining device
-    tensor: int = 1
+    # Axis sizes; one may be -1: every remaining device (0 is refused in validate).
+    data: int = ranged(1, at_least=-1)
+    fsdp: int = ranged(-1, at_least=-1)
+    tensor: int = ranged(1, at_least=-1)
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
-    every: int = 100  # steps between saves (and always the last step)
-    keep: int = 3
+    every: int = ranged(100, at_least=1)  # steps between saves (and always the last step)
+    keep: int = ranged(3, at_least=1)
     async_save: bool | None = None  # None: on unless the devices are CPUs (see checkpoint.py)
     compress: bool | None = None  # zstd; None: on unless the devices are CPUs (ditto)
 
@@ -88,10 +91,12 @@ class CheckpointSection:
 class DPOSection:
     """Preference training (``objective: dpo``); see :class:`marco_jax.train.objectives.DPO`."""
 
-    beta: float = 0.1
+    beta: float = ranged(0.1, above=0)
     loss: str = "sigmoid"  # or ipo
-    label_smoothing: float = 0.0  # cDPO's epsilon (sigmoid loss only)
-    sft_weight: float = 0.0  # v2's joint term: NLL of the chosen completion, this weight
+    # cDPO's epsilon (sigmoid loss only)
+    label_smoothing: float = ranged(0.0, at_least=0, below=0.5)
+    # v2's joint term: NLL of the chosen completion, this weight
+    sft_weight: float = ranged(0.0, at_least=0)
     mask_shared_prefix: bool = False  # leave out the completions' common first tokens
     reference: str = "precomputed"  # once, before training; or "live": a frozen copy
     # of the initial weights beside the state, scored with every batch
@@ -111,26 +116,27 @@ class TrainConfig:
     dpo: DPOSection = DPOSection()
 
     def validate(self) -> "TrainConfig":
+        """Every choice and range (for a config built in code), then the settings that
+        depend on each other."""
+        require([*choice_checks(self, CHOICES), *range_checks(self)], f"config {self.name}: ")
         require([
-            *choice_checks(self, CHOICES),
-            (self.data.seq_len >= 2, "data.seq_len must be >= 2"),
-            (self.train.micro_batches >= 1 and self.train.global_batch % self.train.micro_batches
-             == 0, "train.global_batch must be a multiple of train.micro_batches"),
-            (self.train.steps >= 1, "train.steps must be >= 1"),
-            (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1,
-             "checkpoint.every and checkpoint.keep must be >= 1"),
-            (self.dpo.beta > 0, "dpo.beta must be > 0"),
-            (0.0 <= self.dpo.label_smoothing < 0.5, "dpo.label_smoothing must be >= 0 and < 0.5"),
+            (self.train.global_batch % self.train.micro_batches == 0,
+             "train.global_batch must be a multiple of train.micro_batches"),
+            (self.train.min_learning_rate <= self.train.learning_rate,
+             f"train.min_learning_rate ({self.train.min_learning_rate}) must be <= "
+             f"train.learning_rate ({self.train.learning_rate})"),
+            *((size != 0, f"mesh.{axis} must be >= 1 or -1 (every remaining device), got 0")
+              for axis, size in dataclasses.asdict(self.mesh).items()),
             (self.dpo.label_smoothing == 0.0 or self.dpo.loss == "sigmoid",
              "dpo.label_smoothing applies to the sigmoid loss only"),
-            (self.dpo.sft_weight >= 0, "dpo.sft_weight must be >= 0"),
         ], f"config {self.name}: ")
         return self
+
 
 def load_train_config(name_or_path: str, overrides: list[str] = ()) -> TrainConfig:
     """A config by name (``marco_jax/configs/train/NAME.json``) or path, then
     ``section.key=value`` overrides applied in order."""
     path, raw = named_config(name_or_path, "train", "training")
     raw.pop("description", None)
-    apply_overrides(raw, overrides)
-    return build(TrainConfig, raw, str(path), name=path.stem).validate()
+    origins = apply_overrides(raw, overrides)
+    return build(TrainConfig, raw, str(path), origins=origins, name=path.stem).validate()

@@ -31,21 +31,51 @@ def peak_flops(override_tflops: float | None = None) -> float | None:
     return None if per_device is None else per_device * jax.device_count()
 
 
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line torn by a kill
+        return -1
+
+
+def cut_after(path: epath.Path, step: int) -> list[str]:
+    """Keep the lines of ``path`` up to ``step`` (a resumed run's checkpoint: the steps
+    after it are logged again), written whole beside it and renamed over it, so a kill
+    leaves the old file or the new one; returns them."""
+    if not path.exists():
+        return []
+    kept = [line for line in path.read_text().splitlines() if 0 <= _step(line) <= step]
+    fresh = path.parent / (path.name + ".cutting")
+    fresh.write_text("".join(line + "\n" for line in kept))
+    fresh.replace(path)
+    return kept
+
+
 class MetricsLog:
     """One JSON line and one TensorBoard point per log step (process 0 only); in a remote
-    ``directory`` (``gs://...``, no appends) the whole JSONL file is rewritten each time."""
+    ``directory`` (``gs://...``, no appends) the whole JSONL file is rewritten each time.
+    A run that starts at ``start`` (its checkpoint's step; 0 for a new run) drops what an
+    earlier run logged after it: the JSONL lines, and TensorBoard's events through
+    ``purge_step`` (TensorBoard hides the earlier events from that step on); without
+    ``start`` the earlier lines are kept as they are."""
 
-    def __init__(self, directory: epath.PathLike, enabled: bool = True):
+    def __init__(self, directory: epath.PathLike, enabled: bool = True,
+                 start: int | None = None):
         self.enabled = enabled
         if enabled:
             directory = epath.Path(directory)
             directory.mkdir(parents=True, exist_ok=True)
             self.path = directory / "metrics.jsonl"
             self.remote = "://" in str(directory)
-            self.lines = self.path.read_text().splitlines() if (
-                self.remote and self.path.exists()) else []
+            if start is None:
+                self.lines = self.path.read_text().splitlines() if (
+                    self.remote and self.path.exists()) else []
+                purge = {}
+            else:
+                self.lines = cut_after(self.path, start)
+                purge = {"purge_step": start + 1}
             self.jsonl = None if self.remote else self.path.open("a")
-            self.tensorboard = SummaryWriter(str(directory / "tensorboard"))
+            self.tensorboard = SummaryWriter(str(directory / "tensorboard"), **purge)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -4,11 +4,14 @@ checkpoints and metrics, and the final export (the compile-only memory plan is i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import pathlib
 import resource
 import sys
 import time
+from typing import ContextManager
 
 import grain
 import jax
@@ -19,8 +22,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from marco_jax import distributed, prompts, run_lock
 from marco_jax import model_config as model_config
-from marco_jax import prompts
 from marco_jax import tokenizer as tokenizer_lib
 from marco_jax.checkpoint import orbax_io
 from marco_jax.errors import MarcoError
@@ -199,11 +202,29 @@ def export(params: dict, model_cfg: model_config.Qwen2Config, tokenizer,
         tokenizer.save_pretrained(str(directory))
 
 
+def run_locked(out: epath.Path) -> ContextManager[None]:
+    """The run directory's lock (``run.lock`` in it): one per run, so process 0 alone
+    holds it, and the others wait for it at a meeting. A bucket has no locks: a remote
+    directory is not locked."""
+    if jax.process_index() != 0 or "://" in str(out):
+        return contextlib.nullcontext()
+    return run_lock.held(pathlib.Path(str(out)) / "run.lock", f"output_dir {out}")
+
+
 def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = None,
           progress: bool = True) -> list[dict]:
-    """Train ``cfg.train.steps`` steps (from the latest checkpoint with ``resume``);
-    returns the logged metrics of this process's steps."""
+    """Train ``cfg.train.steps`` steps (from the latest checkpoint with ``resume``), one
+    run at a time in ``output_dir``; returns the logged metrics of this process's steps.
+    Run it inside :func:`distributed.failures_reported`, so that the other processes
+    stop when process 0 finds the directory in use."""
     out = epath.Path(cfg.output_dir)
+    with run_locked(out):
+        distributed.meet("output_dir locked")
+        return _train(cfg, out, resume, peak_tflops, progress)
+
+
+def _train(cfg: TrainConfig, out: epath.Path, resume: bool, peak_tflops: float | None,
+           progress: bool) -> list[dict]:
     checkpoints_dir = out / "checkpoints"
     if not resume and checkpoints_dir.exists() and any(checkpoints_dir.iterdir()):
         raise MarcoError(f"{checkpoints_dir} already holds checkpoints: pass --resume to "
@@ -226,7 +247,7 @@ def train(cfg: TrainConfig, resume: bool = False, peak_tflops: float | None = No
         state = checkpoints.restore(start, program.abstract_state, data_iter)
         print(f"resumed from step {start} of {checkpoints_dir}", file=sys.stderr)
     lead = jax.process_index() == 0
-    log = metrics_lib.MetricsLog(out, enabled=lead)  # makes ``out``
+    log = metrics_lib.MetricsLog(out, enabled=lead, start=start)  # makes ``out``
     if lead:  # the resolved config, for reproducibility
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     flops = metrics_lib.flops_per_token(setup.layout.cfg, cfg.data.seq_len)

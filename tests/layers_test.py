@@ -12,7 +12,7 @@ PACKAGE = ROOT / "marco_jax"
 LAYERS = [
     {"errors", "prompts", "loops"},
     {"model_config", "run_config", "grading", "tokenizer", "topology", "files", "cli",
-     "distributed"},
+     "distributed", "run_lock"},
     {"model", "sharding", "checkpoint"},
     {"loading"},
     {"engine", "train"},

@@ -11,13 +11,12 @@ import argparse
 import contextlib
 import itertools
 import os
+import sys
 import time
 from typing import Iterator
 
-import jax
 # The coordination service's client: JAX has no public barrier that waits without a
 # timeout and without a collective over every device (Orbax uses this client too).
-from jax._src import distributed as jax_distributed
 
 from marco_jax.errors import MarcoError
 
@@ -65,6 +64,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                              "--process-id 0)")
         if not 0 <= process_id < num_processes:
             raise MarcoError(f"--process-id {process_id}: must be in [0, {num_processes})")
+    import jax
+
     if coordinator is not None or os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -76,6 +77,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                          "--process-id)") from e
 
 
+def _client():
+    """The coordination service's client of a joined run, else None. JAX is imported
+    here, not at the top, so that a tool's ``--help`` does not wait for it."""
+    if "jax" not in sys.modules:
+        return None  # nothing joined a run
+    from jax._src import distributed as jax_distributed
+    return jax_distributed.global_state.client
+
+
 class PeerFailed(MarcoError):
     """Another process reported failing: this one stops too, with its message."""
 
@@ -85,9 +95,11 @@ def meet(name: str, poll_s: float = 1.0) -> None:
     (hosts finish their shares of a job at different times): a key per process in the
     coordination service, polled, so neither a timeout nor the devices are involved. A
     failure another process reported stops the wait. Without a joined run: returns."""
-    client = jax_distributed.global_state.client
+    client = _client()
     if client is None:
         return
+    import jax
+
     here = f"{_KEY}/meet/{next(_meetings)}-{name}"
     client.key_value_set(f"{here}/{jax.process_index()}", "")
     while len(client.key_value_dir_get(here)) < jax.process_count():
@@ -108,8 +120,10 @@ def failures_reported() -> Iterator[None]:
     except PeerFailed:
         raise
     except BaseException as e:
-        client = jax_distributed.global_state.client
+        client = _client()
         if client is not None:
+            import jax
+
             with contextlib.suppress(Exception):  # the service may be what failed
                 client.key_value_set(f"{_KEY}/failed/{jax.process_index()}",
                                      (str(e).splitlines() or [type(e).__name__])[0],

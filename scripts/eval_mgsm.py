@@ -27,18 +27,18 @@ import argparse
 import dataclasses
 import json
 import pathlib
-
-import jax
+from typing import TYPE_CHECKING
 
 from marco_jax import distributed
 from marco_jax.cli import run, summary
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
-from marco_jax.loading import load
-from marco_jax.search import job_files, shares
+from marco_jax.search import job_files
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import JobConfig, load_job_config
-from marco_jax.search.runner import run_job
+
+if TYPE_CHECKING:  # the model and search code are imported where they are used, so that
+    from marco_jax.search import shares  # --help and a bad option answer at once
 
 METHODS = ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32")
 
@@ -76,6 +76,9 @@ def evaluate(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> d
     """Search the share's unfinished problems into its file; the figures of this run on
     this host (its tokens as ``generated_tokens_this_run``: the summary's
     ``generated_tokens`` count every problem in the file)."""
+    from marco_jax.loading import load
+    from marco_jax.search.runner import run_job
+
     engine_config, mesh = engine_setup(args)
     dtype = model_dtype(args)
     loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
@@ -87,6 +90,10 @@ def evaluate(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> d
 
 def evaluate_method(args: argparse.Namespace, joined: bool) -> None:
     """Search the method's unfinished problems (this process's share) and print the summary."""
+    import jax
+
+    from marco_jax.search import shares
+
     if args.trees_in_flight is not None and args.trees_in_flight < 1:
         raise MarcoError(f"--trees-in-flight must be >= 1, got {args.trees_in_flight}")
     overrides = {} if args.iterations is None else {"iterations": args.iterations}

@@ -41,20 +41,18 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-from typing import ContextManager
-
-import jax
+from typing import TYPE_CHECKING, ContextManager
 
 from marco_jax import distributed
 from marco_jax.cli import run, summary
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
-from marco_jax.loading import load
-from marco_jax.search import job_files, shares
+from marco_jax.search import job_files
 from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import JobConfig, load_job_config
-from marco_jax.search.driver import stats_line
-from marco_jax.search.runner import run_job
+
+if TYPE_CHECKING:  # the model and search code are imported where they are used, so that
+    from marco_jax.search import shares  # --help and a bad option answer at once
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,6 +99,10 @@ def parse_args() -> argparse.Namespace:
 def share_of(args: argparse.Namespace, job: JobConfig, problems: list[dict],
              joined: bool) -> ContextManager[shares.Share]:
     """This process's problems and files: spread over a joined run, or a shard by hand."""
+    import jax
+
+    from marco_jax.search import shares
+
     stamp = job_files.stamp(job, args.model, args.checker_model)
     if joined:
         return shares.spread(problems, args.output, args.trees, stamp, args.force_new)
@@ -114,6 +116,10 @@ def search(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> Non
     if job.action_tree and "checker" in job.action_tree.models and args.checker_model is None:
         raise MarcoError(f"config {job.name} gives node types to the 'checker' model: "
                          "pass --checker-model")
+    from marco_jax.loading import load
+    from marco_jax.search.driver import stats_line
+    from marco_jax.search.runner import run_job
+
     engine_config, mesh = engine_setup(args)
     dtype = model_dtype(args)
     loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
@@ -127,6 +133,8 @@ def search(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> Non
 
 def search_job(args: argparse.Namespace, joined: bool) -> None:
     """The job: this process's share of the problems searched, resumably."""
+    import jax
+
     overrides = {k: v for k, v in (("seed", args.seed), ("iterations", args.iterations))
                  if v is not None}
     job = load_job_config(args.config, args.set, **overrides)

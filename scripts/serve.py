@@ -20,21 +20,22 @@ import socket
 import sys
 import time
 
-import uvicorn
-
 from marco_jax.cli import run, summary
 from marco_jax.engine.options import add_engine_args, build_engine, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
-from marco_jax.loading import load
 from marco_jax.search.config import load_job_config
-from marco_jax.serve.app import ServerSettings, create_app
-from marco_jax.serve.worker import ADMIT_WAIT_S, EngineWorker, engine_stop_strings
 
+# JAX, the model and the server code are imported by main, after the arguments are
+# checked, so that --help and a bad option answer at once.
+ADMIT_WAIT_MS = 20.0  # marco_jax.serve.worker.ADMIT_WAIT_S (a test keeps them equal)
 SEARCH_TOKENS = ('For a search request, max_tokens bounds the returned answer: its path\'s '
                  'tokens, cut there (finish_reason "length") and counted in usage. '
                  '"marco": {"max_total_tokens": N} bounds every token the search generates '
                  '(N >= the config\'s children), counted in the response\'s marco.usage.')
 EFFORTS = {"low": ("mcts-step", 2), "medium": ("mcts-step", 8), "high": ("mcts-step", 32)}
+
+
+SERVE_DECODE_STEPS = 4
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,12 +64,16 @@ def parse_args() -> argparse.Namespace:
                         help="the largest request body in MiB; larger ones get 413 (default 8)")
     parser.add_argument("--grace-s", type=float, default=30.0,
                         help="on shutdown, how long in-flight requests may take to finish")
-    parser.add_argument("--admit-wait-ms", type=float, default=ADMIT_WAIT_S * 1000,
+    parser.add_argument("--admit-wait-ms", type=float, default=ADMIT_WAIT_MS,
                         help="when a request finds the engine idle, others join its first step "
                              "while they arrive less than this apart (0: start at once)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="compile the engine's programs on first use instead of at start")
     add_engine_args(parser)
+    # A request that arrives mid-call waits for the call, and a finished one waits for its
+    # call to end: short calls keep a small request's time under load near its idle time
+    # (benchmarks/serve_reliability.py); batch jobs keep the engine's longer default.
+    parser.set_defaults(decode_steps=SERVE_DECODE_STEPS)
     return parser.parse_args()
 
 
@@ -90,6 +95,30 @@ def stage(message: str) -> None:
     """What the server is doing during its silent minute of start-up (printed, not logged:
     JAX may have claimed the root logger before ``basicConfig``)."""
     print(f"serve: {message}", file=sys.stderr, flush=True)
+
+
+def warm_up(engine) -> int:
+    """Compile the engine's programs, showing how far it has got: a bar on a terminal,
+    else (a log) a line every eighth of the way; returns how many were compiled."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_program(done: int, total: int) -> None:
+        nonlocal bar
+        if not sys.stderr.isatty():
+            if done % -(-total // 8) == 0 or done == total:
+                stage(f"compiled {done}/{total} programs")
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc="serve: compiling", unit="program", file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        return engine.warmup(on_program)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def check_port(host: str, port: int) -> None:
@@ -125,6 +154,12 @@ def main() -> None:
         if config.action_tree is not None and "checker" in config.action_tree.models:
             raise MarcoError(f"search config {name!r} gives node types to a second (checker) "
                              "model, which the server does not load")
+    import uvicorn
+
+    from marco_jax.loading import load
+    from marco_jax.serve.app import ServerSettings, create_app
+    from marco_jax.serve.worker import EngineWorker, engine_stop_strings
+
     dtype = model_dtype(args)
     started = time.perf_counter()
     stage(f"loading {args.model} (weights and tokenizer)")
@@ -136,7 +171,7 @@ def main() -> None:
         started = time.perf_counter()
         stage("compiling the engine's programs, so that no request waits for a compile "
               "(--no-warmup skips this)")
-        stage(f"compiled {engine.warmup()} engine programs in "
+        stage(f"compiled {warm_up(engine)} engine programs in "
               f"{time.perf_counter() - started:.1f} s")
     worker = EngineWorker(engine, loaded.tokenizer, loaded.eos_ids, args.max_requests,
                           admit_wait_s=args.admit_wait_ms / 1000)

@@ -121,14 +121,17 @@ def test_a_full_pool_makes_requests_wait_and_one_that_never_fits_is_refused(tiny
     assert waited and sorted(done) == ids
     reference = Engine(tiny.model, eos_ids=(258,), config=SMALL).generate(prompts, 30)
     assert [done[i].tokens for i in ids] == [r.tokens for r in reference]
-    with pytest.raises(MarcoError, match="need 15 KV blocks, the pool has 13"):
+    with pytest.raises(MarcoError, match="^the request's 100 prompt tokens .* need 15 KV blocks, "
+                                         "the pool has 13"):
         engine.submit(random_tokens((100,), seed=1).tolist(), 20)
 
 
 def test_compiled_programs_are_fixed_after_warmup(tiny):
     engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
-    count = engine.warmup()
+    progress = []  # (done, total) after each program, with the programs compiled by then
+    count = engine.warmup(lambda done, total: progress.append((done, total, engine.num_programs)))
     assert count == 3 * (1 + 2)  # table widths 8, 16, 32 blocks: decode, prefill 4x16, 1x64
+    assert progress == [(i, count, i) for i in range(1, count + 1)]
     for n, budget in ((1, 1), (60, 3), (17, 200), (200, 40)):
         engine.generate([random_tokens((n,), seed=n).tolist()] * 3, budget, temperature=0.7,
                         top_k=5, seed=1)
@@ -137,8 +140,12 @@ def test_compiled_programs_are_fixed_after_warmup(tiny):
 
 def test_bad_requests_are_errors(tiny):
     engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
-    with pytest.raises(MarcoError, match="request 0: the prompt is empty"):
+    # Messages name the setting, not the engine's internal (0-based) request id.
+    with pytest.raises(MarcoError, match="^the prompt is empty"):
         engine.submit([], 4)
+    with pytest.raises(MarcoError, match=r"^prompt 2 of 3: the prompt is empty"):
+        engine.generate([[1], [], [2]], 4)  # a prompt counted from 1, as input lines are
+    assert engine.cancel(0)  # prompt 1 went in before prompt 2 was refused
     with pytest.raises(MarcoError, match="outside"):
         engine.submit([1, 600], 4)
     with pytest.raises(MarcoError, match="exceed max_model_len 256"):

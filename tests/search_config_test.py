@@ -167,4 +167,5 @@ def test_named_configs_are_package_data(tmp_path):
     (wheel,) = (tmp_path / "wheels").glob("marco_jax-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"marco_jax/configs/search/mcts-step.json", "marco_jax/configs/train/tiny_sft.json",
+            "marco_jax/configs/train/data/cot_demo_24.json",  # tiny_sft's data
             "marco_jax/run_config.py", "marco_jax/search/config.py"} <= names

@@ -205,3 +205,28 @@ def test_empty_or_all_bad_input_is_an_error(tmp_path, text):
     assert proc.returncode == 2
     assert_one_line_error(proc, f"no problems in {tmp_path / 'in.jsonl'}")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_an_output_from_before_the_sidecar_is_adopted_only_by_its_config(tmp_path):
+    """Without OUTPUT.config.json the lines' config names say who wrote them."""
+    out = tmp_path / "o.jsonl"
+    out.write_text(json.dumps({"id": "p0", "config": "mcts-step"}) + "\n")
+    cot, mcts = (job_files.stamp(load_job_config(name), "builtin:tiny")
+                 for name in ("cot", "mcts-step"))
+    with pytest.raises(MarcoError, match=r"o.jsonl holds results of config mcts-step \(written "
+                                         r"before .*not of config cot: pass --force-new"):
+        job_files.check_stamp(out, cot, has_results=True)
+    assert not job_files.config_path(out).exists()
+    parted = tmp_path / "q.jsonl"  # a multi-host job's parts count too
+    (tmp_path / "q.jsonl.part-1-of-2").write_text(json.dumps({"id": "p1", "config": "sc"}) + "\n")
+    with pytest.raises(MarcoError, match="q.jsonl holds results of config sc "):
+        job_files.check_stamp(parted, cot, has_results=True)
+    job_files.check_stamp(out, mcts, has_results=True)  # its own config: adopted, recorded
+    assert json.loads(job_files.config_path(out).read_text())["config"] == "mcts-step"
+    write_problems(tmp_path / "in.jsonl", 1)
+    (tmp_path / "o.jsonl.config.json").unlink()
+    proc = run_script("search.py", "--config", "sc", "--input", str(tmp_path / "in.jsonl"),
+                      "--output", str(out))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "o.jsonl holds results of config mcts-step (written before")
+    assert "--force-new" in proc.stderr and not job_files.config_path(out).exists()

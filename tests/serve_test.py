@@ -2,6 +2,8 @@
 
 import concurrent.futures
 import contextlib
+import importlib.util
+import io
 import json
 import signal
 import socket
@@ -25,7 +27,7 @@ from marco_jax.search import runner
 from marco_jax.search.config import load_job_config
 from marco_jax.serve.app import ServerSettings, create_app
 from marco_jax.serve import protocol
-from marco_jax.serve.worker import EngineWorker, ServeRequest, engine_stop_strings
+from marco_jax.serve.worker import ADMIT_WAIT_S, EngineWorker, ServeRequest, engine_stop_strings
 from cli_test import ROOT
 
 CONFIG = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=320,
@@ -386,3 +388,36 @@ def test_script_refuses_a_port_in_use_before_loading():
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and f"port {port}" in last and "--port" in last
     assert "loading" not in result.stderr
+
+
+def serve_script():
+    """scripts/serve.py as a module (its main is not run)."""
+    spec = importlib.util.spec_from_file_location("serve_script", ROOT / "scripts" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_start_up_shows_how_far_compiling_has_got(monkeypatch, capsys):
+    """A bar on a terminal; in a log, a line every eighth of the programs."""
+    serve = serve_script()
+    assert serve.ADMIT_WAIT_MS == ADMIT_WAIT_S * 1000  # --admit-wait-ms's default
+
+    class Engine:
+        def warmup(self, on_program):
+            for done in range(1, 10):
+                on_program(done, 9)
+            return 9
+
+    assert serve.warm_up(Engine()) == 9
+    assert capsys.readouterr().err.splitlines() == [
+        f"serve: compiled {n}/9 programs" for n in (2, 4, 6, 8, 9)]
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert serve.warm_up(Engine()) == 9
+    assert "serve: compiling" in terminal.getvalue() and "9/9" in terminal.getvalue()

@@ -2,11 +2,15 @@
 
 import dataclasses
 import json
+import os
+import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
-from cli_test import assert_one_line_error, run_script
+from cli_test import ROOT, assert_one_line_error, run_script
 from marco_jax.errors import MarcoError
 from marco_jax.run_config import CONFIGS
 from marco_jax.train.config import load_train_config
@@ -92,3 +96,34 @@ def test_train_cli_names_the_override():
 def test_unknown_config_lists_the_known_ones():
     with pytest.raises(MarcoError, match="known: qwen2_05b_dpo, qwen2_05b_sft, qwen2_7b_dpo, qwen2_7b_dpo_v5e8, qwen2_7b_sft, qwen2_7b_sft_v5e8, tiny_dpo, tiny_sft"):
         load_train_config("qwen3")
+
+
+def test_a_relative_data_path_in_a_file_is_relative_to_the_file(tmp_path, monkeypatch):
+    shipped = load_train_config("tiny_sft").data.path
+    assert shipped == str(CONFIGS / "train" / "data" / "cot_demo_24.json")
+    records = json.loads(pathlib.Path(shipped).read_text(encoding="utf-8"))
+    assert 24 <= len(records) <= 32 and all(set(r) == {"instruction", "response"} for r in records)
+    raw = json.loads((CONFIGS / "train" / "tiny_sft.json").read_text())
+    (tmp_path / "cfg").mkdir()
+    for path in ("mine.jsonl", "/abs/data.jsonl", "gs://bucket/data.jsonl", ""):
+        raw["data"]["path"] = path
+        (tmp_path / "cfg" / "mine.json").write_text(json.dumps(raw))
+        monkeypatch.chdir(tmp_path)  # the config named relative to the working directory
+        got = load_train_config("cfg/mine.json").data.path
+        assert got == (str(tmp_path / "cfg" / "mine.jsonl") if path == "mine.jsonl" else path)
+    # An override is relative to the working directory, as any command-line path.
+    assert load_train_config("tiny_sft", ["data.path=data.jsonl"]).data.path == "data.jsonl"
+
+
+def test_tiny_sft_trains_from_any_directory(tmp_path):
+    """Its shipped data is found wherever the command runs; output_dir stays relative to it."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", "tiny_sft",
+         "--no-progress", "--set", "train.steps=1", "--set", "data.seq_len=64",
+         "--set", "checkpoint.async_save=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cot_demo_24.json: 24 examples" in proc.stderr
+    metrics = (tmp_path / "results" / "train" / "tiny_sft" / "metrics.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in metrics.splitlines()] == [1]

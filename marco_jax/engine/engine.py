@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -164,7 +164,8 @@ class Engine:
     def submit(self, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int = 0, priority: int = 0,
                stops: Sequence[str] | None = None) -> int:
-        """Queue a request; returns its id. Invalid settings are refused here.
+        """Queue a request; returns its id. Invalid settings are refused here (the message
+        names the setting, not the internal id: the caller knows which request it was).
         Waiting requests are admitted by ``priority`` (lower first), then in order.
         ``stops``: which of the engine's stop strings end this request (None: all)."""
         vocab, limit, rid = self.cfg.vocab_size, self.config.max_model_len, self._next_id
@@ -172,7 +173,7 @@ class Engine:
         unknown = sorted(set(stops or ()) - set(self.stop_table.strings))
         require([
             (bool(prompt), "the prompt is empty (it needs at least one token)"),
-            (all(0 <= t < vocab for t in prompt), f"prompt has token ids outside [0, {vocab})"),
+            (all(0 <= t < vocab for t in prompt), f"the prompt has token ids outside [0, {vocab})"),
             (max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}"),
             (len(prompt) + max_new_tokens <= limit, f"{len(prompt)} prompt tokens + "
              f"max_new_tokens {max_new_tokens} exceed max_model_len {limit}"),
@@ -184,7 +185,7 @@ class Engine:
             (0 <= seed < 2 ** 31, f"seed must be in [0, 2**31), got {seed}"),
             (not unknown, f"stop strings {unknown} are not in the engine's stop table "
              f"{list(self.stop_table.strings)}"),
-        ], f"request {rid}: ")
+        ])
         request = Request(rid, prompt, int(max_new_tokens), float(temperature), int(top_k),
                           float(top_p), int(seed), int(priority), self._stop_mask(stops))
         self.scheduler.add(request)
@@ -234,8 +235,12 @@ class Engine:
         settings = zip(_per_row(max_new_tokens, rows, "max_new_tokens"),
                        _per_row(temperature, rows, "temperature"), _per_row(top_k, rows, "top_k"),
                        _per_row(top_p, rows, "top_p"), _per_row(seeds, rows, "seed"))
-        ids = [self.submit(p, n, temperature=t, top_k=k, top_p=q, seed=s)
-               for p, (n, t, k, q, s) in zip(prompts, settings)]
+        ids = []
+        for i, (p, (n, t, k, q, s)) in enumerate(zip(prompts, settings), 1):
+            try:
+                ids.append(self.submit(p, n, temperature=t, top_k=k, top_p=q, seed=s))
+            except MarcoError as error:  # which prompt, counted from 1 as input lines are
+                raise MarcoError(f"prompt {i} of {rows}: {error}") from None
         done: dict[int, Completion] = {}
         while len(done) < rows:
             done.update((c.request_id, c) for c in self.step())
@@ -390,13 +395,20 @@ class Engine:
         args = (self.params, self.pages, *map(self.placement.put_rows, rows))
         return self._program(device_programs.prefill_chunk, args), args
 
-    def warmup(self) -> int:
+    def warmup(self, on_program: Callable[[int, int], None] | None = None) -> int:
         """Compile every device program this engine can run (decode at each table width,
-        prefill at each shape and width), so no request compiles later; returns the count."""
-        widths = {self._table_width(self.config.block_size << i)
-                  for i in range(self.max_blocks.bit_length() + 1)}
-        for width in sorted(widths):
-            self._decode_program(width)
-            for shape in self.config.prefill_shapes:
+        prefill at each shape and width), so no request compiles later; returns the count.
+        ``on_program(done, total)`` is called after each program (compiled or found
+        compiled), e.g. to show progress: compiling takes minutes on a large model."""
+        widths = sorted({self._table_width(self.config.block_size << i)
+                         for i in range(self.max_blocks.bit_length() + 1)})
+        programs = [(width, shape) for width in widths  # shape None: decode
+                    for shape in (None, *self.config.prefill_shapes)]
+        for done, (width, shape) in enumerate(programs, 1):
+            if shape is None:
+                self._decode_program(width)
+            else:
                 self._prefill_program(*self._prefill_rows(shape, width))
+            if on_program is not None:
+                on_program(done, len(programs))
         return self.num_programs

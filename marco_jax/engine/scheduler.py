@@ -78,7 +78,7 @@ class Scheduler:
     def add(self, request: Request) -> None:
         need = blocks_needed(len(request.prompt), request.max_new_tokens, self.blocks.block_size)
         if need > self.blocks.capacity:
-            raise MarcoError(f"request {request.id}: {len(request.prompt)} prompt tokens + "
+            raise MarcoError(f"the request's {len(request.prompt)} prompt tokens + "
                              f"{request.max_new_tokens} new need {need} KV blocks, the pool has "
                              f"{self.blocks.capacity}; give the engine a larger KV cache")
         longest = -request.max_new_tokens if self.policy == "longest_first" else 0

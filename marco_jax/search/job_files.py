@@ -12,11 +12,13 @@ that its lines stay records), and a restart under other settings is refused.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import itertools
 import json
 import os
 import pathlib
+import re
 from typing import Callable, Iterable
 
 from marco_jax.errors import MarcoError
@@ -117,11 +119,37 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def written_configs(output: pathlib.Path) -> set[str]:
+    """The config names on the result lines of ``output`` and of its parts
+    (``OUTPUT.part-I-of-N``, see :mod:`marco_jax.search.shares`)."""
+    part = re.compile(re.escape(output.name) + r"\.part-\d+-of-\d+")
+    parts = [p for p in output.parent.glob(glob.escape(output.name) + ".part-*")
+             if part.fullmatch(p.name)]
+    names = set()
+    for path in (output, *parts):
+        for line in whole_lines(path):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("config"), str):
+                names.add(record["config"])
+    return names
+
+
 def check_stamp(output: pathlib.Path, new: dict, has_results: bool) -> None:
     """Refuse to add to ``output``'s results under settings other than those that wrote
     them; record ``new`` as the output's settings otherwise. An output without a sidecar
-    (written before there were any) is taken to be this job's."""
+    (written before there were any) is taken to be this job's if its lines name this
+    job's config (each line names its config; the settings behind it are not known)."""
     sidecar = config_path(output)
+    if has_results and not sidecar.is_file():
+        others = sorted(written_configs(output) - {new["config"]})
+        if others:
+            raise MarcoError(f"{output} holds results of config {', '.join(others)} (written "
+                             f"before the settings were kept in {sidecar.name}), not of "
+                             f"config {new['config']}: pass --force-new to move them aside "
+                             "and start over, or choose another output")
     if has_results and sidecar.is_file():
         old = json.loads(sidecar.read_text(encoding="utf-8"))
         if old["fingerprint"] == new["fingerprint"]:

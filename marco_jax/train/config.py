@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
+from typing import Any
 
 from marco_jax.errors import require
 from marco_jax.model import REMAT_POLICIES
@@ -133,10 +136,22 @@ class TrainConfig:
         return self
 
 
+def beside(config_file: pathlib.Path, value: Any) -> Any:
+    """A relative local path from a config file, made to name the file beside the config
+    (so the config works from any directory); anything else (absolute, remote ``gs://``,
+    empty, not a string) as it is."""
+    if not isinstance(value, str) or not value or "://" in value or os.path.isabs(value):
+        return value
+    return str(config_file.absolute().parent / value)
+
+
 def load_train_config(name_or_path: str, overrides: list[str] = ()) -> TrainConfig:
     """A config by name (``marco_jax/configs/train/NAME.json``) or path, then
-    ``section.key=value`` overrides applied in order."""
+    ``section.key=value`` overrides applied in order. A relative ``data.path`` in the
+    file is relative to the file; one given as an override, to the working directory."""
     path, raw = named_config(name_or_path, "train", "training")
     raw.pop("description", None)
+    if isinstance(data := raw.get("data"), dict) and "path" in data:
+        data["path"] = beside(path, data["path"])
     origins = apply_overrides(raw, overrides)
     return build(TrainConfig, raw, str(path), origins=origins, name=path.stem).validate()

@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py --model HF_DIR --mgsm ../shared/data/mgsm/mgsm_en.tsv \
         --clients 1,8,32 --requests-per-client 2 --max-tokens 64 --slots 32 \
-        --json-out benchmarks/results/serve_load.json
+        --batch-job 64 --json-out benchmarks/results/serve_load.json
 
 Why: a server only earns its place if HTTP, JSON, streaming and the handoff to
 the engine thread cost little next to generation (issue 17: at 32 clients,
@@ -15,12 +15,21 @@ tokenized the same way, go straight to a second engine of the same size
 time as the clients keep them. Both engines compile everything at warm-up. Reported:
 requests/s, output tokens/s, latency and time-to-first-token p50/p99 (served),
 offline tokens/s, the ratio, and whether the texts are identical (greedy).
+
+Issue 35 adds references: the 1-client requests through a one-slot engine of their
+own (its wall time, prefill and per-token decode time: served 1-client latency
+should be <= 1.3x it, time to first token <= its prefill + 2 decode steps); each
+engine's compiled programs after warm-up and at the end (equal: nothing compiled
+while serving); decode calls by bucket; and with ``--batch-job N``, the throughput
+of N requests submitted at once to the offline engine with the 1-step first-token call,
+then of N others without it (the same programs, the setting swapped between the runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import pathlib
@@ -56,6 +65,9 @@ def parse_args() -> argparse.Namespace:
                         help="stop starting client counts after this many seconds")
     parser.add_argument("--admit-wait-ms", type=float, default=ADMIT_WAIT_S * 1000,
                         help="the server's wait for more requests when one finds it idle")
+    parser.add_argument("--batch-job", type=int, default=0,
+                        help="then N fresh questions at once through the offline engine "
+                             "with the first-token step, and N others without (0: skip)")
     parser.add_argument("--json-out", type=pathlib.Path)
     return parser.parse_args()
 
@@ -114,17 +126,58 @@ async def served(url: str, questions: list[str], clients: int, max_tokens: int) 
             "latency_p99_s": round(percentile(latency, 99), 2),
             "ttft_p50_s": round(percentile(ttft, 50), 2),
             "ttft_p99_s": round(percentile(ttft, 99), 2),
+            "latency_s": [round(x, 3) for x in latency], "ttft_s": [round(x, 3) for x in ttft],
             "texts": [r["text"] for r in ordered]}
 
 
-def calls(engine: Engine) -> dict[str, int]:
-    """The engine's prefill and decode calls so far: a side that starts requests
-    a call apart makes more of them for the same tokens."""
-    return {"prefill": engine.stats.prefill_calls, "decode": engine.stats.decode_calls}
+def calls(engine: Engine) -> dict:
+    """The engine's prefill and decode calls so far (a side that starts requests
+    a call apart makes more of them for the same tokens), and its decode calls by
+    bucket (the rows of the program that ran)."""
+    return {"prefill": engine.stats.prefill_calls, "decode": engine.stats.decode_calls,
+            "decode_by_bucket": dict(engine.stats.bucket_calls)}
 
 
-def since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: after[k] - before[k] for k in after}
+def since(before: dict, after: dict) -> dict:
+    return {k: since(before[k], v) if isinstance(v, dict) else v - before.get(k, 0)
+            for k, v in after.items() if v != before.get(k, 0)}
+
+
+def one_slot(engine: Engine, prompt: list[int], max_tokens: int) -> dict:
+    """One request alone in a one-slot engine: its wall time, prefill time and
+    decode time per token (the reference for one client's latency and first token)."""
+    stats = dataclasses.replace(engine.stats)
+    start = time.perf_counter()
+    [done] = engine.generate([prompt], max_tokens)
+    wall = time.perf_counter() - start
+    prefill = engine.stats.prefill_s - stats.prefill_s
+    decode = engine.stats.decode_s - stats.decode_s
+    step = decode / len(done.tokens)
+    return {"wall_s": round(wall, 3), "prefill_s": round(prefill, 3),
+            "decode_s": round(decode, 3), "tokens": len(done.tokens),
+            "step_s": round(step, 4), "prefill_plus_2_steps_s": round(prefill + 2 * step, 3)}
+
+
+def batch_job(engine: Engine, sets: list[list[list[int]]], max_tokens: int) -> dict:
+    """Each set of prompts at once, the first with the first-token step on, the second
+    with it off (the same programs: the setting only chooses a call's step count; two
+    sets of the same size, so that neither finds the other's prompts in the cache)."""
+    config, result = engine.config, {}
+    for on, ids in zip((True, False), sets):
+        engine.config = dataclasses.replace(config, first_token_step=on)
+        before = calls(engine)
+        start = time.perf_counter()
+        done = engine.generate(ids, max_tokens)
+        wall = time.perf_counter() - start
+        tokens = sum(len(c.tokens) for c in done)
+        result["first_token_step" if on else "fixed_steps"] = {
+            "wall_s": round(wall, 2), "output_tokens": tokens,
+            "output_tokens_per_s": round(tokens / wall, 2),
+            "engine_calls": since(before, calls(engine))}
+    engine.config = config
+    result["on_over_off"] = round(result["first_token_step"]["output_tokens_per_s"]
+                                  / result["fixed_steps"]["output_tokens_per_s"], 3)
+    return result
 
 
 def offline(engine: Engine, ids: list[list[int]], max_tokens: int, concurrency: int) -> list:
@@ -150,9 +203,13 @@ def main() -> None:
     questions = [p["question"] for p in read_problems(args.mgsm)]
     server_engine = Engine(loaded.model, loaded.eos_ids, config)
     offline_engine = Engine(loaded.model, loaded.eos_ids, config)
+    alone_engine = Engine(loaded.model, loaded.eos_ids, dataclasses.replace(config, slots=1))
+    engines = {"server": server_engine, "offline": offline_engine, "one_slot": alone_engine}
     compile_start = time.perf_counter()
-    programs = server_engine.warmup() + offline_engine.warmup()
+    warm = {name: engine.warmup() for name, engine in engines.items()}
+    programs = warm["server"] + warm["offline"]
     compile_s = time.perf_counter() - compile_start
+    print(f"warm-up: {warm} programs, {compile_s:.0f} s", file=sys.stderr)
     worker = EngineWorker(server_engine, tokenizer, loaded.eos_ids,
                           admit_wait_s=args.admit_wait_ms / 1000)
     settings = ServerSettings("served", config.max_model_len, config.top_logprobs, {})
@@ -184,6 +241,17 @@ def main() -> None:
                          for c in done]
         texts = side.pop("texts")
         offline_rate = offline_tokens / offline_wall
+        if clients == 1:  # the references: each request alone in a one-slot engine
+            alone = [one_slot(alone_engine, prompt, args.max_tokens) for prompt in ids]
+            wall = float(np.mean([a["wall_s"] for a in alone]))
+            ttft = float(np.mean([a["prefill_plus_2_steps_s"] for a in alone]))
+            side["one_slot"] = alone
+            side["latency_over_one_slot"] = round(side["latency_p50_s"] / wall, 3)
+            side["ttft_over_prefill_plus_2_steps"] = round(side["ttft_p50_s"] / ttft, 3)
+            side["per_request"] = [  # each request against its own reference
+                {"latency_over_one_slot": round(lat / a["wall_s"], 3),
+                 "ttft_over_prefill_plus_2_steps": round(t / a["prefill_plus_2_steps_s"], 3)}
+                for lat, t, a in zip(side["latency_s"], side["ttft_s"], alone)]
         runs.append({"clients": clients, "served": side,
                      "offline": {"wall_s": round(offline_wall, 2),
                                  "output_tokens": offline_tokens,
@@ -194,10 +262,22 @@ def main() -> None:
         print(json.dumps(runs[-1]), file=sys.stderr)
     server.should_exit = True
     thread.join(timeout=60)
+    batch = None
+    if args.batch_job:
+        n = args.batch_job
+        sets = [[tokenizer.encode(prompt_lib.chatml([{"role": "user", "content": q}]),
+                                  add_special_tokens=False) for q in questions[start:start + n]]
+                for start in (used, used + n)]
+        batch = {"requests": n, **batch_job(offline_engine, sets, args.max_tokens)}
+        print(json.dumps(batch), file=sys.stderr)
     report({"date": datetime.date.today().isoformat(), "model": args.model,
             "slots": args.slots, "admit_wait_ms": args.admit_wait_ms,
             "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
-            "warmup_programs": programs, "warmup_compile_s": round(compile_s, 1), "runs": runs},
+            "decode_steps": config.decode_steps, "decode_buckets": server_engine.buckets,
+            "warmup_programs": programs, "warmup_compile_s": round(compile_s, 1),
+            "programs_after_warmup": warm,
+            "programs_at_end": {name: e.num_programs for name, e in engines.items()},
+            "runs": runs, "batch_job": batch},
            args.json_out)
 
 

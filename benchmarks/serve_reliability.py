@@ -14,8 +14,8 @@ as users run it (``scripts/serve.py`` in its own process, warmed up). Phases:
    50 ms and the normal request is timed ``--repeats`` times;
 3. crowd: the same load plus ``--clients`` concurrent normal requests.
 
-Reported: /health latency (p50, max) per phase, the normal request's median under load
-over idle (target <= 2), and whether every crowd request got its answer and the server
+Reported: /health latency (p50, p99, max) per phase, the slowest normal request under
+load over the idle median (target <= 2: every one of them), and whether every crowd request got its answer and the server
 still answers. Prints the JSON; exits 1 if a target is missed.
 """
 
@@ -33,6 +33,7 @@ import sys
 import time
 
 import httpx2
+import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NORMAL = {"prompt": "Count to ten:", "max_tokens": 8, "temperature": 0}  # + "model"
@@ -120,7 +121,7 @@ async def large_bodies(client: httpx2.AsyncClient, body_mb: float, stop: asyncio
 
 def summary(latencies: list[float]) -> dict:
     return {"count": len(latencies), "p50_ms": 1e3 * statistics.median(latencies),
-            "max_ms": 1e3 * max(latencies)}
+            "p99_ms": 1e3 * float(np.percentile(latencies, 99)), "max_ms": 1e3 * max(latencies)}
 
 
 async def loaded(args: argparse.Namespace, base: str, crowd: int) -> dict:
@@ -147,7 +148,7 @@ async def loaded(args: argparse.Namespace, base: str, crowd: int) -> dict:
         latencies, statuses = await probe, await bodies
     answered = [r for r in crowd_results if not isinstance(r, BaseException) and r[1] == 200]
     return {"health": summary(latencies), "normal_seconds": times,
-            "normal_median_s": statistics.median(times),
+            "normal_median_s": statistics.median(times), "normal_max_s": max(times),
             "n_cap_request_in_flight_after_normal": big_in_flight,
             "n_cap_request_seconds": big_seconds, "n_cap_request_status": big_status,
             "large_bodies_sent": len(statuses), "large_body_statuses": sorted(set(statuses)),
@@ -178,8 +179,8 @@ async def run(args: argparse.Namespace) -> dict:
         "big_tokens": args.big_tokens, "body_mb": args.body_mb, "cpu_count": os.cpu_count(),
         "idle_normal_seconds": idle, "idle_normal_median_s": idle_median,
         "load": load, "crowd": crowd, "server_alive_after": alive,
-        "normal_under_load_over_idle": load["normal_median_s"] / idle_median,
-        "normal_under_crowd_over_idle": crowd["normal_median_s"] / idle_median,
+        "normal_under_load_over_idle": load["normal_max_s"] / idle_median,
+        "normal_under_crowd_over_idle": crowd["normal_max_s"] / idle_median,
     }
     result["targets_met"] = (
         max(load["health"]["max_ms"], crowd["health"]["max_ms"]) < 100

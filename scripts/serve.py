@@ -7,7 +7,9 @@ PATH is an HF checkpoint directory, a marco-jax Orbax checkpoint, a GGUF file, o
 ``builtin:tiny``. Every request runs on one engine (continuous batching);
 ``/v1/chat/completions`` also takes ``"marco": {"search": CONFIG, "iterations": N}``
 or ``reasoning_effort`` (low / medium / high: --effort's configs) to answer with a
-tree search on the same engine. SIGTERM or Ctrl-C stop taking requests, let those
+tree search on the same engine. The port answers at once: GET /health says
+"starting" (503), and requests get 503, until the model is loaded and the engine's
+programs compiled; then "ok". SIGTERM or Ctrl-C stop taking requests, let those
 in flight finish for --grace-s seconds, then cancel the rest.
 """
 
@@ -18,6 +20,7 @@ import logging
 import pathlib
 import socket
 import sys
+import threading
 import time
 
 from marco_jax.cli import run, summary
@@ -156,8 +159,41 @@ def main() -> None:
                              "model, which the server does not load")
     import uvicorn
 
-    from marco_jax.loading import load
     from marco_jax.serve.app import ServerSettings, create_app
+
+    name = args.served_model_name or pathlib.Path(str(args.model)).name
+    settings = ServerSettings(name, args.max_model_len, args.top_logprobs, searches,
+                              args.grace_s, args.max_n, args.max_body_mb)
+    app = create_app(None, settings)  # starting until the engine is ready
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           timeout_graceful_shutdown=int(args.grace_s),
+                                           log_level="info"))
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        """Load, build and compile while the port answers /health with "starting"; a
+        failure stops the server and is raised by main."""
+        try:
+            worker = start_engine(args, searches)
+        except BaseException as error:  # noqa: BLE001 (main raises it)
+            failed.append(error)
+            server.should_exit = True
+            return
+        if app.state.handlers.open(worker):
+            stage(f"serving '{name}' on http://{args.host}:{args.port} (/health: ok)")
+
+    stage(f"listening on http://{args.host}:{args.port}; /health says starting until the "
+          "engine is ready")
+    threading.Thread(target=start, name="marco-start", daemon=True).start()
+    server.run()
+    if failed:
+        raise failed[0]
+
+
+def start_engine(args: argparse.Namespace, searches: dict):
+    """The engine's worker, not started: the model loaded, the engine built and (unless
+    --no-warmup) its programs compiled, each stage shown."""
+    from marco_jax.loading import load
     from marco_jax.serve.worker import EngineWorker, engine_stop_strings
 
     dtype = model_dtype(args)
@@ -173,14 +209,8 @@ def main() -> None:
               "(--no-warmup skips this)")
         stage(f"compiled {warm_up(engine)} engine programs in "
               f"{time.perf_counter() - started:.1f} s")
-    worker = EngineWorker(engine, loaded.tokenizer, loaded.eos_ids, args.max_requests,
-                          admit_wait_s=args.admit_wait_ms / 1000)
-    name = args.served_model_name or pathlib.Path(str(args.model)).name
-    settings = ServerSettings(name, engine.config.max_model_len, args.top_logprobs, searches,
-                              args.grace_s, args.max_n, args.max_body_mb)
-    stage(f"serving '{name}' on http://{args.host}:{args.port}")
-    uvicorn.run(create_app(worker, settings), host=args.host, port=args.port,
-                timeout_graceful_shutdown=int(args.grace_s), log_level="info")
+    return EngineWorker(engine, loaded.tokenizer, loaded.eos_ids, args.max_requests,
+                        admit_wait_s=args.admit_wait_ms / 1000)
 
 
 if __name__ == "__main__":

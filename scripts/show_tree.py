@@ -3,10 +3,12 @@
     python scripts/show_tree.py TREES.jsonl --id ID [--output OUT.html]
     python scripts/show_tree.py TREE.json [--output OUT.html]
 
-The page is a nested collapsible tree (``marco_jax.search.tree_html``): each node
-shows its kind in its own colour, visits, mean value, terminal marker, the
-verifier's verdict on an answer and text; reflection branches are marked, the
-best path is highlighted and expanded. Default output: ``ID.html`` beside the file.
+The page (``marco_jax.search.tree_html``, its CSS and JS inlined: no network) draws the
+tree as a picture: a top-down layout, nodes sized by visits and coloured by value (with
+a legend), the best path drawn thick, reflections as diamonds with their branch dashed,
+terminal nodes square, verified answers ticked or crossed. Clicking a node shows its
+text, statistics and rollout in the panel beside it; the same tree follows as a
+collapsible text list. Default output: ``ID.html`` beside the file.
 """
 
 from __future__ import annotations

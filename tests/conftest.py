@@ -9,6 +9,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib
+import shutil
 
 import pytest
 
@@ -47,3 +48,38 @@ def hf_checkpoint(request, tmp_path_factory):
     """(torch model, checkpoint dir) for tied and untied heads."""
     model = build_hf_model(tied=request.param)
     return model, save_hf(model, tmp_path_factory.mktemp("hf"))
+
+
+BROWSER_OPT_OUT = "MARCO_SKIP_BROWSER_TESTS"
+
+
+def missing_browser() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium is not installed (pip install -e '.[test]')"
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        return ("chromium and chromedriver are not on PATH "
+                "(apt-get install chromium chromium-driver; .ci/run installs them)")
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (the page tests); missing, it fails them, not skips."""
+    why = missing_browser()
+    if why:
+        if os.environ.get(BROWSER_OPT_OUT) == "1":
+            pytest.skip(f"{why}; {BROWSER_OPT_OUT}=1")
+        pytest.fail(f"{why}; set {BROWSER_OPT_OUT}=1 to skip the browser tests")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1280,1200"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    yield driver
+    driver.quit()

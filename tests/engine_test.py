@@ -130,11 +130,20 @@ def test_compiled_programs_are_fixed_after_warmup(tiny):
     engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
     progress = []  # (done, total) after each program, with the programs compiled by then
     count = engine.warmup(lambda done, total: progress.append((done, total, engine.num_programs)))
-    assert count == 3 * (1 + 2)  # table widths 8, 16, 32 blocks: decode, prefill 4x16, 1x64
+    # table widths 8, 16, 32 blocks: decode of 1, 2, 4 and 8 rows, prefill 4x16 and 1x64
+    assert engine.buckets == [1, 2, 4, 8] and count == 3 * (4 + 2)
     assert progress == [(i, count, i) for i in range(1, count + 1)]
     for n, budget in ((1, 1), (60, 3), (17, 200), (200, 40)):
         engine.generate([random_tokens((n,), seed=n).tolist()] * 3, budget, temperature=0.7,
                         top_k=5, seed=1)
+    # 1 to 8 requests at once, arriving while others run: every bucket, 1-step calls
+    for rows in (1, 2, 3, 5, 8, 11):
+        for i in range(rows):
+            engine.submit(random_tokens((5 + 9 * i,), seed=i).tolist(), 3 + 7 * i)
+            engine.step()
+        while engine.has_work:
+            engine.step()
+    assert sorted(engine.stats.bucket_calls) == [1, 2, 4, 8]
     assert engine.num_programs == count
 
 

@@ -287,11 +287,16 @@ def test_script_on_a_mesh_streams_the_one_device_text_and_sigterm_lets_it_finish
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
+        health = []  # the port answers while the model loads: "starting" (503), then "ok"
         while time.time() < deadline:
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health").status_code == 200:
+                response = httpx.get(f"{url}/health")
+                health.append((response.status_code, response.json()["status"]))
+                if response.status_code == 200:
                     break
-            time.sleep(0.3)
+            time.sleep(0.1)
+        assert health[-1] == (200, "ok") and (503, "starting") in health
+        assert set(health[:-1]) == {(503, "starting")}
         body = {"model": "builtin:tiny", "prompt": "a", "max_tokens": 200, "stream": True,
                 "temperature": 0}
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:

@@ -8,8 +8,8 @@ import pytest
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
 from marco_jax.serve import protocol
-from marco_jax.search.record import TreeRecord
-from marco_jax.serve.worker import KEPT_TREES, EngineWorker, ServeRequest, decoding_once
+from marco_jax.serve.worker import (KEPT_TREES, EngineWorker, LiveTree, ServeRequest,
+                                    decoding_once)
 
 CONFIG = EngineConfig(slots=4, decode_steps=4, block_size=8, max_model_len=128,
                       kv_cache_gb=0.01, prefill_shapes=((4, 16),))
@@ -52,16 +52,23 @@ def run_requests(admit_wait_s: float, count: int, apart_s: float, timeout_s: flo
     return worker.engine.stats.decode_calls
 
 
-@pytest.mark.parametrize("admit_wait_s, decode_calls", [(2.0, 2), (0.0, 3)])
-def test_requests_arriving_at_an_idle_engine_share_its_first_step(admit_wait_s, decode_calls):
-    """Two 8-token requests 0.3 s apart: gathered, they take two 4-token decode
-    calls together; started at once, the second joins a call late."""
-    assert run_requests(admit_wait_s, 2, 0.3, timeout_s=120) == decode_calls
+@pytest.fixture(scope="module")
+def alone() -> int:
+    """The decode calls of one 8-token request alone (two 4-token calls, and a first-token
+    call where the engine makes one): what requests that share every call take."""
+    return run_requests(0.0, 1, 0.0, timeout_s=120)
 
 
-def test_the_gather_ends_when_the_slots_are_spoken_for():
+@pytest.mark.parametrize("admit_wait_s, late", [(2.0, 0), (0.0, 1)])
+def test_requests_arriving_at_an_idle_engine_share_its_first_step(alone, admit_wait_s, late):
+    """Two 8-token requests 0.3 s apart: gathered, they take one request's decode calls
+    together; started at once, the second joins a call late."""
+    assert run_requests(admit_wait_s, 2, 0.3, timeout_s=120) == alone + late
+
+
+def test_the_gather_ends_when_the_slots_are_spoken_for(alone):
     """A minute's quiet gap would stall these four; the fourth fills the slots."""
-    assert run_requests(60.0, CONFIG.slots, 0.2, timeout_s=30) == 2
+    assert run_requests(60.0, CONFIG.slots, 0.2, timeout_s=30) == alone
 
 
 def started_worker(tiny) -> EngineWorker:
@@ -97,6 +104,36 @@ def test_a_small_request_does_not_wait_for_all_of_a_large_ones_choices():
     large_finished = sum(1 for name, kind, finish in order[:small_done]
                          if name == "large" and finish is not None)
     assert ("small", "error", None) not in order and large_finished < CONFIG.slots
+
+
+def test_a_request_arriving_while_another_holds_every_slot_finds_one():
+    """A request with as many choices as there are slots leaves one free (the engine does
+    not preempt): a small request sent while it runs finishes before any of its choices."""
+    tiny = load("builtin:tiny")
+    worker = started_worker(tiny)
+    order: list[tuple[str, str, str | None]] = []
+    begun, done = threading.Event(), threading.Semaphore(0)
+
+    def emit_for(name):
+        def emit(event):
+            order.append((name, event.kind, event.finish))
+            begun.set()
+            if event.kind in ("done", "error"):
+                done.release()
+        return emit
+
+    def send(name, n, max_tokens):
+        parsed = protocol.parse_completion({"model": "tiny", "prompt": "a", "n": n,
+                                            "max_tokens": max_tokens, "temperature": 0}, 5)
+        worker.submit(ServeRequest(parsed, [1, 2, 3], max_tokens, 0, emit_for(name)))
+
+    send("large", CONFIG.slots, 96)
+    assert begun.wait(timeout=120)
+    send("small", 1, 4)
+    assert done.acquire(timeout=120) and done.acquire(timeout=120)
+    worker.close(grace_s=1)
+    small_done = order.index(("small", "done", None))
+    assert not any(name == "large" and finish is not None for name, _, finish in order[:small_done])
 
 
 def test_close_answers_queued_requests_with_503():
@@ -144,8 +181,8 @@ def test_kept_trees_are_read_while_the_engine_thread_writes_them():
     tiny = load("builtin:tiny")
     worker = EngineWorker(Engine(tiny.model, tiny.eos_ids, CONFIG), tiny.tokenizer, tiny.eos_ids)
     count = 4 * KEPT_TREES
-    writer = threading.Thread(target=lambda: [worker._keep_tree(TreeRecord(f"tree-{i}", ()))
-                                              for i in range(count)])
+    writer = threading.Thread(target=lambda: [
+        worker._keep_tree(LiveTree(f"tree-{i}", None, worker.decode)) for i in range(count)])
     writer.start()
     while writer.is_alive():
         worker.tree(f"tree-{count // 2}")

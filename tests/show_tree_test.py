@@ -7,6 +7,11 @@ import re
 
 from cli_test import assert_one_line_error, run_script
 
+try:
+    from selenium.webdriver.common.by import By
+except ImportError:  # the browser fixture (conftest.py) fails the tests with why
+    pass
+
 TREE = {
     "id": "mgsm-zh-3",
     "question": "珍妮特的鸭子每天下16个蛋。<script>alert(1)</script>",
@@ -80,9 +85,13 @@ def test_renders_small_tree(tmp_path):
     page = render(tmp_path, TREE)
     assert page.startswith("<!DOCTYPE html>") and 'charset="utf-8"' in page
     assert "<link" not in page and "src=" not in page and "http" not in page
-    # Only the page's own script tag; the texts' <script> come out escaped.
-    assert page.count("<script") == 1
+    # Only the page's own scripts (code, the tree's data, drawing it); the texts' <script>
+    # come out escaped, in the list as HTML and in the data as JSON.
+    assert page.count("<script") == 3 and "<script>alert" not in page and "<script>x()" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;script&gt;x()" in page
+    data = re.search(r'<script type="application/json" class="tree-data">(.*?)</script>', page)
+    assert {n["id"]: n["text"] for n in json.loads(data.group(1))["nodes"]} == {
+        n["id"]: n["text"] for n in TREE["nodes"]}
     assert "珍妮特的鸭子每天下16个蛋" in page and "答案是 18" in page
     assert "rollouts" in page and "temperature" in page and "0.7" in page
     assert '<span class="match">yes</span>' in page
@@ -110,7 +119,10 @@ def test_output_option_and_mismatch(tmp_path):
     proc = run_script("show_tree.py", str(path), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     page = out.read_text(encoding="utf-8")
-    assert '<span class="mismatch">no</span>' in page and ' best"' not in page
+    collector = DetailsCollector()
+    collector.feed(page)
+    assert '<span class="mismatch">no</span>' in page
+    assert not any("best" in classes for classes, _ in collector.nodes.values())
 
 
 def test_deep_and_wide_tree(tmp_path):
@@ -161,6 +173,57 @@ def test_v2_types_verdicts_and_reflection_branch(tmp_path):
     assert "kind-double_check" in found.nodes[3][0] and "kind-answer" in found.nodes[4][0]
     branch = {i for i, (classes, _) in found.nodes.items() if "reflection-branch" in classes}
     assert branch == {6, 7, 8}
-    assert page.count('class="verdict-correct"') == 1 and page.count('class="verdict-wrong"') == 1
+    assert page.count('<span class="verdict-correct">') == 1
+    assert page.count('<span class="verdict-wrong">') == 1
     colours = set(re.findall(r'<span class="kind" style="color: (#[0-9a-f]{6})">', page))
     assert len(colours) == 7  # root, sub_task, thinking, double_check, answer, reflection, tfs
+
+
+def test_the_picture_in_a_browser(tmp_path, browser):  # noqa: F811
+    """The page draws every node, marks the best path and reflections, and shows a clicked
+    node (at first the best path's end) in its panel."""
+    render(tmp_path, TREE)
+    browser.get((tmp_path / "mgsm-zh-3.html").as_uri())
+    drawn = {int(g.get_attribute("data-id")): set(g.get_attribute("class").split())
+             for g in browser.find_elements(By.CSS_SELECTOR, "svg .tree-node")}
+    assert sorted(drawn) == [0, 1, 3, 5, 7]
+    assert {i for i, classes in drawn.items() if "best" in classes} == {0, 3, 7}
+    assert {i for i, classes in drawn.items() if "reflection-branch" in classes} == {5}
+    assert browser.find_elements(By.CSS_SELECTOR, 'svg .tree-node[data-id="5"] path.dot')
+    assert browser.find_elements(By.CSS_SELECTOR, 'svg .tree-node[data-id="7"] rect.dot')
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg .edge.best")) == 2
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg .edge.reflection-branch")) == 1
+    # Sized by visits: node 3 (8 visits) larger than node 1 (3) and the unvisited reflection.
+    radius = {i: float(browser.find_element(By.CSS_SELECTOR, f'svg .tree-node[data-id="{i}"] '
+                                            "circle").get_attribute("r")) for i in (1, 3)}
+    assert radius[3] > radius[1]
+    # Coloured by value: unvisited grey, the two ends of the scale differ.
+    fill = {i: browser.find_element(By.CSS_SELECTOR, f'svg .tree-node[data-id="{i}"] .dot')
+            .get_attribute("fill") for i in (1, 5, 7)}
+    assert fill[5] == "#d0d7de" and len(set(fill.values())) == 3
+    text = browser.find_element(By.ID, "node-text")
+    shown = browser.execute_script("return arguments[0].textContent;", text)
+    assert shown == "9 * 2 = 18. 答案是 18"
+    browser.find_element(By.CSS_SELECTOR, 'svg .tree-node[data-id="3"]').click()
+    panel = browser.find_element(By.ID, "node-panel")
+    assert browser.execute_script("return arguments[0].textContent;",
+                                  browser.find_element(By.ID, "node-text")) == "Step 1: eggs left"
+    assert "Rollout (confidence 0.800)" in panel.text and "so the answer is 18" in panel.text
+    assert "visits 8 · value 0.900" in panel.find_element(By.CSS_SELECTOR, ".stats").text
+    # The text list selects the same way.
+    browser.find_element(By.CSS_SELECTOR, "details.tree-list > summary").click()
+    browser.find_element(By.CSS_SELECTOR, 'details.node[data-id="1"] > summary').click()
+    assert "第一步" in browser.find_element(By.ID, "node-text").text
+    assert browser.find_elements(By.CSS_SELECTOR, 'svg .tree-node.selected[data-id="1"]')
+
+
+def test_a_big_tree_draws_in_a_browser(tmp_path, browser):  # noqa: F811
+    chain = [{"id": i, "parent": i - 1, "text": f"步骤 {i}", "visits": 1, "value": 0.5}
+             for i in range(1, 1500)]
+    wide = [{"id": 1500 + i, "parent": 0, "text": "x", "visits": i, "value": i / 1000}
+            for i in range(1000)]
+    root = {"id": 0, "parent": -1, "text": "根", "visits": 2500, "value": 0.5, "kind": "root"}
+    render(tmp_path, {"id": "big", "nodes": [root, *chain, *wide], "best_path": [0, 1, 2]})
+    browser.get((tmp_path / "big.html").as_uri())
+    assert browser.execute_script("return document.querySelectorAll('svg .tree-node').length;") \
+        == 2500

@@ -1,6 +1,9 @@
 """The engine's device programs: pure functions of (parameters, KV pages, slot state,
 block tables), jitted once per shape. A slot's pending token is the last of its
 context, so prefill never needs logits: the first decode step gives the first new token.
+A decode program's rows are the engine's slots or a bucket of them (the engine gathers
+the live slots into the smallest bucket that holds them); how many steps a call runs
+is an argument, so a call may stop early without another program.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class SlotState:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class StepOutputs:
-    """What each slot produced in one call, (s, steps[, top])."""
+    """What each row produced in one call, (s, steps[, top]); steps past the call's
+    count, and the steps of rows that were not running, are not ``produced``."""
 
     tokens: jax.Array
     logprobs: jax.Array
@@ -52,11 +56,13 @@ class StepOutputs:
 
 def decode_steps(graphdef: nnx.GraphDef, params: nnx.State, pages: KVPages, state: SlotState,
                  table_sm: jax.Array, eos_ids: jax.Array, stop_sjv: jax.Array,
-                 stop_lengths_j: jax.Array, *, steps: int, top_logprobs: int, width: int,
-                 placement: Placement, use_kernel: bool):
-    """Advance every running slot by up to ``steps`` tokens: feed its pending token,
-    pick the next (greedy or from its own seed and step), record log-probabilities
-    and Marco-o1's confidence, and stop it on EOS, a stop string or its budget."""
+                 stop_lengths_j: jax.Array, steps_now: jax.Array, *, steps: int,
+                 top_logprobs: int, width: int, placement: Placement, use_kernel: bool):
+    """Advance every running row by up to ``steps_now`` tokens (traced, at most the static
+    ``steps``, which sizes the outputs): feed its pending token, pick the next (greedy or
+    from its own seed and step), record log-probabilities and Marco-o1's confidence, and
+    stop it on EOS, a stop string or its budget. Rows are independent: a row's results
+    depend on its own state, the program's row count and nothing else."""
     model = nnx.merge(graphdef, params)
     s = state.token_s.shape[0]
     kernel_on = placement if use_kernel and placement.platform == "tpu" else None
@@ -89,7 +95,7 @@ def decode_steps(graphdef: nnx.GraphDef, params: nnx.State, pages: KVPages, stat
         return i + 1, pages, state, out
 
     def any_running(loop):
-        return (loop[0] < steps) & jnp.any(loop[2].reason_s == RUNNING)
+        return (loop[0] < jnp.minimum(steps_now, steps)) & jnp.any(loop[2].reason_s == RUNNING)
 
     k = top_logprobs
     out = StepOutputs(jnp.zeros((s, steps), jnp.int32), jnp.zeros((s, steps), jnp.float32),

@@ -2,9 +2,13 @@
 
 Each ``step()`` admits waiting requests into free decode slots, writes their uncached
 context in fixed-shape prefill calls, runs one decode call of up to ``decode_steps``
-tokens for every slot and retires the requests that finished. Shapes never depend on
-the requests, so each device program compiles once (``warmup()`` builds them all). A
-request's sample depends only on its own tokens, settings and seed, never on its slot.
+tokens for every running slot and retires the requests that finished. A decode call
+runs the smallest bucket of rows (``decode_buckets``) that holds the running slots, and
+one step only when it is a new request's first, so its first token streams at once.
+Shapes never depend on the requests, so each device program compiles once (``warmup()``
+builds them all). A request's sample depends only on its own tokens, settings and seed,
+never on its slot (and its values, to the last bit, on the row counts of its calls'
+programs: CPU matmuls sum in an order that depends on the row count).
 """
 
 from __future__ import annotations
@@ -54,6 +58,12 @@ class EngineConfig:
     policy: str = "fcfs"  # or "longest_first" (offline batches: fewer idle slots at the end)
     use_kernel: bool = True  # the TPU paged-attention kernel for decode, where it applies
     kv_dtype: str = "auto"  # the KV pool's: "auto" (the model's compute dtype) or a dtype
+    # Row counts of the decode programs (None: see decode_buckets()); (slots,): one program
+    # of every slot per table width, as before buckets.
+    decode_buckets: tuple[int, ...] | None = None
+    # A decode call that feeds a newly admitted request runs 1 step, not decode_steps,
+    # so its first token is out after its prefill and one step.
+    first_token_step: bool = True
 
     def __post_init__(self):
         shapes = self.prefill_shapes
@@ -65,6 +75,11 @@ class EngineConfig:
             (bool(shapes) and len(set(shapes)) == len(shapes)
              and all(len(s) == 2 and min(s) >= 1 for s in shapes),
              f"prefill_shapes {shapes} must be distinct (rows, chunk) pairs >= 1"),
+            (self.decode_buckets is None
+             or (all(1 <= b <= self.slots for b in self.decode_buckets)
+                 and self.slots in self.decode_buckets),
+             f"decode_buckets {self.decode_buckets} must lie in [1, slots] and hold slots "
+             f"({self.slots})"),
             *choice_checks(self, {"kv_dtype": KV_DTYPES}),
         ], "engine config: ")
 
@@ -98,6 +113,8 @@ class EngineStats:
     slot_steps: int = 0  # slots x decode steps run
     kept_tokens: int = 0  # slot-steps that produced a kept token
     prefilled_tokens: int = 0  # context tokens written by prefill
+    # decode calls by the program's rows (its bucket)
+    bucket_calls: dict[int, int] = dataclasses.field(default_factory=dict)
     cached_tokens: int = 0  # context tokens found in the prefix cache
     compile_s: float = 0.0
     prefill_s: float = 0.0
@@ -106,6 +123,22 @@ class EngineStats:
     @property
     def utilisation(self) -> float:
         return self.kept_tokens / self.slot_steps if self.slot_steps else 0.0
+
+
+def decode_buckets(slots: int, shards: int = 1) -> list[int]:
+    """The row counts a decode program is compiled for: ``shards`` (the slots' split over
+    the mesh's batch axes, so every device holds rows) times the powers of two, up to and
+    with ``slots``. A call runs the smallest that holds its running slots.
+
+    Why every power of two: a step's time grows with its rows where compute, not the
+    weights' reads, bounds it (the demo model, 0.5B float32, on a 2-core CPU: one
+    client's 64 tokens took 34.6 s in the 32-row program and 7.4 s in a 1-row one,
+    BENCHMARKS.md issues 17 and 35), so a call should run at most twice the rows it
+    needs. The programs stay few: log2(slots) + 1 per table width (32 slots, 3 widths:
+    18 decode programs beside 12 prefill; serve_load run 5 warmed two such engines, the
+    second from the compilation cache, and a one-slot one in 189 s). A finer grid would
+    compile more to save less than 2x a call."""
+    return sorted({min(slots, shards << i) for i in range(slots.bit_length() + 1)})
 
 
 def _per_row(value: Any, rows: int, name: str) -> list:
@@ -151,6 +184,10 @@ class Engine:
         self.pages = make_pages(cfg, num_blocks, config.block_size, self.placement, kv_dtype)
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(config.slots, self.blocks, self.max_blocks, config.policy)
+        rows = self.placement.sharding(("batch",), (config.slots,))
+        local = config.slots if rows is None else rows.shard_shape((config.slots,))[0]
+        self.buckets = sorted(config.decode_buckets
+                              or decode_buckets(config.slots, config.slots // local))
         self.eos_ids = jnp.asarray(eos_ids, jnp.int32)
         self._stop_arrays = (jnp.asarray(table.table_sjv), jnp.asarray(table.lengths_s))
         self.state = self._idle_state()
@@ -325,24 +362,40 @@ class Engine:
         need = math.ceil(positions / self.config.block_size)
         return min(self.max_blocks, max(MIN_TABLE_WIDTH, 1 << max(need - 1, 0).bit_length()))
 
+    def _decode_rows(self, live: Sequence[int]) -> np.ndarray:
+        """The slots a decode call runs, in slot order: the ``live`` ones, with idle slots
+        up to the smallest bucket that holds them (idle rows compute nothing kept)."""
+        rows = next(b for b in self.buckets if b >= len(live))
+        chosen = set(live)
+        idle = (s for s in range(self.config.slots) if s not in chosen)
+        chosen.update(next(idle) for _ in range(rows - len(live)))
+        return np.array(sorted(chosen), np.int32)
+
     def _run_decode(self) -> list[Completion]:
         running = [r for r in self.scheduler.running if r is not None]
+        steps = self.config.decode_steps
+        if self.config.first_token_step and any(not r.tokens for r in running):
+            steps = 1  # a request admitted since the last call: its first token now
         # Positions this call can reach: each slot's next position plus the steps.
         reach = max(int(self.state.position_s[r.slot]) for r in running)
-        program, args = self._decode_program(self._table_width(reach + self.config.decode_steps))
+        rows_b = self._decode_rows([r.slot for r in running])
+        program, args = self._decode_program(self._table_width(reach + steps), rows_b, steps)
         start = time.perf_counter()
         self.pages, state, out = program(*args)
         state, out = jax.device_get((state, out))
         self.stats.decode_s += time.perf_counter() - start
         self.stats.decode_calls += 1
-        self.state = jax.tree.map(np.array, state)
+        self.stats.bucket_calls[len(rows_b)] = self.stats.bucket_calls.get(len(rows_b), 0) + 1
+        for field in dataclasses.fields(SlotState):  # the rows back to their slots
+            getattr(self.state, field.name)[rows_b] = getattr(state, field.name)
         self.stats.slot_steps += self.config.slots * int(out.produced.any(0).sum())
         self.stats.kept_tokens += int(out.produced.sum())
+        row_of = {int(s): b for b, s in enumerate(rows_b)}
         finished = []
         for request in running:
-            s = request.slot
+            s, b = request.slot, row_of[request.slot]
             for name in ("tokens", "logprobs", "top_ids", "top_logprobs", "confidences"):
-                getattr(request, name).extend(getattr(out, name)[s][out.produced[s]].tolist())
+                getattr(request, name).extend(getattr(out, name)[b][out.produced[b]].tolist())
             reason = int(self.state.reason_s[s])
             if reason != RUNNING:
                 finished.append(self._finish(request, FINISH_REASONS[reason]))
@@ -381,11 +434,14 @@ class Engine:
             self.stats.compile_s += time.perf_counter() - start
         return self._programs[key]
 
-    def _decode_program(self, width: int):
-        """The decode program for a ``width``-block table, and its arguments now."""
-        state = jax.tree.map(self.placement.put_rows, self.state)
-        table = self.placement.put_rows(self.scheduler.table_sm[:, :width])
-        args = (self.params, self.pages, state, table, self.eos_ids, *self._stop_arrays)
+    def _decode_program(self, width: int, rows_b: np.ndarray, steps: int):
+        """The decode program for a ``width``-block table over the slots ``rows_b`` (a
+        bucket's worth), and its arguments now: those slots' state and table rows, and
+        ``steps`` for this call."""
+        state = jax.tree.map(lambda x: self.placement.put_rows(x[rows_b]), self.state)
+        table = self.placement.put_rows(self.scheduler.table_sm[rows_b, :width])
+        args = (self.params, self.pages, state, table, self.eos_ids, *self._stop_arrays,
+                jnp.asarray(steps, jnp.int32))
         return self._program(device_programs.decode_steps, args, steps=self.config.decode_steps,
                              top_logprobs=self.config.top_logprobs, width=FILTER_WIDTH,
                              use_kernel=self.config.use_kernel), args
@@ -396,19 +452,29 @@ class Engine:
         return self._program(device_programs.prefill_chunk, args), args
 
     def warmup(self, on_program: Callable[[int, int], None] | None = None) -> int:
-        """Compile every device program this engine can run (decode at each table width,
-        prefill at each shape and width), so no request compiles later; returns the count.
-        ``on_program(done, total)`` is called after each program (compiled or found
-        compiled), e.g. to show progress: compiling takes minutes on a large model."""
+        """Compile every device program this engine can run (decode at each table width
+        for each bucket of rows, prefill at each shape and width), so no request compiles
+        later, and run each once while no slot is busy; returns the count. ``on_program(done, total)`` is called after each program
+        (compiled or found compiled), e.g. to show progress: compiling takes minutes on a
+        large model."""
         widths = sorted({self._table_width(self.config.block_size << i)
                          for i in range(self.max_blocks.bit_length() + 1)})
-        programs = [(width, shape) for width in widths  # shape None: decode
-                    for shape in (None, *self.config.prefill_shapes)]
+        programs = [(width, shape) for width in widths  # shape an int: decode of that many rows
+                    for shape in (*self.buckets, *self.config.prefill_shapes)]
+        # With every slot idle, each program also runs once: decode stops at once and
+        # prefill writes padding to scratch, so a program's one-time costs of its first run
+        # are paid here, not in the first request's time (or the server's event loop's).
+        idle = all(r is None for r in self.scheduler.running)
         for done, (width, shape) in enumerate(programs, 1):
-            if shape is None:
-                self._decode_program(width)
+            if isinstance(shape, int):
+                program, args = self._decode_program(width, np.arange(shape, dtype=np.int32),
+                                                     self.config.decode_steps)
+                if idle:
+                    self.pages = program(*args)[0]
             else:
-                self._prefill_program(*self._prefill_rows(shape, width))
+                program, args = self._prefill_program(*self._prefill_rows(shape, width))
+                if idle:
+                    self.pages = program(*args)
             if on_program is not None:
                 on_program(done, len(programs))
         return self.num_programs

@@ -183,7 +183,8 @@ def abstract_pages(cfg: Qwen2Config, config: EngineConfig, num_blocks: int,
 
 def decode_args(cfg: Qwen2Config, slots: int, width: int, placement: Placement) -> tuple:
     """``decode_steps``' arguments after the parameters and pages, shape-only: the slot
-    state and table over the batch axes, the EOS and stop tables (none) replicated."""
+    state and table over the batch axes, the EOS and stop tables (none) and the call's
+    step count replicated."""
     stops = StopTable.empty(cfg.vocab_size)
     j = stops.table_sjv.shape[0]
     i32, f32 = np.int32, np.float32
@@ -192,8 +193,8 @@ def decode_args(cfg: Qwen2Config, slots: int, width: int, placement: Placement) 
         ((slots, j), i32), ((slots, j), bool), ((slots,), f32), ((slots,), i32),
         ((slots,), f32), ((slots,), i32))))
     rows = _shaped((state, jax.ShapeDtypeStruct((slots, width), i32)), placement, _rows)
-    tables = _shaped((np.zeros(1, i32), stops.table_sjv, stops.lengths_s), placement,
-                     lambda x: (None,) * x.ndim)
+    tables = _shaped((np.zeros(1, i32), stops.table_sjv, stops.lengths_s, np.int32(0)),
+                     placement, lambda x: (None,) * x.ndim)
     return (*rows, *tables)
 
 

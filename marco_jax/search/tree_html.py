@@ -1,12 +1,16 @@
-"""A search tree (the JSON a search writes) as HTML: a nested collapsible tree.
+"""A search tree (the JSON a search writes) as HTML: a picture and a text list.
 
-Each node shows its kind (v1: action or reflection; v2: sub_task, thinking,
-double_check, answer, reflection, thinking_from_scratch, each in its own
-colour), visits, mean value, terminal marker, the verifier's verdict on an
-answer (correct / wrong) and text; everything grown under a reflection is
-marked as its branch. Children are ordered by visits, the best path is
-highlighted and expanded. ``scripts/show_tree.py`` writes it as a page; the
-server's page shows it while a search grows.
+The picture is drawn in the browser by ``tree_page.js`` from the tree's JSON, which
+the fragment carries: a tidy top-down layout, nodes sized by visits and coloured by
+value (a legend gives the scale), the best path drawn thick, reflections as diamonds
+with their branch dashed, terminal nodes square, verified answers ticked or crossed;
+clicking a node shows it in the node panel. Below it, the same tree as a nested
+collapsible text list (searchable, readable without the picture): each node's kind
+(v1: action or reflection; v2: sub_task, thinking, double_check, answer, reflection,
+thinking_from_scratch, each in its own colour), visits, mean value, terminal marker,
+verdict and text, children by visits, the best path highlighted and expanded.
+``scripts/show_tree.py`` writes it as a self-contained page; the server's page shows
+it while a search grows.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ LONG_CHARS = 400  # longer texts (or more lines) are folded behind their own <su
 LONG_LINES = 8
 PREVIEW_CHARS = 80
 
-# The page's style and its expand/collapse buttons, shipped beside this module.
+# The pages' style and script (picture, node panel, the list's buttons), beside this module.
 CSS = pathlib.Path(__file__).with_name("tree_page.css").read_text(encoding="utf-8")
 JS = pathlib.Path(__file__).with_name("tree_page.js").read_text(encoding="utf-8")
 
@@ -129,27 +133,46 @@ def render_header(tree: TreeRecord, count: int, max_depth: int) -> list[str]:
     return out
 
 
+def tree_data(tree: TreeRecord) -> str:
+    """The tree's JSON for the picture, safe inside a <script> element (no "</script>")."""
+    return json.dumps(tree.to_json(), ensure_ascii=False).replace("<", "\\u003c")
+
+
 def render_fragment(tree: TreeRecord) -> str:
-    """The header and the nested tree, without the page around them (the
+    """The title, the picture (drawn by tree_page.js's ``MarcoTree.mount`` from the JSON it
+    carries), the header tables and the text list, without the page around them (the
     server's page puts it in its own)."""
     nodes = {n.id: n for n in tree.nodes}
     depth = tree.depths()
+    title, *header = render_header(tree, len(nodes), max(depth.values()))
     return "\n".join([
-        *render_header(tree, len(nodes), max(depth.values())),
-        '<h2>Tree</h2><div class="toolbar">'
+        title,
+        '<div class="tree-view">'
+        f'<script type="application/json" class="tree-data">{tree_data(tree)}</script>'
+        '<div class="tree-picture"></div></div>',
+        *header,
+        f'<details class="tree-list"><summary>The tree as text ({len(nodes)} nodes)</summary>'
+        '<div class="toolbar">'
         '<button onclick="setOpen(\'details.node\', true)">expand all</button>'
         '<button onclick="setOpen(\'details.node\', false)">collapse all</button>'
         '<button onclick="bestOnly()">best path only</button></div>',
         *render_nodes(nodes, tree.children(), tree.roots(), set(tree.best_path)),
+        "</details>",
     ])
 
 
 def render(tree: TreeRecord, title: str) -> str:
-    """The whole HTML page for a tree."""
+    """The whole HTML page for a tree: the fragment beside the node panel, everything inline."""
     fragment = render_fragment(tree)
     title = html.escape(f"Search tree {tree.id if tree.id is not None else title}")
     return "\n".join([
         "<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{title}</title>",
-        f"<style>{CSS}</style>", f"<script>{JS}</script>", "</head><body>", fragment,
+        f"<style>{CSS}</style>", f"<script>{JS}</script>", "</head><body>",
+        '<div class="columns"><div class="main">', fragment,
+        '</div><div class="side" id="node-panel"><p class="hint">Click a node to read it.</p>'
+        "</div></div>",
+        '<script>MarcoTree.mount(document.querySelector(".tree-view"), '
+        'document.getElementById("node-panel"), '
+        f'{tree.best_path[-1] if tree.best_path else "null"});</script>',
         "</body></html>", "",
     ])

@@ -1,7 +1,11 @@
 """The OpenAI-compatible HTTP app over one :class:`EngineWorker`: its events become OpenAI's
 JSON, whole or streamed; a client that disconnects cancels its request, freeing its slots.
 Bodies are parsed and prompts tokenized in a thread, so a huge prompt never stalls the event
-loop (``/health`` and the other requests' streams)."""
+loop (``/health`` and the other requests' streams).
+
+The app may answer before its engine exists: made with no worker, it says ``starting``
+(``/health``: 503) and refuses requests with 503 until :meth:`_Handlers.open` gives it the
+worker, once the model is loaded and its programs compiled (``scripts/serve.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import html
 import json
 import pathlib
 import random
+import threading
 import time
 from typing import Any, AsyncIterator, Callable, Mapping
 
@@ -52,12 +57,46 @@ def _sse(payload: Any) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+def _starting() -> RequestError:
+    return RequestError("the server is starting (loading the model and compiling its programs); "
+                        "retry once GET /health answers ok", status=503, kind="server_error",
+                        code="starting")
+
+
 @dataclasses.dataclass(eq=False)  # hashable: its bound methods are the endpoints
 class _Handlers:
-    """The app's endpoints over its worker (one instance per app)."""
+    """The app's endpoints over its worker (one instance per app); no worker yet: starting."""
 
-    worker: EngineWorker
+    _worker: EngineWorker | None
     settings: ServerSettings
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _closed: bool = False
+
+    @property
+    def worker(self) -> EngineWorker:
+        """The worker; 503 (``starting``) while there is none yet."""
+        if self._worker is None:
+            raise _starting()
+        return self._worker
+
+    def open(self, worker: EngineWorker) -> bool:
+        """Begin serving on ``worker`` (started here): ``/health`` says ok from now on. False
+        when the app has already shut down (the worker is not started)."""
+        with self._lock:
+            if self._closed:
+                return False
+            if not worker.alive:
+                worker.start()
+            self._worker = worker
+            return True
+
+    def close(self, grace_s: float) -> None:
+        """Shut down: in-flight work may finish for ``grace_s``; a worker given later is not
+        started."""
+        with self._lock:
+            self._closed, worker = True, self._worker
+        if worker is not None:
+            worker.close(grace_s)
 
     def serve_request(self, parsed: GenerationRequest,
                       emit: Callable[[Event], None]) -> ServeRequest:
@@ -114,6 +153,9 @@ class _Handlers:
             "iterations": parsed.search_iterations}
         if parsed.search_max_total_tokens is not None:
             changes["token_budget"] = self.token_budget(parsed, config)
+        # the config's sampling, but for what the request set itself (see protocol's doc)
+        changes |= {name: max(getattr(parsed, name), 0) if name == "top_k"
+                    else getattr(parsed, name) for name in parsed.sampling}
         return dataclasses.replace(config, search=dataclasses.replace(config.search, **changes))
 
     @staticmethod
@@ -131,6 +173,7 @@ class _Handlers:
 
     async def generate(self, http: Request) -> Response:
         """``POST /v1/completions`` and ``POST /v1/chat/completions``."""
+        self.worker  # noqa: B018 (503 while starting, before reading the body)
         raw = await self.body(http)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         emit = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, queue.put_nowait)
@@ -200,15 +243,20 @@ class _Handlers:
             elif event.kind == "search":  # its one choice: the chosen answer
                 result = event.data
                 texts[0], finishes[0] = result["text"], event.finish
-        kind = parsed.kind
-        choices = [protocol.choice_body(
-            kind, i, texts[i], finishes.get(i),
-            None if parsed.logprobs is None or result is not None
-            else protocol.logprobs_block(kind, tokens[i], parsed.logprobs))
-            for i in range(parsed.n)]
-        extra = {} if result is None else {"marco": result}
-        return JSONResponse(protocol.response_body(kind, protocol.new_id(kind), parsed.model,
-                                                   choices, usage=event.data["usage"], **extra))
+        def body() -> bytes:
+            kind = parsed.kind
+            choices = [protocol.choice_body(
+                kind, i, texts[i], finishes.get(i),
+                None if parsed.logprobs is None or result is not None
+                else protocol.logprobs_block(kind, tokens[i], parsed.logprobs))
+                for i in range(parsed.n)]
+            extra = {} if result is None else {"marco": result}
+            return json.dumps(protocol.response_body(
+                kind, protocol.new_id(kind), parsed.model, choices, usage=event.data["usage"],
+                **extra), ensure_ascii=False).encode()
+
+        # n choices with their log-probabilities make a large body: encoded off the loop
+        return Response(await asyncio.to_thread(body), media_type="application/json")
 
     async def stream(self, req: ServeRequest, queue: asyncio.Queue) -> AsyncIterator[str]:
         """OpenAI's chunks as server-sent events; a client that goes away cancels the request."""
@@ -258,21 +306,39 @@ class _Handlers:
             "id": self.settings.model_name, "object": "model", "created": int(time.time()),
             "owned_by": "marco-jax", "max_model_len": self.settings.max_model_len}]}
 
-    async def tree(self, tree_id: str) -> Response:
-        found = self.worker.tree(tree_id)
-        if found is None:
+    async def tree(self, tree_id: str, since: str | None = None) -> Response:
+        """A search's tree, growing or final; ``?since=N``: only the nodes with id >= N, and
+        ``size`` (all its nodes) and ``final`` (the search is over) besides the tree's
+        fields. Node texts are decoded in a thread, each once."""
+        first = 0
+        if since is not None:
+            if not since.isdigit():
+                raise RequestError(f"'since' must be a node id (an integer >= 0), got {since!r}",
+                                   "since")
+            first = int(since)
+        live = self.worker.live_tree(tree_id)
+        if live is None:
             raise RequestError(f"no tree '{tree_id}' (the server keeps the last {KEPT_TREES})",
                                "tree_id", status=404)
-        return JSONResponse(found.to_json())
+        final = live.final  # before the record: a final record is then surely whole
+        body = (await asyncio.to_thread(live.record, first)).to_json()
+        if since is not None:
+            body |= {"since": first, "size": live.size, "final": final}
+        return JSONResponse(body)
 
     async def tree_html(self, tree_id: str) -> Response:
-        found = self.worker.tree(tree_id)
-        if found is None:
+        live = self.worker.live_tree(tree_id)
+        if live is None:
             raise RequestError(f"no tree '{tree_id}'", "tree_id", status=404)
-        return HTMLResponse(tree_html_lib.render_fragment(found))
+        record = await asyncio.to_thread(live.record)
+        return HTMLResponse(tree_html_lib.render_fragment(record))
 
     async def health(self) -> Response:
-        if not self.worker.alive:
+        """200 ``ok`` once the engine is ready; 503 ``starting`` before (loading, compiling),
+        503 when its thread has stopped."""
+        if self._worker is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        if not self._worker.alive:
             return JSONResponse({"status": "engine thread stopped"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
@@ -307,16 +373,17 @@ class _Handlers:
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
-def create_app(worker: EngineWorker, settings: ServerSettings) -> FastAPI:
-    """The app; on shutdown, in-flight work may finish for ``settings.grace_s``."""
-    handlers = _Handlers(worker, settings)
+def create_app(worker: EngineWorker | None, settings: ServerSettings) -> FastAPI:
+    """The app; on shutdown, in-flight work may finish for ``settings.grace_s``. With no
+    worker it is ``starting`` until ``app.state.handlers.open(worker)``."""
+    handlers = _Handlers(None, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        if not worker.alive:
-            worker.start()
+        if worker is not None:
+            handlers.open(worker)
         yield
-        await asyncio.get_running_loop().run_in_executor(None, worker.close, settings.grace_s)
+        await asyncio.get_running_loop().run_in_executor(None, handlers.close, settings.grace_s)
 
     app = FastAPI(title="marco-jax", lifespan=lifespan)
     app.state.handlers = handlers

@@ -5,7 +5,19 @@ servers do; known ones this server cannot honour are refused rather than silentl
 For a search, ``max_tokens`` bounds the returned answer: its path's completion tokens, cut
 there (finish ``length``) as a plain choice is; ``usage`` counts those. Everything the search
 generates (every node and rollout) is bounded by ``marco.max_total_tokens`` and counted in
-``marco.usage``."""
+``marco.usage``.
+
+A search samples as its config says; a request's ``temperature``, ``top_p`` or ``top_k``
+replaces the config's only when the body sets it (not null): a default OpenAI's servers
+would assume (temperature 1) never reaches a search.
+
+A search's response carries its ``marco`` field: ``text`` (the returned answer, as
+``message.content``: cut at ``max_tokens``), ``path_text`` (the chosen answer whole: every
+step on its path from the root, then the rollout that finished it, never cut), ``answer``
+(the final answer in ``path_text``), ``path`` (node ids from the root to the chosen answer's
+node), ``value``, ``config``, ``rollouts``, ``generated_tokens``, ``usage`` (every token the
+search generated), ``candidates`` (node, text, value, finished, answer) and ``tree_id`` (for
+``GET /v1/trees/{id}``, whose ``?since=N`` returns only nodes with id >= N)."""
 
 from __future__ import annotations
 
@@ -55,8 +67,10 @@ class GenerationRequest:
     search_iterations: int | None = None  # instead of the search config's own
     search_max_total_tokens: int | None = None  # a cap on every token the search generates
     question: str | None = None  # chat: the last user turn (what a search answers)
+    sampling: frozenset[str] = frozenset()  # SAMPLING fields the body set: a search's overrides
 
 
+SAMPLING = ("temperature", "top_p", "top_k")  # a search's config has its own
 _AT_LEAST_ONE = (lambda v: v >= 1, "must be >= 1")
 # Checked fields: their types, the default when absent or null, and what a value must be.
 _FIELDS: dict[str, tuple[tuple[type, ...], Any, tuple[Callable[[Any], bool], str] | None]] = {
@@ -140,7 +154,8 @@ def _common(body: dict, kind: str) -> dict[str, Any]:
         temperature=float(_typed(body, "temperature")), top_p=float(_typed(body, "top_p")),
         top_k=_typed(body, "top_k"), n=n, stop=_stop(body), seed=_typed(body, "seed"),
         stream=_typed(body, "stream", (bool,), False),
-        include_usage=_typed(stream_options, "include_usage", (bool,), False))
+        include_usage=_typed(stream_options, "include_usage", (bool,), False),
+        sampling=frozenset(name for name in SAMPLING if body.get(name) is not None))
 
 
 def _marco_int(marco: dict, name: str) -> int | None:

@@ -1,8 +1,8 @@
 """The server's engine thread: it alone drives the engine, so JAX calls and the scheduler's
 bookkeeping never race. A plain request's ``n`` choices are engine requests (seeds ``seed + i``)
 and a search request is a tree program, so both kinds share the decode slots. Choices reach
-the engine round-robin by request, only as many as it can admit next, so one request's many
-choices never queue ahead of a later request."""
+the engine round-robin by request, only as many as it can admit next and never all the
+slots, so one request's many choices never queue ahead of a later request."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from marco_jax.engine import stops
 from marco_jax.engine.engine import Completion, Engine
@@ -22,15 +25,19 @@ from marco_jax.grading import final_answer
 from marco_jax.search import job_files
 from marco_jax.search.config import JobConfig
 from marco_jax.search.driver import Driver, SearchProgram
-from marco_jax.search.record import TreeRecord, nodes_of
+from marco_jax.search.record import NodeRecord, TreeRecord
 from marco_jax.search.results import Problem, SearchResult
 from marco_jax.search.runner import make_algorithm
-from marco_jax.search.tree import Tree
+from marco_jax.search.tree import FINISHES, Tree
 from marco_jax.serve.protocol import FINISH, GenerationRequest, RequestError, TokenInfo, usage
 from marco_jax.serve.text import ChoiceText
 
 log = logging.getLogger("marco_jax.serve")
 
+# One request's choices hold at most all but 1/RESERVED_SHARE of the slots (one at
+# least is left), so a request arriving while another's n choices run finds a slot at
+# once instead of waiting for them to finish (the engine does not preempt).
+RESERVED_SHARE = 8
 ADMIT_WAIT_S = 0.02  # see EngineWorker: a few client round trips on loopback
 GATHER_LIMIT = 25  # the longest gather, in admit_wait_s windows
 KEPT_TREES = 64  # search trees kept for GET /v1/trees/{id}
@@ -88,9 +95,83 @@ class ServeMetrics:
 
 
 def decoding_once(decode: Callable[[list[int]], str]) -> Callable[[Sequence[int]], str]:
-    """``decode`` remembered per token sequence: a growing tree's snapshots share node texts."""
+    """``decode`` remembered per token sequence: a search's answer texts (the chosen one,
+    the candidates) are decoded once each."""
     cached = functools.cache(lambda key: decode(list(key)))
     return lambda tokens: cached(tuple(int(t) for t in tokens))
+
+
+# A tree's per-node statistics, copied at each growth step (old nodes' change: backups, ends).
+_STATS = ("parent_n", "visits_n", "value_sum_n", "depth_n", "terminal_n", "kind_n", "finish_n",
+          "rollout_value_n", "rollout_finished_n", "correct_n")
+
+
+class LiveTree:
+    """A search's tree for ``GET /v1/trees/{id}``, growing, then final. At each growth step
+    the engine thread records only host data (:meth:`grow`: the new nodes' token ids, and
+    copies of the statistics arrays), never text; a reader's thread builds the record
+    (:meth:`record`), decoding each node's texts once, the first time anyone asks. So a
+    search nobody watches decodes no node, and one watched decodes each node once."""
+
+    def __init__(self, tree_id: str, question: str | None,
+                 decode: Callable[[Sequence[int]], str]):
+        self.id, self.question, self._decode = tree_id, question, decode
+        self._lock = threading.Lock()  # what the engine thread writes
+        self._texts_lock = threading.Lock()  # one reader decodes a node, the others wait
+        self._tokens: list[tuple[list[int], list[int]]] = []  # per node: action, rollout
+        self._stats: dict[str, np.ndarray] = {}
+        self._kinds: tuple[str, ...] = ()
+        self._texts: list[tuple[str, str]] = []  # decoded, per node (a prefix of the nodes)
+        self.chosen_answer: str | None = None
+        self.best_path: tuple[int, ...] = ()
+        self.final = False
+
+    @property
+    def size(self) -> int:
+        return len(self._tokens)
+
+    def grow(self, tree: Tree) -> int:
+        """Record the tree's new nodes and everyone's statistics (engine thread); its size.
+        A node's token lists never change once added, so they are kept, not copied."""
+        stats = {name: getattr(tree, name)[:tree.size].copy() for name in _STATS}
+        with self._lock:
+            self._tokens += [(tree.tokens[n], tree.rollouts[n])
+                             for n in range(len(self._tokens), tree.size)]
+            self._stats, self._kinds = stats, tree.kinds
+        return tree.size
+
+    def finish(self, tree: Tree, chosen_answer: str | None, best_path: Sequence[int]) -> None:
+        """The search's last state and what it chose (engine thread)."""
+        self.grow(tree)
+        with self._lock:
+            self.chosen_answer, self.best_path = chosen_answer, tuple(best_path)
+            self.final = True
+
+    def record(self, since: int = 0) -> TreeRecord:
+        """The tree now, its nodes from id ``since`` on (a reader's thread: this decodes)."""
+        with self._lock:
+            tokens, stats, kinds = list(self._tokens), self._stats, self._kinds
+            chosen, best = self.chosen_answer, self.best_path
+        texts = self._texts_upto(tokens)
+        nodes = []
+        for n in range(max(since, 0), len(tokens)):
+            visits, rollout_value = int(stats["visits_n"][n]), float(stats["rollout_value_n"][n])
+            correct = int(stats["correct_n"][n])
+            nodes.append(NodeRecord(
+                n, int(stats["parent_n"][n]), texts[n][0], visits,
+                float(stats["value_sum_n"][n]) / visits if visits else None,
+                int(stats["depth_n"][n]), bool(stats["terminal_n"][n]),
+                kinds[stats["kind_n"][n]], FINISHES[stats["finish_n"][n]], texts[n][1],
+                None if math.isnan(rollout_value) else rollout_value,
+                bool(stats["rollout_finished_n"][n]), None if correct < 0 else bool(correct)))
+        return TreeRecord(self.id, tuple(nodes), self.question, None, chosen, best)
+
+    def _texts_upto(self, tokens: list[tuple[list[int], list[int]]]) -> list[tuple[str, str]]:
+        """Every node's (text, rollout text), decoding only the nodes not decoded before."""
+        with self._texts_lock:
+            self._texts += [(self._decode(action), self._decode(rollout) if rollout else "")
+                            for action, rollout in tokens[len(self._texts):]]
+            return self._texts[:len(tokens)]
 
 
 def _with_stops(program: SearchProgram, strings: tuple[str, ...],
@@ -147,7 +228,7 @@ class EngineWorker:
         # choices not yet submitted, by request, in turn order: request id -> choice indices
         self._turns: collections.OrderedDict[int, collections.deque[int]] = (
             collections.OrderedDict())
-        self._trees: collections.OrderedDict[str, TreeRecord] = collections.OrderedDict()
+        self._trees: collections.OrderedDict[str, LiveTree] = collections.OrderedDict()
         self._trees_lock = threading.Lock()  # the app's handlers read what this thread writes
         self._ids, self._tree_ids = itertools.count(), itertools.count()
         self._closing = False
@@ -184,8 +265,14 @@ class EngineWorker:
             self._cancels.append(request_id)
             self._cond.notify()
 
-    def tree(self, tree_id: str) -> TreeRecord | None:
-        """A kept search tree (the app's threads call this while the engine thread writes)."""
+    def tree(self, tree_id: str, since: int = 0) -> TreeRecord | None:
+        """A kept search tree as it is now, its nodes from id ``since`` on. The app's threads
+        call this while the engine thread grows the tree; node texts are decoded here, in
+        the caller's thread, each once (see :class:`LiveTree`)."""
+        live = self.live_tree(tree_id)
+        return None if live is None else live.record(since)
+
+    def live_tree(self, tree_id: str) -> LiveTree | None:
         with self._trees_lock:
             return self._trees.get(tree_id)
 
@@ -208,6 +295,7 @@ class EngineWorker:
             with self._cond:
                 idle = not self.driver.has_work
                 self._cond.wait_for(lambda: self._inbox or self._cancels or self.driver.has_work
+                                    or self._turns  # choices held back by their share
                                     or self._closing and (self._give_up or not self._requests))
                 if idle and self._inbox and not self._closing:
                     self._gather()
@@ -272,13 +360,24 @@ class EngineWorker:
         not until all of them have run."""
         scheduler = self.engine.scheduler
         room = sum(r is None for r in scheduler.running) - len(scheduler.waiting)
-        while room > 0 and self._turns:
+        share = self.engine.config.slots - max(1, self.engine.config.slots // RESERVED_SHARE)
+        blocked = 0  # requests in turn order found holding their share, in a row
+        while room > 0 and blocked < len(self._turns):
             request_id, indices = next(iter(self._turns.items()))
             self._turns.move_to_end(request_id)
+            if self._in_engine(request_id) >= share:
+                blocked += 1
+                continue
+            blocked = 0
             index = indices.popleft()
             if not indices:
                 del self._turns[request_id]
             room -= self._submit_choice(self._requests[request_id], index)
+
+    def _in_engine(self, request_id: int) -> int:
+        """A plain request's choices in the engine: submitted, not finished."""
+        return sum(c.engine_id is not None and not c.text.over
+                   for c in self._choices[request_id])
 
     def _submit_choice(self, req: ServeRequest, index: int) -> bool:
         """Choice ``index`` of a plain request into the engine (seed ``seed + index``);
@@ -299,18 +398,18 @@ class EngineWorker:
         algorithm = make_algorithm(req.search_job, self.tokenizer, self.engine.config.max_model_len)
         steps = itertools.count(1)
         generated = 0
-        decode_once = decoding_once(self.decode)
+        live = LiveTree(req.tree_id, req.parsed.question, self.decode)
+        self._keep_tree(live)
 
         def on_round(completions: list[Completion]) -> None:
             nonlocal generated
             generated += sum(len(c.tokens) for c in completions)
             self._first_token(req)
 
-        def on_grow(tree: Tree) -> None:
-            nodes = nodes_of(tree, decode_once)
-            self._keep_tree(TreeRecord(req.tree_id, nodes, req.parsed.question))
+        def on_grow(tree: Tree) -> None:  # host data only: texts are decoded when asked for
+            nodes = live.grow(tree)
             req.emit(Event("progress", data={"step": next(steps), "generated_tokens": generated,
-                                              "nodes": len(nodes), "tree_id": req.tree_id}))
+                                              "nodes": nodes, "tree_id": req.tree_id}))
 
         program = algorithm.program(Problem(req.id, req.prompt_ids, req.seed), on_grow)
         self.driver.start(req.id, _with_stops(program, req.search_job.stops, on_round,
@@ -382,34 +481,50 @@ class EngineWorker:
         return self.tokenizer.decode([t for t in tokens if t not in self.hidden])
 
     def _search_result(self, req: ServeRequest, result: SearchResult) -> tuple[dict, str, int]:
-        """The search's body for the ``marco`` field, its finish reason and the answer's tokens
-        (at most ``max_tokens``: the answer is cut there, finish ``length``)."""
+        """The search's body for the ``marco`` field (see protocol's module doc), its finish
+        reason and the answer's tokens (at most ``max_tokens``: the answer is cut there,
+        finish ``length``; ``path_text`` keeps all of it). Candidates are decoded once each;
+        the tree's nodes are not (a reader of the tree decodes them)."""
+        decode = decoding_once(self.decode)
         tokens_of: dict[str, list[int]] = {}
 
         def remembered(tokens: Sequence[int]) -> str:  # which tokens spelled the answer
-            text = self.decode(tokens)
+            text = decode(tokens)
             tokens_of.setdefault(text, list(tokens))
             return text
 
         text, value = job_files.choose(result, req.search_job.final, remembered)
         answer = tokens_of[text]
-        returned, finish = text, "stop"
+        returned, finish, cut = text, "stop", answer
         if len(answer) > req.max_tokens:
-            answer, finish = answer[:req.max_tokens], "length"
-            returned = self.decode(answer)
-        self._keep_tree(TreeRecord.of(result.tree, self.decode, req.tree_id, req.parsed.question,
-                                      None, final_answer(text), result.best_path))
-        candidates = [(c, self.decode(c.tokens)) for c in result.candidates]
-        return {"text": returned, "answer": final_answer(text), "value": value,
-                "config": req.search_job.name, "rollouts": result.rollouts,
-                "generated_tokens": result.generated_tokens,
+            cut, finish = answer[:req.max_tokens], "length"
+            returned = self.decode(cut)
+        path = self._chosen_path(result, answer)
+        # kept as the newest (found again if other searches' trees had pushed it out)
+        tree = self.live_tree(req.tree_id) or LiveTree(req.tree_id, req.parsed.question,
+                                                       self.decode)
+        tree.finish(result.tree, final_answer(text), result.best_path)
+        self._keep_tree(tree)
+        return {"text": returned, "answer": final_answer(text), "path_text": text,
+                "path": path, "value": value, "config": req.search_job.name,
+                "rollouts": result.rollouts, "generated_tokens": result.generated_tokens,
                 "usage": usage(len(req.prompt_ids), result.generated_tokens),
                 "candidates": [{"node": c.node, "text": shown, "value": c.value,
                                 "finished": c.finished, "answer": final_answer(shown)}
-                               for c, shown in candidates],
-                "tree_id": req.tree_id}, finish, len(answer)
+                               for c, shown in ((c, decode(c.tokens))
+                                                for c in result.candidates)],
+                "tree_id": req.tree_id}, finish, len(cut)
 
-    def _keep_tree(self, tree: TreeRecord) -> None:
+    @staticmethod
+    def _chosen_path(result: SearchResult, answer: list[int]) -> list[int]:
+        """Node ids from the root to the chosen answer's node: the search's best path when it
+        spelled the answer, else the path of the candidate that did (``max_value``, ``vote``)."""
+        if list(result.best_tokens) == answer:
+            return [int(n) for n in result.best_path]
+        node = next((c.node for c in result.candidates if list(c.tokens) == answer), None)
+        return [int(n) for n in (result.best_path if node is None else result.tree.path(node))]
+
+    def _keep_tree(self, tree: LiveTree) -> None:
         """A search's tree, growing or final, for GET /v1/trees/{id}: the last few only."""
         with self._trees_lock:
             self._trees[tree.id] = tree

@@ -160,8 +160,9 @@ def test_the_answer_box_shows_the_whole_chosen_path(browser, live):
                         rollout_text=rollout, rollout_value=0.95, rollout_finished=True)]
     tree = TreeRecord("tree-x", tuple(nodes), "q", chosen_answer="18", best_path=(0, 1, 3, 5))
     whole = "".join(steps) + rollout
-    marco = {"text": whole[:30], "answer": "18", "value": 0.95, "rollouts": 9,
-             "generated_tokens": 120, "tree_id": "tree-x", "candidates": [
+    marco = {"text": whole[:30], "path_text": whole, "path": [0, 1, 3, 5], "answer": "18",
+             "value": 0.95, "rollouts": 9, "generated_tokens": 120, "tree_id": "tree-x",
+             "candidates": [
                  {"node": 2, "text": "Other start\n\nso 9", "value": 0.5, "answer": "9"},
                  {"node": 5, "text": whole, "value": 0.95, "answer": "18"}]}
     open_page(browser, live)

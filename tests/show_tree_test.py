@@ -9,6 +9,7 @@ from cli_test import assert_one_line_error, run_script
 
 try:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # the browser fixture (conftest.py) fails the tests with why
     pass
 
@@ -179,7 +180,7 @@ def test_v2_types_verdicts_and_reflection_branch(tmp_path):
     assert len(colours) == 7  # root, sub_task, thinking, double_check, answer, reflection, tfs
 
 
-def test_the_picture_in_a_browser(tmp_path, browser):  # noqa: F811
+def test_the_picture_in_a_browser(tmp_path, browser):
     """The page draws every node, marks the best path and reflections, and shows a clicked
     node (at first the best path's end) in its panel."""
     render(tmp_path, TREE)
@@ -217,7 +218,7 @@ def test_the_picture_in_a_browser(tmp_path, browser):  # noqa: F811
     assert browser.find_elements(By.CSS_SELECTOR, 'svg .tree-node.selected[data-id="1"]')
 
 
-def test_a_big_tree_draws_in_a_browser(tmp_path, browser):  # noqa: F811
+def test_a_big_tree_draws_in_a_browser(tmp_path, browser):
     chain = [{"id": i, "parent": i - 1, "text": f"步骤 {i}", "visits": 1, "value": 0.5}
              for i in range(1, 1500)]
     wide = [{"id": 1500 + i, "parent": 0, "text": "x", "visits": i, "value": i / 1000}
@@ -225,5 +226,5 @@ def test_a_big_tree_draws_in_a_browser(tmp_path, browser):  # noqa: F811
     root = {"id": 0, "parent": -1, "text": "根", "visits": 2500, "value": 0.5, "kind": "root"}
     render(tmp_path, {"id": "big", "nodes": [root, *chain, *wide], "best_path": [0, 1, 2]})
     browser.get((tmp_path / "big.html").as_uri())
-    assert browser.execute_script("return document.querySelectorAll('svg .tree-node').length;") \
-        == 2500
+    count = "return document.querySelectorAll('svg .tree-node').length;"
+    WebDriverWait(browser, 60).until(lambda b: b.execute_script(count) == 2500)

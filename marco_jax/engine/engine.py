@@ -454,9 +454,9 @@ class Engine:
     def warmup(self, on_program: Callable[[int, int], None] | None = None) -> int:
         """Compile every device program this engine can run (decode at each table width
         for each bucket of rows, prefill at each shape and width), so no request compiles
-        later, and run each once while no slot is busy; returns the count. ``on_program(done, total)`` is called after each program
-        (compiled or found compiled), e.g. to show progress: compiling takes minutes on a
-        large model."""
+        later, and run each once while no slot is busy; returns the count.
+        ``on_program(done, total)`` is called after each program (compiled or found
+        compiled), e.g. to show progress: compiling takes minutes on a large model."""
         widths = sorted({self._table_width(self.config.block_size << i)
                          for i in range(self.max_blocks.bit_length() + 1)})
         programs = [(width, shape) for width in widths  # shape an int: decode of that many rows

@@ -48,7 +48,7 @@ from marco_jax.cli import enable_compilation_cache
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.loading import load
 from marco_jax.search.problems import read_problems
-from marco_jax.serve.app import ServerSettings, create_app
+from marco_jax.serve.app import ServerSettings, create_app, freeze_heap
 from marco_jax.serve.worker import ADMIT_WAIT_S, EngineWorker
 
 
@@ -219,6 +219,7 @@ def main() -> None:
     thread.start()
     while not server.started:
         time.sleep(0.05)
+    freeze_heap()  # as scripts/serve.py does once it is ready
     url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     runs, begun, used = [], time.perf_counter(), 0
     for clients in counts:

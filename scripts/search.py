@@ -79,6 +79,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="only the first N problems of the input")
     parser.add_argument("--trees", type=pathlib.Path,
                         help="append each problem's tree to this JSON lines file")
+    parser.add_argument("--tree-tokens", action="store_true",
+                        help="keep each node's tokens with their confidence and top-5 in the "
+                             "--trees file (the tree page's token table; several times larger)")
     parser.add_argument("--on-bad-line", choices=["skip", "error"], default="skip",
                         help="an unreadable input line: skip it with a warning, or stop")
     parser.add_argument("--process-index", type=int, default=None,
@@ -126,7 +129,7 @@ def search(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> Non
     checker = None if args.checker_model is None else \
         load(args.checker_model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
     figures = run_job(loaded, job, share.todo, share.output, share.trees, engine_config, mesh,
-                      args.trees_in_flight, checker)
+                      args.trees_in_flight, checker, args.tree_tokens)
     print(f"{len(share.todo)} problems in {figures['seconds']:.1f}s; {stats_line(figures)} "
           f"-> {share.output}")
 
@@ -140,6 +143,8 @@ def search_job(args: argparse.Namespace, joined: bool) -> None:
     job = load_job_config(args.config, args.set, **overrides)
     if args.trees_in_flight is not None and args.trees_in_flight < 1:
         raise MarcoError(f"--trees-in-flight must be >= 1, got {args.trees_in_flight}")
+    if args.tree_tokens and args.trees is None:
+        raise MarcoError("--tree-tokens keeps token scores in the --trees file: give --trees")
     problems = problems_lib.read_problems(args.input, args.on_bad_line)[:args.limit]
     if not problems:
         raise MarcoError(f"no problems in {args.input}"

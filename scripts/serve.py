@@ -16,7 +16,6 @@ in flight finish for --grace-s seconds, then cancel the rest.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import pathlib
 import socket
@@ -160,7 +159,7 @@ def main() -> None:
                              "model, which the server does not load")
     import uvicorn
 
-    from marco_jax.serve.app import ServerSettings, create_app
+    from marco_jax.serve.app import ServerSettings, create_app, freeze_heap
 
     name = args.served_model_name or pathlib.Path(str(args.model)).name
     settings = ServerSettings(name, args.max_model_len, args.top_logprobs, searches,
@@ -180,11 +179,7 @@ def main() -> None:
             failed.append(error)
             server.should_exit = True
             return
-        # What loading made (modules, weights' host objects: millions) is never garbage;
-        # frozen, the collector's full passes skip it instead of pausing every thread for
-        # a quarter second in the middle of a request.
-        gc.collect()
-        gc.freeze()
+        freeze_heap()
         if app.state.handlers.open(worker):
             stage(f"serving '{name}' on http://{args.host}:{args.port} (/health: ok)")
 

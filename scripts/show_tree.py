@@ -7,8 +7,10 @@ The page (``marco_jax.search.tree_html``, its CSS and JS inlined: no network) dr
 tree as a picture: a top-down layout, nodes sized by visits and coloured by value (with
 a legend), the best path drawn thick, reflections as diamonds with their branch dashed,
 terminal nodes square, verified answers ticked or crossed. Clicking a node shows its
-text, statistics and rollout in the panel beside it; the same tree follows as a
-collapsible text list. Default output: ``ID.html`` beside the file.
+text, statistics and rollout in the panel beside it, and, when the search kept them
+(``search.py --tree-tokens``), its tokens tinted by confidence with each token's top-5
+alternatives; the same tree follows as a collapsible text list. Default output:
+``ID.html`` beside the file.
 """
 
 from __future__ import annotations

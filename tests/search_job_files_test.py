@@ -230,3 +230,18 @@ def test_an_output_from_before_the_sidecar_is_adopted_only_by_its_config(tmp_pat
     assert proc.returncode == 2
     assert_one_line_error(proc, "o.jsonl holds results of config mcts-step (written before")
     assert "--force-new" in proc.stderr and not job_files.config_path(out).exists()
+
+
+def test_tree_tokens_keep_each_action_nodes_token_scores(tmp_path):
+    write_problems(tmp_path / "in.jsonl", 1)
+    out, trees = tmp_path / "out.jsonl", tmp_path / "trees.jsonl"
+    args = ["--config", "mcts-mini32", "--input", str(tmp_path / "in.jsonl"),
+            "--output", str(out), *FAST]
+    assert_one_line_error(run_script("search.py", *args, "--tree-tokens"), "give --trees")
+    done = run_script("search.py", *args, "--trees", str(trees), "--tree-tokens")
+    assert done.returncode == 0, done.stderr
+    [tree] = [json.loads(line) for line in lines(trees.read_text())]
+    actions = [n for n in tree["nodes"] if n["kind"] == "action"]
+    assert actions and all(len(n["tokens"]) >= 1 and len(n["tokens"][0]["top"]) == 5
+                           for n in actions)
+    assert all("tokens" not in n for n in tree["nodes"] if n["kind"] != "action")

@@ -64,6 +64,25 @@ def test_reward_is_mean_confidence_of_the_rollout(tiny):
     assert tree.visits_n[0] == 2
 
 
+def test_action_nodes_keep_the_models_scores_of_their_tokens(tiny):
+    """What the tree page shows for each token of a node: the confidence and top-5 the
+    engine computed when it sampled the token (a reflection, written by the search, has none)."""
+    cfg = dataclasses.replace(CFG, iterations=1)
+    [result] = search(engine(tiny), tiny.tokenizer, cfg).run(prompts(tiny.tokenizer, 1))
+    tree = result.tree
+    reference = engine(tiny)
+    assert tree.action_scores[0] is None
+    for k, child in enumerate(tree.children(0)):
+        [out] = reference.generate([tree.tokens[0]], 8, temperature=1.0, top_p=0.95,
+                                   seed=row_seed(CFG.seed, 0, 0, k))
+        n = len(tree.tokens[child])
+        kept = tree.action_scores[child]
+        assert len(kept.confidence) == n
+        np.testing.assert_allclose(kept.confidence, out.confidences[:n], rtol=1e-6)
+        np.testing.assert_array_equal(kept.top_ids, out.top_ids[:n])
+        np.testing.assert_allclose(kept.top_logprobs, out.top_logprobs[:n], rtol=1e-6)
+
+
 def test_trees_do_not_depend_on_their_companions_or_the_mesh(tiny):
     ps = prompts(tiny.tokenizer, 5)
     first = search(engine(tiny), tiny.tokenizer, CFG).run(ps)
@@ -147,6 +166,7 @@ def test_several_children_closing_the_thought_each_get_a_reflection(tiny):
     assert kinds.count(2) == 3 and kinds.count(1) == 3  # every closing child has its sibling
     reflection = next(c for c in result.tree.children(0) if result.tree.kind_n[c] == 2)
     assert REFLECTION in tok.decode(result.tree.tokens[reflection])
+    assert result.tree.action_scores[reflection] is None  # the search wrote it, not the model
 
 
 def test_a_reflection_at_the_token_budget_is_cut_not_an_error(tiny):

@@ -140,6 +140,16 @@ def test_a_search_draws_its_tree_and_shows_a_clicked_node(browser, live):
         By.CSS_SELECTOR, "#node-panel .stats").text
     selected = f'svg .tree-node.selected[data-id="{node["id"]}"]'
     assert browser.find_elements(By.CSS_SELECTOR, selected)
+    # Its tokens: each one's confidence and top-5, as the node endpoint gives them.
+    tokens = json.loads(browser.execute_script(
+        f"return fetch('/v1/trees/{tree_id}/nodes/{node['id']}').then(r => r.text());"))["tokens"]
+    rows = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#node-panel .token-table tbody tr"))
+    assert len(rows) == len(tokens) > 0
+    cells = rows[0].find_elements(By.TAG_NAME, "td")
+    assert float(cells[2].text) == pytest.approx(tokens[0]["confidence"], abs=1e-3)
+    assert len(text_of(browser, cells[3]).split(" · ")) == 5
+    assert "".join(text_of(browser, span) for span in browser.find_elements(
+        By.CSS_SELECTOR, "#node-tokens .token")) == "".join(t["text"] for t in tokens)
     if MODEL != "builtin:tiny":
         assert marco["answer"] == "7", marco  # the screenshot shows a right answer
     if os.environ.get("MARCO_PAGE_SCREENSHOT"):

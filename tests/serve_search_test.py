@@ -54,7 +54,7 @@ def grown_tree(steps, live=None, watch=False):
 
 def test_a_live_tree_decodes_nothing_until_read_then_each_node_once():
     calls = []
-    live = LiveTree("tree-0", "q", counting(calls))
+    live = LiveTree("tree-0", "q", counting(calls), str)
     tree = grown_tree(60, live)
     assert calls == []  # 60 growth steps, nobody watching: no text decoded
     expected = TreeRecord.of(tree, counting([]), "tree-0", "q")
@@ -70,7 +70,7 @@ def test_a_live_tree_decodes_nothing_until_read_then_each_node_once():
 
 def test_a_watched_live_tree_decodes_each_node_once_not_once_a_step():
     calls = []
-    live = LiveTree("tree-1", None, counting(calls))
+    live = LiveTree("tree-1", None, counting(calls), str)
     tree = grown_tree(80, live, watch=True)  # read after each of 80 steps
     assert len(calls) == 1 + 80 + 40  # proportional to the nodes, not nodes x steps
     live.finish(tree, "7", [0, 1, 3])
@@ -210,3 +210,28 @@ def test_a_tree_since_a_node_has_the_newer_nodes_and_the_summary(live):
     assert httpx.get(url, params={"since": len(whole["nodes"])}).json()["nodes"] == []
     bad = httpx.get(url, params={"since": "-1"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+
+
+def test_a_node_of_a_tree_comes_with_its_tokens_scores(live):
+    reply = chat(live, QUESTION, seed=4, extra_body={"marco": {"search": "mcts-step",
+                                                               "iterations": 3}})
+    tree_id = reply.model_extra["marco"]["tree_id"]
+    url = f"{live.url}/v1/trees/{tree_id}"
+    tree = httpx.get(url).json()
+    live_tree = live.worker.live_tree(tree_id)
+    for node in tree["nodes"]:
+        got = httpx.get(f"{url}/nodes/{node['id']}").json()
+        assert {k: v for k, v in got.items() if k != "tokens"} == node  # the tree's own fields
+        if node["kind"] != "action":
+            assert "tokens" not in got  # the root's prompt: not the model's choice
+            continue
+        action = live_tree._tokens[node["id"]][0]
+        assert [t["text"] for t in got["tokens"]] == [live.worker.token_text(t) for t in action]
+        for token in got["tokens"]:
+            logprobs = [lp for _, lp in token["top"]]
+            assert len(logprobs) == 5 and logprobs == sorted(logprobs, reverse=True)
+            assert 0 < token["confidence"] <= 1
+    for bad in (len(tree["nodes"]), "x"):
+        missing = httpx.get(f"{url}/nodes/{bad}")
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "node"
+    assert httpx.get(f"{live.url}/v1/trees/nope/nodes/0").status_code == 404

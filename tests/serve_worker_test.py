@@ -182,7 +182,7 @@ def test_kept_trees_are_read_while_the_engine_thread_writes_them():
     worker = EngineWorker(Engine(tiny.model, tiny.eos_ids, CONFIG), tiny.tokenizer, tiny.eos_ids)
     count = 4 * KEPT_TREES
     writer = threading.Thread(target=lambda: [
-        worker._keep_tree(LiveTree(f"tree-{i}", None, worker.decode)) for i in range(count)])
+        worker._keep_tree(LiveTree(f"tree-{i}", None, worker.decode, worker.token_text)) for i in range(count)])
     writer.start()
     while writer.is_alive():
         worker.tree(f"tree-{count // 2}")

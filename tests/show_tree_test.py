@@ -26,7 +26,10 @@ TREE = {
          "depth": 1, "terminal": False, "kind": "action"},
         {"id": 3, "parent": 0, "text": "Step 1: eggs left", "visits": 8, "value": 0.9,
          "depth": 1, "terminal": False, "kind": "action",
-         "rollout_text": "so the answer is 18", "rollout_value": 0.8},
+         "rollout_text": "so the answer is 18", "rollout_value": 0.8,
+         "tokens": [{"text": t, "confidence": c, "top": [[t, -0.1], ["<i>", -2.5]]}
+                    for t, c in (("Step", 0.9), (" 1", 0.8), (":", 0.95), (" eggs", 0.4),
+                                 (" left", 0.7))]},
         {"id": 5, "parent": 3, "text": "Wait! Maybe I made some mistakes! <script>x()</script>",
          "visits": 0, "value": None, "depth": 2, "terminal": False, "kind": "reflection"},
         {"id": 7, "parent": 3, "text": "9 * 2 = 18. 答案是 18", "visits": 6, "value": 1.0,
@@ -211,10 +214,19 @@ def test_the_picture_in_a_browser(tmp_path, browser):
                                   browser.find_element(By.ID, "node-text")) == "Step 1: eggs left"
     assert "Rollout (confidence 0.800)" in panel.text and "so the answer is 18" in panel.text
     assert "visits 8 · value 0.900" in panel.find_element(By.CSS_SELECTOR, ".stats").text
+    # Its tokens (the record keeps them): tinted text, and a row each with the alternatives.
+    tokens = panel.find_elements(By.CSS_SELECTOR, "#node-tokens .token")
+    assert [browser.execute_script("return arguments[0].textContent;", t) for t in tokens] \
+        == ["Step", " 1", ":", " eggs", " left"]
+    rows = panel.find_elements(By.CSS_SELECTOR, ".token-table tbody tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows] == \
+        ["0.900", "0.800", "0.950", "0.400", "0.700"]
+    assert rows[3].find_elements(By.TAG_NAME, "td")[3].text == "·eggs 90.5% · <i> 8.2%"
     # The text list selects the same way.
     browser.find_element(By.CSS_SELECTOR, "details.tree-list > summary").click()
     browser.find_element(By.CSS_SELECTOR, 'details.node[data-id="1"] > summary').click()
     assert "第一步" in browser.find_element(By.ID, "node-text").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#node-panel .token-table")  # none kept
     assert browser.find_elements(By.CSS_SELECTOR, 'svg .tree-node.selected[data-id="1"]')
 
 

@@ -477,4 +477,7 @@ class Engine:
                     self.pages = program(*args)
             if on_program is not None:
                 on_program(done, len(programs))
+        # The runs above are dispatched, not done: the first request's prefill would queue
+        # behind them (seconds on a CPU) if warm-up returned before they finish.
+        jax.block_until_ready(self.pages)
         return self.num_programs

@@ -26,7 +26,8 @@ from marco_jax.search.driver import Call, SearchProgram, row_seed
 from marco_jax.search.environment import ReasoningEnv
 from marco_jax.search.results import Candidate, Problem, SearchResult, choose_best
 from marco_jax.search.rewards import Reward
-from marco_jax.search.tree import ANSWER, CUT, OPEN, ROOT, Outcome, Tree, backup, select_leaf, uct
+from marco_jax.search.tree import (ANSWER, CUT, OPEN, ROOT, Outcome, ActionScores, Tree, backup,
+                                   select_leaf, uct)
 
 
 class MCTS:
@@ -99,8 +100,11 @@ class MCTS:
                 finish = CUT
             else:
                 finish = OPEN
+            n = len(step.action)
+            scores = ActionScores(completion.confidences[:n], completion.top_ids[:n],
+                                 completion.top_logprobs[:n])
             child = tree.add_child(leaf, step.action, outcome=Outcome(
-                finish, value, step.ended, verdict, step.rollout))
+                finish, value, step.ended, verdict, step.rollout), scores=scores)
             backup(tree, child, value)
             if step.reflection is not None:
                 tree.add_child(leaf, step.reflection, kind="reflection")

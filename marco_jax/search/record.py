@@ -18,9 +18,19 @@ from typing import Any, Callable
 
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
-from marco_jax.search.tree import FINISHES, Tree
+from marco_jax.search.tree import FINISHES, ActionScores, Tree
 
 SCHEMA = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRecord:
+    """One token of a node's action as the model scored it: its text, Marco-o1's
+    confidence in it, and the top alternatives as (text, log-probability), best first."""
+
+    text: str
+    confidence: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +51,7 @@ class NodeRecord:
     rollout_value: float | None = None
     rollout_finished: bool = False
     correct: bool | None = None
+    tokens: tuple[TokenRecord, ...] | None = None  # None: not kept (or not the model's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +67,19 @@ class TreeRecord:
     @classmethod
     def of(cls, tree: Tree, decode: Callable[[list[int]], str], id: Any, question: str | None,
            answer: str | None = None, chosen_answer: str | None = None,
-           best_path: list[int] = ()) -> "TreeRecord":
-        return cls(id, nodes_of(tree, decode), question, answer, chosen_answer,
+           best_path: list[int] = (),
+           token_text: Callable[[int], str] | None = None) -> "TreeRecord":
+        """The record of a live tree; with ``token_text`` (one token id's text), each
+        node the model wrote keeps its tokens' scores (:class:`TokenRecord`)."""
+        return cls(id, nodes_of(tree, decode, token_text), question, answer, chosen_answer,
                    tuple(best_path))
 
     def to_json(self) -> dict:
         data = {"schema": SCHEMA, **dataclasses.asdict(self)}
         data["best_path"] = list(self.best_path)
+        for node in data["nodes"]:
+            if node["tokens"] is None:
+                del node["tokens"]
         if data["config"] is None:
             del data["config"]
         return data
@@ -158,10 +175,26 @@ def read_trees(path: pathlib.Path) -> list[TreeRecord]:
     return trees
 
 
-def nodes_of(tree: Tree, decode: Callable[[list[int]], str]) -> tuple[NodeRecord, ...]:
-    """Every node of a live tree as a record."""
+def token_records(scores: ActionScores, tokens: list[int],
+                  token_text: Callable[[int], str]) -> tuple[TokenRecord, ...]:
+    """A node's tokens with the model's scores of them."""
+    return tuple(
+        TokenRecord(token_text(token), round(float(confidence), 4),
+                    tuple((token_text(int(i)), round(float(lp), 4))
+                          for i, lp in zip(top_ids, top_logprobs)))
+        for token, confidence, top_ids, top_logprobs
+        in zip(tokens, scores.confidence, scores.top_ids, scores.top_logprobs))
+
+
+def nodes_of(tree: Tree, decode: Callable[[list[int]], str],
+             token_text: Callable[[int], str] | None = None) -> tuple[NodeRecord, ...]:
+    """Every node of a live tree as a record (with its tokens' scores: see
+    :meth:`TreeRecord.of`)."""
     out = []
     for n in range(tree.size):
+        scores = tree.action_scores[n]
+        tokens = None if token_text is None or scores is None else \
+            token_records(scores, tree.tokens[n], token_text)
         value, rollout_value = tree.mean_value(n), float(tree.rollout_value_n[n])
         out.append(NodeRecord(
             n, int(tree.parent_n[n]), decode(tree.tokens[n]), int(tree.visits_n[n]),
@@ -169,7 +202,7 @@ def nodes_of(tree: Tree, decode: Callable[[list[int]], str]) -> tuple[NodeRecord
             bool(tree.terminal_n[n]), tree.kind(n), FINISHES[tree.finish_n[n]],
             decode(tree.rollouts[n]), None if math.isnan(rollout_value) else rollout_value,
             bool(tree.rollout_finished_n[n]),
-            None if tree.correct_n[n] < 0 else bool(tree.correct_n[n])))
+            None if tree.correct_n[n] < 0 else bool(tree.correct_n[n]), tokens))
     return tuple(out)
 
 
@@ -200,6 +233,26 @@ def _node(raw: Any, index: int, where: str) -> NodeRecord:
         raise MarcoError(f"{name}: correct must be true, false or null")
     values = {f.name: raw[f.name] for f in dataclasses.fields(NodeRecord)
               if raw.get(f.name) is not None}  # absent or null: the default
+    if "tokens" in values:
+        values["tokens"] = _tokens(values["tokens"], name)
     values["terminal"] = bool(raw.get("terminal"))
     values["rollout_finished"] = bool(raw.get("rollout_finished"))
     return NodeRecord(**values)
+
+
+def _tokens(raw: Any, name: str) -> tuple[TokenRecord, ...]:
+    """A node's token list checked: each {text, confidence, top: [[text, logprob], ...]}."""
+    if not isinstance(raw, list):
+        raise MarcoError(f"{name}: tokens must be a list")
+    out = []
+    for i, token in enumerate(raw):
+        top = token.get("top", []) if isinstance(token, dict) else None
+        if not (isinstance(token, dict) and isinstance(token.get("text"), str)
+                and _number(token.get("confidence")) and isinstance(top, list)
+                and all(isinstance(t, list) and len(t) == 2 and isinstance(t[0], str)
+                        and _number(t[1]) for t in top)):
+            raise MarcoError(f"{name}: token {i} must be {{text, confidence, top: "
+                             "[[text, logprob], ...]}")
+        out.append(TokenRecord(token["text"], float(token["confidence"]),
+                               tuple((t[0], float(t[1])) for t in top)))
+    return tuple(out)

@@ -36,11 +36,12 @@ def make_algorithm(job: JobConfig, tokenizer: Any, max_model_len: int) -> Algori
 def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathlib.Path,
             trees: pathlib.Path | None = None, engine_config: EngineConfig = EngineConfig(),
             mesh: Mesh | None = None, max_trees: int | None = None,
-            checker: LoadedModel | None = None) -> dict:
+            checker: LoadedModel | None = None, tree_tokens: bool = False) -> dict:
     """Search ``todo`` through the engines, appending each problem's line to
-    ``output`` (and its tree to ``trees``) as soon as it finishes; returns the
-    run's figures (seconds, requests, engine statistics). ``checker`` serves the
-    node types an action tree assigns to a second model."""
+    ``output`` (and its tree to ``trees``, with each node's token scores if
+    ``tree_tokens``) as soon as it finishes; returns the run's figures (seconds,
+    requests, engine statistics). ``checker`` serves the node types an action
+    tree assigns to a second model."""
     tokenizer = loaded.tokenizer
     models = {"policy": loaded}
     if checker is not None:
@@ -62,6 +63,9 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
     def decode(tokens: list[int]) -> str:
         return tokenizer.decode([t for t in tokens if t not in eos])
 
+    def token_text(token: int) -> str:
+        return tokenizer.decode([token])
+
     output.parent.mkdir(parents=True, exist_ok=True)
     if trees:
         trees.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +79,7 @@ def run_job(loaded: LoadedModel, job: JobConfig, todo: list[dict], output: pathl
             if trees:
                 record = TreeRecord.of(result.tree, decode, problem["id"], problem["question"],
                                        problem["answer"], line["chosen_answer"],
-                                       result.best_path)
+                                       result.best_path, token_text if tree_tokens else None)
                 job_files.append_line(trees, record.to_json())
             job_files.append_line(output, line)
             solved += line["status"] == "solved"

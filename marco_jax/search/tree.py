@@ -37,6 +37,18 @@ class Outcome:
     rollout: tuple[int, ...] | list[int] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class ActionScores:
+    """What the model made of each token of a node's action, kept for a person reading
+    the tree: Marco-o1's confidence in the token chosen, and the top-k tokens it could
+    have chosen (ids and untempered log-probabilities). A node whose tokens the search
+    wrote itself (a reflection, v2's re-encoded steps) has none."""
+
+    confidence: np.ndarray  # (tokens,)
+    top_ids: np.ndarray  # (tokens, k)
+    top_logprobs: np.ndarray  # (tokens, k)
+
+
 @dataclasses.dataclass
 class Tree:
     max_children: int
@@ -55,6 +67,7 @@ class Tree:
     correct_n: np.ndarray  # the verifier on the node's answer: 1 right, 0 wrong, -1 unchecked
     size: int = 1
     kinds: tuple[str, ...] = KINDS
+    action_scores: list[ActionScores | None] = dataclasses.field(default_factory=lambda: [None])
 
     @classmethod
     def new(cls, prompt: list[int], max_children: int, capacity: int = 64,
@@ -83,9 +96,10 @@ class Tree:
         self.correct_n = grow(self.correct_n, -1)
 
     def add_child(self, parent: int, tokens: list[int], kind: str = "action",
-                  outcome: Outcome | None = None) -> int:
-        """A new child of ``parent``: its action's tokens, its kind, and what valued
-        it (none yet: an open node); terminal when its outcome ends it."""
+                  outcome: Outcome | None = None, scores: ActionScores | None = None) -> int:
+        """A new child of ``parent``: its action's tokens, its kind, what valued it
+        (none yet: an open node; terminal when its outcome ends it) and the model's
+        scores of its tokens (when the model chose them)."""
         slots = np.flatnonzero(self.children_nc[parent] < 0)
         if not len(slots):  # e.g. v2's reflections, added after a wrong answer
             slots = [self.max_children]
@@ -102,6 +116,7 @@ class Tree:
         self.kind_n[node] = self.kinds.index(kind)
         self.tokens.append(list(tokens))
         self.rollouts.append([])
+        self.action_scores.append(scores)
         if outcome is not None:
             self.terminal_n[node] = outcome.finish != OPEN
             self.finish_n[node] = outcome.finish

@@ -141,8 +141,44 @@ var MarcoTree = (function () {
     return el;
   }
 
-  // A node's panel: kind, statistics, its text and the rollout that valued it.
-  function showNode(panel, node) {
+  // Each token of a node as the model scored it: its text tinted by its confidence (hover:
+  // the top alternatives), then a table of the confidence and the top-5 per token.
+  function showTokens(panel, tokens) {
+    var shown = function (text) { return text.replace(/\n/g, "\u21b5").replace(/ /g, "\u00b7"); };
+    var pct = function (lp) { return (100 * Math.exp(lp)).toFixed(1) + "%"; };
+    field(panel, "h3", "", "Tokens (" + tokens.length + "), tinted by confidence");
+    var heat = field(panel, "pre", "token-heat", "");
+    heat.id = "node-tokens";
+    var table = document.createElement("table");
+    table.className = "token-table";
+    table.innerHTML = "<thead><tr><th>#</th><th>token</th><th>conf.</th>" +
+                      "<th>top alternatives (probability)</th></tr></thead>";
+    var body = document.createElement("tbody");
+    tokens.forEach(function (t, i) {
+      var top = t.top.map(function (alt) {
+        var text = esc(shown(alt[0])) + " " + pct(alt[1]);
+        return alt[0] === t.text ? "<b>" + text + "</b>" : text;
+      });
+      var span = field(heat, "span", "token", t.text);
+      span.style.background = "hsla(" + Math.round(130 * t.confidence) + ", 70%, 50%, 0.3)";
+      span.title = "confidence " + fmt(t.confidence) + "\n" + t.top.map(function (alt) {
+        return shown(alt[0]) + "  " + pct(alt[1]);
+      }).join("\n");
+      var row = document.createElement("tr");
+      row.innerHTML = "<td>" + i + "</td><td><code>" + esc(shown(t.text)) + "</code></td><td>" +
+                      fmt(t.confidence) + "</td><td>" + top.join(" · ") + "</td>";
+      body.appendChild(row);
+    });
+    table.appendChild(body);
+    var fold = field(panel, "details", "fold token-fold", "");
+    field(fold, "summary", "", "confidence and top-5 at each token");
+    fold.open = true;
+    fold.appendChild(table);
+  }
+
+  // A node's panel: kind, statistics, its text and the rollout that valued it, and (when
+  // the record has them, or ``loadTokens(node)`` fetches them) its tokens' scores.
+  function showNode(panel, node, loadTokens) {
     panel.innerHTML = "";
     field(panel, "h2", "", "Node " + node.id + " (" + node.kind + ")");
     field(panel, "p", "stats", "visits " + node.visits + " · value " + fmt(node.value) +
@@ -154,11 +190,20 @@ var MarcoTree = (function () {
       field(panel, "h3", "", "Rollout (confidence " + fmt(node.rollout_value) + ")");
       field(panel, "pre", "", node.rollout_text).id = "node-rollout";
     }
+    var shown = panel.shown = {};  // a later showNode makes this fetch's answer stale
+    if (node.tokens) {
+      showTokens(panel, node.tokens);
+    } else if (loadTokens && node.kind !== "root") {
+      loadTokens(node).then(function (tokens) {
+        if (tokens && panel.shown === shown) showTokens(panel, tokens);
+      });
+    }
   }
 
   // Draw the tree of a .tree-view (its JSON is in the view's script.tree-data) and show a
-  // clicked node (or the text list's summary) in the panel. Returns the tree and select(id).
-  function mount(view, panel, selected) {
+  // clicked node (or the text list's summary) in the panel; ``loadTokens(node)``, if given,
+  // is a promise of the node's token scores. Returns the tree and select(id).
+  function mount(view, panel, selected, loadTokens) {
     var tree = JSON.parse(view.querySelector("script.tree-data").textContent);
     var place = layout(tree);
     var picture = view.querySelector(".tree-picture");
@@ -173,7 +218,7 @@ var MarcoTree = (function () {
       if (g) g.classList.add("selected");
       var item = document.querySelector('details.node[data-id="' + node.id + '"]');
       if (item) item.classList.add("picked");
-      showNode(panel, node);
+      showNode(panel, node, loadTokens);
       selected = node.id;
     }
     picture.addEventListener("click", function (event) {

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import gc
 import html
 import json
 import pathlib
@@ -32,7 +33,7 @@ from marco_jax.search import tree_html as tree_html_lib
 from marco_jax.search.config import JobConfig
 from marco_jax.serve import protocol
 from marco_jax.serve.protocol import GenerationRequest, RequestError
-from marco_jax.serve.worker import KEPT_TREES, EngineWorker, Event, ServeRequest
+from marco_jax.serve.worker import KEPT_TREES, EngineWorker, Event, LiveTree, ServeRequest
 
 PAGE = pathlib.Path(__file__).with_name("page.html")
 
@@ -306,6 +307,13 @@ class _Handlers:
             "id": self.settings.model_name, "object": "model", "created": int(time.time()),
             "owned_by": "marco-jax", "max_model_len": self.settings.max_model_len}]}
 
+    def live_tree(self, tree_id: str) -> LiveTree:
+        live = self.worker.live_tree(tree_id)
+        if live is None:
+            raise RequestError(f"no tree '{tree_id}' (the server keeps the last {KEPT_TREES})",
+                               "tree_id", status=404)
+        return live
+
     async def tree(self, tree_id: str, since: str | None = None) -> Response:
         """A search's tree, growing or final; ``?since=N``: only the nodes with id >= N, and
         ``size`` (all its nodes) and ``final`` (the search is over) besides the tree's
@@ -316,20 +324,28 @@ class _Handlers:
                 raise RequestError(f"'since' must be a node id (an integer >= 0), got {since!r}",
                                    "since")
             first = int(since)
-        live = self.worker.live_tree(tree_id)
-        if live is None:
-            raise RequestError(f"no tree '{tree_id}' (the server keeps the last {KEPT_TREES})",
-                               "tree_id", status=404)
+        live = self.live_tree(tree_id)
         final = live.final  # before the record: a final record is then surely whole
         body = (await asyncio.to_thread(live.record, first)).to_json()
         if since is not None:
             body |= {"since": first, "size": live.size, "final": final}
         return JSONResponse(body)
 
+    async def tree_node(self, tree_id: str, node: str) -> Response:
+        """One node of a search's tree with its tokens' scores (``tokens``: each token's
+        text, confidence and top alternatives), for the page's node panel."""
+        live = self.live_tree(tree_id)
+        record = await asyncio.to_thread(live.node, int(node)) if node.isdigit() else None
+        if record is None:
+            raise RequestError(f"tree '{tree_id}' has no node {node!r} (it has {live.size})",
+                               "node", status=404)
+        data = dataclasses.asdict(record)
+        if data["tokens"] is None:
+            del data["tokens"]
+        return JSONResponse(data)
+
     async def tree_html(self, tree_id: str) -> Response:
-        live = self.worker.live_tree(tree_id)
-        if live is None:
-            raise RequestError(f"no tree '{tree_id}'", "tree_id", status=404)
+        live = self.live_tree(tree_id)
         record = await asyncio.to_thread(live.record)
         return HTMLResponse(tree_html_lib.render_fragment(record))
 
@@ -373,6 +389,16 @@ class _Handlers:
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
+def freeze_heap() -> None:
+    """Call once the model is loaded and compiled, before serving. What loading made
+    (modules, the weights' host objects: millions) is never garbage; frozen, the
+    collector's full passes skip it instead of pausing every thread for a third of a
+    second in the middle of a request (measured on the demo model: the first request's
+    time to first token)."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(worker: EngineWorker | None, settings: ServerSettings) -> FastAPI:
     """The app; on shutdown, in-flight work may finish for ``settings.grace_s``. With no
     worker it is ``starting`` until ``app.state.handlers.open(worker)``."""
@@ -393,6 +419,7 @@ def create_app(worker: EngineWorker | None, settings: ServerSettings) -> FastAPI
     for path, endpoint in {"/": handlers.page, "/v1/models": handlers.models,
                            "/v1/trees/{tree_id}": handlers.tree,
                            "/v1/trees/{tree_id}/html": handlers.tree_html,
+                           "/v1/trees/{tree_id}/nodes/{node}": handlers.tree_node,
                            "/health": handlers.health, "/metrics": handlers.metrics}.items():
         app.get(path)(endpoint)
     return app

@@ -25,10 +25,10 @@ from marco_jax.grading import final_answer
 from marco_jax.search import job_files
 from marco_jax.search.config import JobConfig
 from marco_jax.search.driver import Driver, SearchProgram
-from marco_jax.search.record import NodeRecord, TreeRecord
+from marco_jax.search.record import NodeRecord, TreeRecord, token_records
 from marco_jax.search.results import Problem, SearchResult
 from marco_jax.search.runner import make_algorithm
-from marco_jax.search.tree import FINISHES, Tree
+from marco_jax.search.tree import FINISHES, ActionScores, Tree
 from marco_jax.serve.protocol import FINISH, GenerationRequest, RequestError, TokenInfo, usage
 from marco_jax.serve.text import ChoiceText
 
@@ -114,11 +114,13 @@ class LiveTree:
     search nobody watches decodes no node, and one watched decodes each node once."""
 
     def __init__(self, tree_id: str, question: str | None,
-                 decode: Callable[[Sequence[int]], str]):
+                 decode: Callable[[Sequence[int]], str], token_text: Callable[[int], str]):
         self.id, self.question, self._decode = tree_id, question, decode
+        self._token_text = token_text
         self._lock = threading.Lock()  # what the engine thread writes
         self._texts_lock = threading.Lock()  # one reader decodes a node, the others wait
         self._tokens: list[tuple[list[int], list[int]]] = []  # per node: action, rollout
+        self._action_scores: list[ActionScores | None] = []  # per node: the model's, of its action
         self._stats: dict[str, np.ndarray] = {}
         self._kinds: tuple[str, ...] = ()
         self._texts: list[tuple[str, str]] = []  # decoded, per node (a prefix of the nodes)
@@ -135,6 +137,7 @@ class LiveTree:
         A node's token lists never change once added, so they are kept, not copied."""
         stats = {name: getattr(tree, name)[:tree.size].copy() for name in _STATS}
         with self._lock:
+            self._action_scores += tree.action_scores[len(self._tokens):tree.size]
             self._tokens += [(tree.tokens[n], tree.rollouts[n])
                              for n in range(len(self._tokens), tree.size)]
             self._stats, self._kinds = stats, tree.kinds
@@ -165,6 +168,16 @@ class LiveTree:
                 None if math.isnan(rollout_value) else rollout_value,
                 bool(stats["rollout_finished_n"][n]), None if correct < 0 else bool(correct)))
         return TreeRecord(self.id, tuple(nodes), self.question, None, chosen, best)
+
+    def node(self, n: int) -> NodeRecord | None:
+        """Node ``n`` with its tokens' scores (the page's token table; a reader's thread);
+        None if the tree has no such node yet."""
+        with self._lock:
+            if not 0 <= n < len(self._tokens):
+                return None
+            action, scores = self._tokens[n][0], self._action_scores[n]
+        tokens = None if scores is None else token_records(scores, action, self._token_text)
+        return dataclasses.replace(self.record(n).nodes[0], tokens=tokens)
 
     def _texts_upto(self, tokens: list[tuple[list[int], list[int]]]) -> list[tuple[str, str]]:
         """Every node's (text, rollout text), decoding only the nodes not decoded before."""
@@ -398,7 +411,7 @@ class EngineWorker:
         algorithm = make_algorithm(req.search_job, self.tokenizer, self.engine.config.max_model_len)
         steps = itertools.count(1)
         generated = 0
-        live = LiveTree(req.tree_id, req.parsed.question, self.decode)
+        live = LiveTree(req.tree_id, req.parsed.question, self.decode, self.token_text)
         self._keep_tree(live)
 
         def on_round(completions: list[Completion]) -> None:
@@ -463,6 +476,10 @@ class EngineWorker:
                            for t, lp in zip(source.top_ids[j], source.top_logprobs[j])])
                 for j in range(start, end)]
 
+    def token_text(self, token: int) -> str:
+        """One token's text (a partial character shows as U+FFFD)."""
+        return self._shown(token)[0]
+
     def _shown(self, token: int) -> tuple[str, bytes]:
         """A token's text and exact bytes (a partial character shows as U+FFFD)."""
         data = self.token_bytes[int(token)]
@@ -502,7 +519,7 @@ class EngineWorker:
         path = self._chosen_path(result, answer)
         # kept as the newest (found again if other searches' trees had pushed it out)
         tree = self.live_tree(req.tree_id) or LiveTree(req.tree_id, req.parsed.question,
-                                                       self.decode)
+                                                       self.decode, self.token_text)
         tree.finish(result.tree, final_answer(text), result.best_path)
         self._keep_tree(tree)
         return {"text": returned, "answer": final_answer(text), "path_text": text,

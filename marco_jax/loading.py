@@ -1,5 +1,6 @@
 """One entry point from a path to a ready model: HF dir, Orbax checkpoint, GGUF file,
-or ``builtin:tiny`` (a random tiny model with a byte-level tokenizer, for demos).
+``demo`` (a real Qwen2 fetched on first use: :mod:`marco_jax.demo_model`) or
+``builtin:tiny`` (a random tiny model with a byte-level tokenizer, for tests).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from marco_jax import demo_model
 from marco_jax import model_config as config_lib
 from marco_jax import tokenizer as tokenizer_lib
 from marco_jax.checkpoint import gguf_io, orbax_io, safetensors_io
@@ -44,6 +46,11 @@ class LoadedModel:
         return tuple(ids)
 
 
+def locate(path: str | pathlib.Path) -> str | pathlib.Path:
+    """``demo``: the demo model's file (downloaded on first use); any other path as given."""
+    return demo_model.demo_model() if str(path) == demo_model.DEMO else path
+
+
 def detect_format(path: str | pathlib.Path) -> str:
     """"hf", "orbax", "gguf" or "builtin"; a clear error for anything else."""
     if str(path).startswith(BUILTIN_PREFIX):
@@ -67,6 +74,7 @@ def detect_format(path: str | pathlib.Path) -> str:
 
 def checkpoint_config(path: str | pathlib.Path, fmt: str | None = None) -> Qwen2Config:
     """The architecture of the checkpoint at ``path`` (any format), without its weights."""
+    path = locate(path)
     fmt = fmt or detect_format(path)
     if fmt == "builtin":
         return config_lib.preset(str(path)[len(BUILTIN_PREFIX):])
@@ -78,6 +86,7 @@ def checkpoint_config(path: str | pathlib.Path, fmt: str | None = None) -> Qwen2
 
 def checkpoint_tokenizer(path: str | pathlib.Path, fmt: str | None = None):
     """The tokenizer of the checkpoint at ``path`` (any format)."""
+    path = locate(path)
     fmt = fmt or detect_format(path)
     if fmt == "builtin":
         return tokenizer_lib.builtin_tokenizer()
@@ -90,6 +99,7 @@ def load(path: str | pathlib.Path, *, param_dtype: str | None = None,
          compute_dtype: str | None = None, mesh: Mesh | None = None,
          rules: ShardingRules = ShardingRules(), with_tokenizer: bool = True) -> LoadedModel:
     """Config, parameters (placed on ``mesh`` if given) and tokenizer from ``path``."""
+    path = locate(path)
     fmt = detect_format(path)
     gguf_reader = gguf_io.GGUFReader(path) if fmt == "gguf" else None  # metadata and tensors
     cfg = gguf_reader.config() if gguf_reader else checkpoint_config(path, fmt)

@@ -14,9 +14,10 @@ from conftest import build_hf_model, save_hf
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run_script(name: str, *args: str, stdin: str | None = None,
+               env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], input=stdin,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:

@@ -4,6 +4,7 @@ under other settings refused, an input without problems refused."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -245,3 +246,34 @@ def test_tree_tokens_keep_each_action_nodes_token_scores(tmp_path):
     assert actions and all(len(n["tokens"]) >= 1 and len(n["tokens"][0]["top"]) == 5
                            for n in actions)
     assert all("tokens" not in n for n in tree["nodes"] if n["kind"] != "action")
+
+
+def test_one_question_prints_its_answer_candidates_and_tree_page(tmp_path):
+    page = tmp_path / "tree.html"
+    done = run_script("search.py", "--config", "mcts-step", "--iterations", "2", "--set",
+                      "search.max_tokens=24", "--question", "What is 2+3?", "--answer", "5",
+                      "--tree-html", str(page))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "\nanswer: " in out and "the answer is 5)" in out  # graded against --answer
+    rows = out.split("candidates (confidence: the rollout's mean token confidence):\n")[1]
+    values = [float(row.split()[0]) for row in rows.splitlines() if row.startswith("  0.")]
+    assert values == sorted(values, reverse=True) and out.count("<- chosen") >= 1
+    assert f"tree page: {page.resolve()}" in out
+    data = json.loads(re.search(r'class="tree-data">(.*?)</script>', page.read_text()).group(1))
+    valued = [n for n in data["nodes"] if n["kind"] == "action" and n["rollout_value"] is not None]
+    assert len(values) == len(valued) >= 4  # every candidate shown, best first
+    assert all("tokens" in n for n in data["nodes"] if n["kind"] == "action")
+    assert not list(tmp_path.glob("*.jsonl"))  # no job files
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--question", "q", "--output", "o.jsonl"], "drop --output"),
+    (["--input", "in.jsonl", "--tree-html", "t.html"], "go with --question"),
+    (["--input", "in.jsonl"], "--input needs --output"),
+])
+def test_question_and_job_options_do_not_mix(tmp_path, extra, fragment):
+    write_problems(tmp_path / "in.jsonl", 1)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "search.py"), "--config", "cot",
+                           *extra], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert_one_line_error(proc, fragment)

@@ -2,7 +2,6 @@
 
 import concurrent.futures
 import contextlib
-import importlib.util
 import io
 import json
 import signal
@@ -395,14 +394,6 @@ def test_script_refuses_a_port_in_use_before_loading():
     assert "loading" not in result.stderr
 
 
-def serve_script():
-    """scripts/serve.py as a module (its main is not run)."""
-    spec = importlib.util.spec_from_file_location("serve_script", ROOT / "scripts" / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class Terminal(io.StringIO):
     def isatty(self):
         return True
@@ -410,7 +401,7 @@ class Terminal(io.StringIO):
 
 def test_start_up_shows_how_far_compiling_has_got(monkeypatch, capsys):
     """A bar on a terminal; in a log, a line every eighth of the programs."""
-    serve = serve_script()
+    from marco_jax.commands import serve
     assert serve.ADMIT_WAIT_MS == ADMIT_WAIT_S * 1000  # --admit-wait-ms's default
 
     class Engine:

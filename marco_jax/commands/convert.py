@@ -49,5 +49,10 @@ def main() -> None:
     print(f"{args.command}: wrote {args.dst} in {time.perf_counter() - start:.1f}s")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

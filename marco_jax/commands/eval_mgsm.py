@@ -30,7 +30,7 @@ import pathlib
 from typing import TYPE_CHECKING
 
 from marco_jax import distributed
-from marco_jax.cli import run, summary
+from marco_jax.cli import MODEL_HELP, run, summary
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.search import job_files
@@ -46,7 +46,7 @@ METHODS = ("cot", "sc", "mcts-step", "mcts-mini64", "mcts-mini32")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--model", default="builtin:tiny",
-                        help="HF directory, Orbax checkpoint, GGUF file, or builtin:tiny (random, for trying things)")
+                        help=MODEL_HELP)
     parser.add_argument("--data", required=True, type=pathlib.Path, help="MGSM TSV or JSONL")
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--limit", type=int, help="the first N problems")
@@ -127,5 +127,10 @@ def main() -> None:
         evaluate_method(args, joined)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

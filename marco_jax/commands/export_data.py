@@ -87,5 +87,10 @@ def main() -> None:
     print(json.dumps({**counts, "sft_records": len(sft), "pairs": len(pairs)}))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 from marco_jax import prompts as prompt_lib
-from marco_jax.cli import run, summary
+from marco_jax.cli import MODEL_HELP, run, summary
 from marco_jax.engine.options import add_engine_args, build_engine, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # JAX is imported by main, so that --help comes at once
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--model", default="builtin:tiny",
-                        help="HF dir, Orbax checkpoint, GGUF file or builtin:tiny (default)")
+                        help=MODEL_HELP)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", help="one prompt, given inline")
     source.add_argument("--prompts-file", type=pathlib.Path,
@@ -175,5 +175,10 @@ def main() -> None:
           f"({timing['decode_tokens_per_s']:.1f} tokens/s)", file=sys.stderr)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

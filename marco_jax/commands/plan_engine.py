@@ -105,5 +105,10 @@ def main() -> None:
     print(plan.markdown_table([result]), file=sys.stderr)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

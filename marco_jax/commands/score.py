@@ -15,14 +15,14 @@ import pathlib
 import sys
 
 from marco_jax import prompts
-from marco_jax.cli import run, summary
+from marco_jax.cli import MODEL_HELP, run, summary
 from marco_jax.errors import MarcoError
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--model", default="builtin:tiny",
-                        help="HF dir, Orbax checkpoint, GGUF file or builtin:tiny (default)")
+                        help=MODEL_HELP)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--text-file", type=pathlib.Path, help="text to score ('-': stdin)")
     source.add_argument("--text", help="text to score, given inline")
@@ -86,5 +86,10 @@ def main() -> None:
           f"perplexity: {scores.perplexity:.3f}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,6 +1,9 @@
 """Batched reasoning search over a file of problems, resumable, one JSONL line per problem:
-Marco-o1 v1's MCTS, or v2's data engine (tagged action tree, verified answers).
+Marco-o1 v1's MCTS, or v2's data engine (tagged action tree, verified answers); or one
+question, searched and shown.
 
+    marco-jax-search --model demo --config mcts-step --question "Tom has 3 apples ..." \
+        --tree-html tree.html [--answer 7]
     python scripts/search.py --model PATH --config mcts-mini64 --input mgsm_en.tsv \
         --output results/mcts-mini64-en.jsonl [--slots 64] [--mesh data=4,tensor=2] [--limit N] \
         [--trees trees.jsonl] [--process-index I --process-count N] [--set search.children=8 ...]
@@ -19,6 +22,11 @@ there. Each line holds the chosen answer and text, its reward, whether it matche
 gold answer, Test@N (any rollout correct), tree statistics and, with a gold answer, the
 status (solved: the verifier accepted at least one answer), rollouts and correct
 answers. ``scripts/export_data.py`` turns the trees into SFT and DPO data.
+
+``--question`` searches one question and prints the answer the search chose, its path's
+text, every candidate answer with its confidence (the rollout's mean token confidence,
+Marco-o1's reward) and, with ``--tree-html``, writes the tree's page (each node's tokens
+with their confidence and top-5 when clicked); it writes no job files.
 
 Multi-host: ``--distributed`` (the same command on every host; peers found by
 ``jax.distributed``, or given with ``--coordinator HOST:PORT --num-processes N
@@ -40,11 +48,12 @@ unless ``--force-new`` moves the earlier files aside (``*.bak-N``) and starts ov
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
-from typing import TYPE_CHECKING, ContextManager
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 from marco_jax import distributed
-from marco_jax.cli import run, summary
+from marco_jax.cli import MODEL_HELP, run, summary
 from marco_jax.engine.options import add_engine_args, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.search import job_files
@@ -53,21 +62,27 @@ from marco_jax.search.config import JobConfig, load_job_config
 
 if TYPE_CHECKING:  # the model and search code are imported where they are used, so that
     from marco_jax.search import shares  # --help and a bad option answer at once
+    from marco_jax.search.results import SearchResult
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--model", default="builtin:tiny",
-                        help="HF directory, Orbax checkpoint, GGUF file, or builtin:tiny (random, for trying things)")
+                        help=MODEL_HELP)
     parser.add_argument("--checker-model",
                         help="second model for node types an action tree gives to 'checker' "
                              "(v2's rubber-duck checker; must share the tokenizer)")
     parser.add_argument("--config", required=True,
                         help="name in marco_jax/configs/search/ or a path")
-    parser.add_argument("--input", required=True, type=pathlib.Path,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=pathlib.Path,
                         help="problems: GSM8K JSONL, JSONL of {id?, question, answer?}, an MGSM "
                              "TSV or Marco's letter-count JSON")
-    parser.add_argument("--output", required=True, type=pathlib.Path,
+    source.add_argument("--question", help="one question: searched and shown, no job files")
+    parser.add_argument("--answer", help="with --question: the gold answer, to grade against")
+    parser.add_argument("--tree-html", type=pathlib.Path,
+                        help="with --question: write the search tree's page here")
+    parser.add_argument("--output", type=pathlib.Path,
                         help="one JSON line per finished problem, appended; a rerun skips the "
                              "ids already there")
     parser.add_argument("--force-new", action="store_true",
@@ -134,6 +149,62 @@ def search(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> Non
           f"-> {share.output}")
 
 
+def ask(args: argparse.Namespace, job: JobConfig) -> None:
+    """One question searched and shown (the quick start)."""
+    import time
+
+    from marco_jax.loading import load
+    from marco_jax.search.runner import JobRun
+    from marco_jax.search.tree_html import render
+
+    engine_config, mesh = engine_setup(args)
+    if mesh is None:  # one tree runs at most its children at once: a pool for those
+        engine_config = dataclasses.replace(
+            engine_config, slots=min(engine_config.slots, job.search.children))
+    dtype = model_dtype(args)
+    print(f"loading {args.model}", flush=True)
+    loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
+    run = JobRun(loaded, job, engine_config, mesh)
+    problem = {"id": "question", "question": args.question, "answer": args.answer}
+    print(f"searching with {job.name} ({job.search.iterations} iterations of "
+          f"{job.search.children} children)", flush=True)
+    start = time.perf_counter()
+    [(problem, result, line)] = run.stream([problem])
+    seconds = time.perf_counter() - start
+    print(show_answer(line, result, run.decode, seconds))
+    if args.tree_html:
+        record = run.record(problem, result, line, tree_tokens=True)
+        try:
+            args.tree_html.write_text(render(record, "question"), encoding="utf-8")
+        except OSError as e:
+            raise MarcoError(f"{args.tree_html}: cannot write: {e.strerror}") from None
+        print(f"tree page: {args.tree_html.resolve()}")
+
+
+def show_answer(line: dict, result: SearchResult, decode: Callable[[list[int]], str],
+                seconds: float, most: int = 12) -> str:
+    """The chosen answer, its text and the candidates, best first, as a person reads them."""
+    from marco_jax.grading import final_answer
+
+    graded = "" if line["correct"] is None else \
+        f" ({'right' if line['correct'] else 'wrong'}: the answer is {line['answer']})"
+    out = [f"answer: {line['chosen_answer']}{graded}",
+           f"  {line['rollouts']} rollouts, {line['generated_tokens']} tokens, {seconds:.0f} s, "
+           f"chosen by {line['config']}'s rule from {line['n']} candidates",
+           "", "its reasoning:", *("  " + row for row in line["text"].strip().splitlines()),
+           "", "candidates (confidence: the rollout's mean token confidence):"]
+    candidates = sorted(result.candidates, key=lambda c: -c.value)
+    for c in candidates[:most]:
+        text = decode(c.tokens)
+        mark = "  <- chosen" if text == line["text"] else ""
+        answer = final_answer(text)
+        ending = "" if c.finished else " (cut at the token budget)"
+        out.append(f"  {c.value:.3f}  {answer if answer is not None else '(none)'}{ending}{mark}")
+    if len(candidates) > most:
+        out.append(f"  ... and {len(candidates) - most} more")
+    return "\n".join(out)
+
+
 def search_job(args: argparse.Namespace, joined: bool) -> None:
     """The job: this process's share of the problems searched, resumably."""
     import jax
@@ -143,6 +214,18 @@ def search_job(args: argparse.Namespace, joined: bool) -> None:
     job = load_job_config(args.config, args.set, **overrides)
     if args.trees_in_flight is not None and args.trees_in_flight < 1:
         raise MarcoError(f"--trees-in-flight must be >= 1, got {args.trees_in_flight}")
+    if args.question is not None:
+        extra = [f"--{name.replace('_', '-')}" for name in ("output", "trees", "limit")
+                 if getattr(args, name) is not None]
+        if extra:
+            raise MarcoError(f"--question prints its result and writes no job files: drop "
+                             f"{', '.join(extra)} (or put the question in an --input file)")
+        return ask(args, job)
+    if args.answer is not None or args.tree_html is not None:
+        raise MarcoError("--answer and --tree-html go with --question (for a job's trees: "
+                         "--trees, then show_tree)")
+    if args.output is None:
+        raise MarcoError("--input needs --output (the job's results, one line a problem)")
     if args.tree_tokens and args.trees is None:
         raise MarcoError("--tree-tokens keeps token scores in the --trees file: give --trees")
     problems = problems_lib.read_problems(args.input, args.on_bad_line)[:args.limit]
@@ -169,5 +252,10 @@ def main() -> None:
         search_job(args, joined)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from marco_jax.cli import run, summary
+from marco_jax.cli import MODEL_HELP, run, summary
 from marco_jax.engine.options import add_engine_args, build_engine, engine_setup, model_dtype
 from marco_jax.errors import MarcoError
 from marco_jax.search.config import load_job_config
@@ -44,7 +44,7 @@ SERVE_DECODE_STEPS = 4
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=summary(__doc__), epilog=SEARCH_TOKENS)
     parser.add_argument("--model", default="builtin:tiny",
-                        help="HF dir, Orbax checkpoint, GGUF file or builtin:tiny (default)")
+                        help=MODEL_HELP)
     parser.add_argument("--served-model-name",
                         help="the name clients put in 'model' (default: the model path's name)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -214,5 +214,10 @@ def start_engine(args: argparse.Namespace, searches: dict):
                         admit_wait_s=args.admit_wait_ms / 1000)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -56,5 +56,10 @@ def main() -> None:
     print(f"wrote {output}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -137,5 +137,10 @@ def main() -> None:
                       progress=not args.no_progress)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command (errors as one line, exit 2)."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -143,11 +143,11 @@ var MarcoTree = (function () {
 
   // Each token of a node as the model scored it: its text tinted by its confidence (hover:
   // the top alternatives), then a table of the confidence and the top-5 per token.
-  function showTokens(panel, tokens) {
+  function showTokens(box, tokens) {
     var shown = function (text) { return text.replace(/\n/g, "\u21b5").replace(/ /g, "\u00b7"); };
     var pct = function (lp) { return (100 * Math.exp(lp)).toFixed(1) + "%"; };
-    field(panel, "h3", "", "Tokens (" + tokens.length + "), tinted by confidence");
-    var heat = field(panel, "pre", "token-heat", "");
+    field(box, "h3", "", "Tokens (" + tokens.length + "), tinted by confidence");
+    var heat = field(box, "pre", "token-heat", "");
     heat.id = "node-tokens";
     var table = document.createElement("table");
     table.className = "token-table";
@@ -170,7 +170,7 @@ var MarcoTree = (function () {
       body.appendChild(row);
     });
     table.appendChild(body);
-    var fold = field(panel, "details", "fold token-fold", "");
+    var fold = field(box, "details", "fold token-fold", "");
     field(fold, "summary", "", "confidence and top-5 at each token");
     fold.open = true;
     fold.appendChild(table);
@@ -186,16 +186,17 @@ var MarcoTree = (function () {
           (node.terminal ? " · terminal (" + node.finish + ")" : "") +
           (node.correct === true ? " · correct" : node.correct === false ? " · wrong" : ""));
     field(panel, "pre", "", node.text).id = "node-text";
+    var tokensBox = field(panel, "div", "node-tokens-box", "");  // filled now or once fetched
     if (node.rollout_text) {
       field(panel, "h3", "", "Rollout (confidence " + fmt(node.rollout_value) + ")");
       field(panel, "pre", "", node.rollout_text).id = "node-rollout";
     }
     var shown = panel.shown = {};  // a later showNode makes this fetch's answer stale
     if (node.tokens) {
-      showTokens(panel, node.tokens);
+      showTokens(tokensBox, node.tokens);
     } else if (loadTokens && node.kind !== "root") {
       loadTokens(node).then(function (tokens) {
-        if (tokens && panel.shown === shown) showTokens(panel, tokens);
+        if (tokens && panel.shown === shown) showTokens(tokensBox, tokens);
       });
     }
   }

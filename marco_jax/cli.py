@@ -37,8 +37,11 @@ def summary(doc: str) -> str:
 
 
 def run(main: Callable[[], int | None]) -> None:
-    """Call ``main``; a :class:`MarcoError` prints ``error: ...`` without a traceback."""
+    """Call ``main``; a :class:`MarcoError` prints ``error: ...`` without a traceback.
+    transformers is used for tokenizers and configs only: its warnings (e.g. that torch,
+    which it would need for models, is not installed) are not for our users."""
     enable_compilation_cache()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         code = main()
     except MarcoError as e:

@@ -4,6 +4,8 @@ import json
 import os
 import pathlib
 import stat
+import subprocess
+import sys
 
 import gguf
 import numpy as np
@@ -80,6 +82,8 @@ def write_gguf(hf_model, path: pathlib.Path, quantize: bool) -> pathlib.Path:
     writer.add_token_merges(["Ġ Ġ"])
     writer.add_eos_token_id(vocab["<|im_end|>"])
     writer.add_bos_token_id(vocab["<|endoftext|>"])
+    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                             "{{ m['content'] }}<|im_end|>\n{% endfor %}")
     for name, tensor in hf_model.state_dict().items():
         array = tensor.numpy()
         if name.startswith("model.layers."):
@@ -122,6 +126,33 @@ def test_gguf_import_matches_transformers(hf_checkpoint, tmp_path, quantize):
     from_orbax = load(tmp_path / "orbax")
     np.testing.assert_array_equal(ours(from_orbax.model, tokens), ours(loaded.model, tokens))
     assert from_orbax.tokenizer.decode(from_orbax.tokenizer.encode("héllo")) == "héllo"
+
+
+def test_gguf_tokenizer_equals_transformers_and_needs_no_torch(hf_checkpoint, tmp_path):
+    """The tokenizer built from GGUF metadata is transformers' own (the same merges,
+    specials and chat template), read without torch: ``--model demo`` on a fresh
+    install, which has no torch, needs it."""
+    from transformers import AutoTokenizer
+
+    path = write_gguf(hf_checkpoint[0], tmp_path / "tiny.gguf", quantize=False)
+    ours = gguf_io.load_tokenizer(path)
+    reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in ("héllo  wörld", "<|im_start|>user\n2 + 2?<|im_end|>", "a\n\n\tb  "):
+        assert ours.encode(text) == reference.encode(text)
+        assert ours.decode(ours.encode(text)) == reference.decode(reference.encode(text))
+    assert ours.get_vocab() == reference.get_vocab()
+    assert (ours.eos_token_id, ours.bos_token_id) == (reference.eos_token_id,
+                                                      reference.bos_token_id)
+    chat = [{"role": "user", "content": "hi"}]
+    assert ours.apply_chat_template(chat, tokenize=False) == \
+        reference.apply_chat_template(chat, tokenize=False)
+    no_torch = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
+         "from marco_jax.checkpoint import gguf_io\n"
+         f"print(gguf_io.load_tokenizer(__import__('pathlib').Path({str(path)!r})).encode('hi'))"],
+        capture_output=True, text=True, timeout=120)
+    assert no_torch.returncode == 0, no_torch.stderr
+    assert no_torch.stdout.strip() == str(ours.encode("hi"))
 
 
 def test_shape_mismatch_names_tensor_and_shapes(hf_checkpoint, tmp_path):

@@ -33,9 +33,10 @@ DEMO_ENGINE = EngineConfig(slots=8, decode_steps=8, block_size=16, max_model_len
 DEMO_SEARCH = ["template=chat", "search.iterations=4", "search.call_tokens=192",
                "search.max_tokens=256", "search.step_max_tokens=96"]
 # Every request body the page sends, for the tests to read.
-RECORD_REQUESTS = """window.sent = []; const fetched = window.fetch;
+RECORD_REQUESTS = """window.sent = []; window.fetched = []; const fetched = window.fetch;
 window.fetch = (url, options) => {
   if (options && options.body) window.sent.push(JSON.parse(options.body));
+  window.fetched.push(String(url));
   return fetched(url, options);
 };"""
 
@@ -114,9 +115,15 @@ def test_a_search_draws_its_tree_and_shows_a_clicked_node(browser, live):
     sent = ask(browser, "mcts-step")
     assert sent["marco"] == {"search": "mcts-step"} and "temperature" not in sent
     tree_id = browser.execute_script("return treeId;")
+    urls = [u for u in browser.execute_script("return window.fetched;") if "/v1/trees/" in u]
     tree = json.loads(browser.execute_script(
         f"return fetch('/v1/trees/{tree_id}').then(r => r.text());"))
     assert tree["best_path"]  # the final tree, not a snapshot
+    # While it grew, the page asked only for the nodes it did not have; then once for the whole.
+    since = [int(u.split("?since=")[1]) for u in urls if "?since=" in u]
+    assert since and since[0] == 0 and since == sorted(since) and since[-1] < len(tree["nodes"])
+    assert urls[-1].endswith(f"/v1/trees/{tree_id}/html") and \
+        sum(u.endswith("/html") for u in urls) == 1
     wait = WebDriverWait(browser, 60)
     wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "svg .tree-node"))
                == len(tree["nodes"]))

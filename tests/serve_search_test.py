@@ -66,6 +66,11 @@ def test_a_live_tree_decodes_nothing_until_read_then_each_node_once():
     since = live.record(since=40)
     assert [n.id for n in since.nodes] == list(range(40, 61))
     assert since.nodes == expected.nodes[40:]
+    record, visits, values = live.growth(58)
+    assert record.nodes == expected.nodes[58:]
+    assert visits == [n.visits for n in expected.nodes]
+    assert values == [n.value for n in expected.nodes]
+    assert LiveTree("empty", None, str, str).growth(0)[1:] == ([], [])
 
 
 def test_a_watched_live_tree_decodes_each_node_once_not_once_a_step():
@@ -200,12 +205,15 @@ def test_a_tree_since_a_node_has_the_newer_nodes_and_the_summary(live):
     reply = chat(live, QUESTION, seed=9, extra_body={"marco": {"search": "mcts-step"}})
     url = f"{live.url}/v1/trees/{reply.model_extra['marco']['tree_id']}"
     whole = httpx.get(url).json()
-    assert not {"since", "size", "final"} & set(whole)  # the whole tree's fields as they were
+    extra = ("nodes", "since", "size", "final", "visits", "values")
+    assert not set(extra[1:]) & set(whole)  # the whole tree's fields as they were
     newer = httpx.get(url, params={"since": 3}).json()
+    assert newer["visits"] == [n["visits"] for n in whole["nodes"]]  # every node's, for backups
+    assert newer["values"] == [n["value"] for n in whole["nodes"]]
     assert [n["id"] for n in newer["nodes"]] == [n["id"] for n in whole["nodes"][3:]]
     assert newer["nodes"] == whole["nodes"][3:]
     assert (newer["size"], newer["final"], newer["since"]) == (len(whole["nodes"]), True, 3)
-    assert {k: v for k, v in newer.items() if k not in ("nodes", "since", "size", "final")} \
+    assert {k: v for k, v in newer.items() if k not in extra} \
         == {k: v for k, v in whole.items() if k != "nodes"}
     assert httpx.get(url, params={"since": len(whole["nodes"])}).json()["nodes"] == []
     bad = httpx.get(url, params={"since": "-1"})

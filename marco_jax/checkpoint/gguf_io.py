@@ -111,8 +111,36 @@ class GGUFReader(contextlib.AbstractContextManager):
                           dtype=np.float32).reshape(self.shape(name))
 
 
-def load_tokenizer(path: pathlib.Path):
-    """The HF tokenizer rebuilt from the file's ``tokenizer.ggml.*`` metadata."""
-    from transformers import AutoTokenizer
+# tokenizer.ggml.* metadata -> the names transformers' GGUF tokenizer builder reads
+_TOKENIZER_KEYS = {"model": "tokenizer_type", "pre": "pre_tokenizer_type", "tokens": "tokens",
+                   "scores": "scores", "token_type": "token_type", "merges": "merges",
+                   "bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
+                   "unknown_token_id": "unk_token_id", "padding_token_id": "pad_token_id",
+                   "add_space_prefix": "add_prefix_space"}
+_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
+                   "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
 
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+def load_tokenizer(path: pathlib.Path):
+    """The HF tokenizer rebuilt from the file's ``tokenizer.ggml.*`` metadata: the same
+    as ``AutoTokenizer.from_pretrained(dir, gguf_file=...)``, whose metadata reader needs
+    torch; ours reads the metadata with the ``gguf`` package, so no torch is needed."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+
+    with GGUFReader(path) as reader:
+        found = {name: reader.field(f"tokenizer.ggml.{key}") for key, name in
+                 _TOKENIZER_KEYS.items()}
+        tokenizer = {name: value for name, value in found.items() if value is not None}
+        config = {"chat_template": reader.field("tokenizer.chat_template"),
+                  "add_bos_token": reader.field("tokenizer.ggml.add_bos_token"),
+                  "add_eos_token": reader.field("tokenizer.ggml.add_eos_token")}
+        config = {k: v for k, v in config.items() if v is not None}
+        for name, key in _SPECIAL_TOKENS.items():
+            token_id = reader.field(f"tokenizer.ggml.{key}")
+            config[name] = None if token_id is None else tokenizer["tokens"][token_id]
+        architecture = reader.field("general.architecture")
+    if "tokens" not in tokenizer:
+        raise MarcoError(f"{path}: GGUF metadata has no tokenizer (tokenizer.ggml.tokens)")
+    backend, extra = convert_gguf_tokenizer(architecture, tokenizer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)

@@ -316,8 +316,9 @@ class _Handlers:
 
     async def tree(self, tree_id: str, since: str | None = None) -> Response:
         """A search's tree, growing or final; ``?since=N``: only the nodes with id >= N, and
-        ``size`` (all its nodes) and ``final`` (the search is over) besides the tree's
-        fields. Node texts are decoded in a thread, each once."""
+        besides the tree's fields ``size`` (all its nodes), ``final`` (the search is over)
+        and every node's ``visits`` and mean ``values`` (backups change old nodes'). Node
+        texts are decoded in a thread, each once."""
         first = 0
         if since is not None:
             if not since.isdigit():
@@ -326,10 +327,12 @@ class _Handlers:
             first = int(since)
         live = self.live_tree(tree_id)
         final = live.final  # before the record: a final record is then surely whole
-        body = (await asyncio.to_thread(live.record, first)).to_json()
-        if since is not None:
-            body |= {"since": first, "size": live.size, "final": final}
-        return JSONResponse(body)
+        if since is None:
+            return JSONResponse((await asyncio.to_thread(live.record)).to_json())
+        record, visits, values = await asyncio.to_thread(live.growth, first)
+        return JSONResponse(record.to_json() | {"since": first, "size": len(visits),
+                                                "final": final, "visits": visits,
+                                                "values": values})
 
     async def tree_node(self, tree_id: str, node: str) -> Response:
         """One node of a search's tree with its tokens' scores (``tokens``: each token's

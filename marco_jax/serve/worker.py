@@ -152,6 +152,18 @@ class LiveTree:
 
     def record(self, since: int = 0) -> TreeRecord:
         """The tree now, its nodes from id ``since`` on (a reader's thread: this decodes)."""
+        return self._record(since)[0]
+
+    def growth(self, since: int) -> tuple[TreeRecord, list[int], list[float | None]]:
+        """The nodes from id ``since`` on, and every node's visits and mean value now (backups
+        change the old nodes' too), from one snapshot: what a page drawing the growing tree
+        needs, its old nodes' texts not sent again."""
+        record, stats = self._record(since)  # statistics of every node recorded so far
+        visits = [int(n) for n in stats.get("visits_n", ())]
+        values = [float(v) / n if n else None for v, n in zip(stats.get("value_sum_n", ()), visits)]
+        return record, visits, values
+
+    def _record(self, since: int) -> tuple[TreeRecord, dict[str, np.ndarray]]:
         with self._lock:
             tokens, stats, kinds = list(self._tokens), self._stats, self._kinds
             chosen, best = self.chosen_answer, self.best_path
@@ -167,7 +179,7 @@ class LiveTree:
                 kinds[stats["kind_n"][n]], FINISHES[stats["finish_n"][n]], texts[n][1],
                 None if math.isnan(rollout_value) else rollout_value,
                 bool(stats["rollout_finished_n"][n]), None if correct < 0 else bool(correct)))
-        return TreeRecord(self.id, tuple(nodes), self.question, None, chosen, best)
+        return TreeRecord(self.id, tuple(nodes), self.question, None, chosen, best), stats
 
     def node(self, n: int) -> NodeRecord | None:
         """Node ``n`` with its tokens' scores (the page's token table; a reader's thread);

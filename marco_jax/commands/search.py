@@ -171,7 +171,7 @@ def ask(args: argparse.Namespace, job: JobConfig) -> None:
     start = time.perf_counter()
     [(problem, result, line)] = run.stream([problem])
     seconds = time.perf_counter() - start
-    print(show_answer(line, result, run.decode, seconds))
+    print(show_answer(line, result, run.decode, seconds, job.final))
     if args.tree_html:
         record = run.record(problem, result, line, tree_tokens=True)
         try:
@@ -182,7 +182,7 @@ def ask(args: argparse.Namespace, job: JobConfig) -> None:
 
 
 def show_answer(line: dict, result: SearchResult, decode: Callable[[list[int]], str],
-                seconds: float, most: int = 12) -> str:
+                seconds: float, rule: str, most: int = 12) -> str:
     """The chosen answer, its text and the candidates, best first, as a person reads them."""
     from marco_jax.grading import final_answer
 
@@ -190,7 +190,7 @@ def show_answer(line: dict, result: SearchResult, decode: Callable[[list[int]], 
         f" ({'right' if line['correct'] else 'wrong'}: the answer is {line['answer']})"
     out = [f"answer: {line['chosen_answer']}{graded}",
            f"  {line['rollouts']} rollouts, {line['generated_tokens']} tokens, {seconds:.0f} s, "
-           f"chosen by {line['config']}'s rule from {line['n']} candidates",
+           f"chosen by {line['config']}'s rule ({rule}) from {line['n']} candidates",
            "", "its reasoning:", *("  " + row for row in line["text"].strip().splitlines()),
            "", "candidates (confidence: the rollout's mean token confidence):"]
     candidates = sorted(result.candidates, key=lambda c: -c.value)

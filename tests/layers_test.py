@@ -13,11 +13,12 @@ LAYERS = [
     {"errors", "prompts", "loops"},
     {"model_config", "run_config", "grading", "tokenizer", "topology", "files", "cli",
      "distributed", "run_lock"},
-    {"model", "sharding", "checkpoint"},
+    {"model", "sharding", "checkpoint", "demo_model"},
     {"loading"},
     {"engine", "train"},
     {"search", "scoring"},
     {"serve"},
+    {"commands"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -69,6 +69,7 @@ def test_a_lone_request_runs_in_a_one_row_program(tiny):
     engine = Engine(tiny.model, eos_ids=(258,), config=SMALL)
     [out] = engine.generate([random_tokens((9,), seed=1).tolist()], 13)
     assert len(out.tokens) == 13 and engine.stats.bucket_calls == {1: 4}  # 1 + 4 + 4 + 4
+    assert engine.stats.utilisation == 1.0  # every row the device ran kept its token
 
 
 def test_a_new_request_gets_its_first_token_from_a_one_step_call(tiny):

@@ -260,6 +260,7 @@ def test_one_question_prints_its_answer_candidates_and_tree_page(tmp_path):
     values = [float(row.split()[0]) for row in rows.splitlines() if row.startswith("  0.")]
     assert values == sorted(values, reverse=True) and out.count("<- chosen") >= 1
     assert f"tree page: {page.resolve()}" in out
+    assert "searching: " in done.stderr and " expansions" in done.stderr  # its progress bar
     data = json.loads(re.search(r'class="tree-data">(.*?)</script>', page.read_text()).group(1))
     valued = [n for n in data["nodes"] if n["kind"] == "action" and n["rollout_value"] is not None]
     assert len(values) == len(valued) >= 4  # every candidate shown, best first

@@ -153,6 +153,8 @@ def ask(args: argparse.Namespace, job: JobConfig) -> None:
     """One question searched and shown (the quick start)."""
     import time
 
+    from tqdm import tqdm
+
     from marco_jax.loading import load
     from marco_jax.search.runner import JobRun
     from marco_jax.search.tree_html import render
@@ -169,7 +171,12 @@ def ask(args: argparse.Namespace, job: JobConfig) -> None:
     print(f"searching with {job.name} ({job.search.iterations} iterations of "
           f"{job.search.children} children)", flush=True)
     start = time.perf_counter()
-    [(problem, result, line)] = run.stream([problem])
+    with tqdm(desc="searching", unit=" expansions") as bar:
+        def grown(_: str, tree) -> None:
+            bar.update(1)
+            bar.set_postfix(nodes=tree.size, refresh=False)
+
+        [(problem, result, line)] = run.stream([problem], on_grow=grown)
     seconds = time.perf_counter() - start
     print(show_answer(line, result, run.decode, seconds, job.final))
     if args.tree_html:

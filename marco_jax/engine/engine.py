@@ -110,7 +110,7 @@ class Completion:
 class EngineStats:
     decode_calls: int = 0
     prefill_calls: int = 0
-    slot_steps: int = 0  # slots x decode steps run
+    slot_steps: int = 0  # rows run (the bucket's) x decode steps run
     kept_tokens: int = 0  # slot-steps that produced a kept token
     prefilled_tokens: int = 0  # context tokens written by prefill
     # decode calls by the program's rows (its bucket)
@@ -388,7 +388,7 @@ class Engine:
         self.stats.bucket_calls[len(rows_b)] = self.stats.bucket_calls.get(len(rows_b), 0) + 1
         for field in dataclasses.fields(SlotState):  # the rows back to their slots
             getattr(self.state, field.name)[rows_b] = getattr(state, field.name)
-        self.stats.slot_steps += self.config.slots * int(out.produced.any(0).sum())
+        self.stats.slot_steps += len(rows_b) * int(out.produced.any(0).sum())
         self.stats.kept_tokens += int(out.produced.sum())
         row_of = {int(s): b for b, s in enumerate(rows_b)}
         finished = []

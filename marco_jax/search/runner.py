@@ -6,7 +6,7 @@ from __future__ import annotations
 import pathlib
 import time
 import zlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from jax.sharding import Mesh
 from tqdm import tqdm
@@ -24,6 +24,7 @@ from marco_jax.search.results import Problem, SearchResult
 from marco_jax.search.mcts import MCTS
 from marco_jax.search.searcher import Algorithm, Searcher
 from marco_jax.search.tagged import TaggedMCTS
+from marco_jax.search.tree import Tree
 
 
 def make_algorithm(job: JobConfig, tokenizer: Any, max_model_len: int) -> Algorithm:
@@ -63,15 +64,17 @@ class JobRun:
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
 
-    def stream(self, todo: list[dict]) -> Iterator[tuple[dict, SearchResult, dict]]:
-        """(problem, result, output line) of each problem of ``todo`` as it finishes."""
+    def stream(self, todo: list[dict], on_grow: Callable[[Any, Tree], None] | None = None,
+               ) -> Iterator[tuple[dict, SearchResult, dict]]:
+        """(problem, result, output line) of each problem of ``todo`` as it finishes;
+        ``on_grow(id, tree)`` sees each tree as it grows."""
         job = self.job
         problems = (Problem(p["id"], self.tokenizer.encode(
                                 render(job.template, job.instruction + p["question"]),
                                 add_special_tokens=False),
                             zlib.crc32(p["id"].encode()), p.get("answer")) for p in todo)
         by_id = {p["id"]: p for p in todo}
-        for problem_id, result in self.searcher.stream(problems):
+        for problem_id, result in self.searcher.stream(problems, on_grow=on_grow):
             problem = by_id[problem_id]
             yield problem, result, job_files.result_line(problem, result, job, self.decode,
                                                          self.verify)

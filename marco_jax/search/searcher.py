@@ -11,6 +11,7 @@ slots or counters.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from marco_jax.engine.engine import Engine
@@ -50,13 +51,15 @@ class Searcher:
                                                               algorithm.width)
 
     def stream(self, problems: Iterable[Problem], on_start: Callable[[Any], None] | None = None,
+               on_grow: Callable[[Any, Tree], None] | None = None,
                ) -> Iterator[tuple[Any, SearchResult]]:
         """Search problems, yielding ``(key, result)`` as each tree finishes (not in
-        input order)."""
+        input order); ``on_grow(key, tree)`` sees each tree as it grows."""
         def programs():
             for problem in problems:
                 self.algorithm.reward.check_gold(problem.key, problem.gold)
-                yield problem.key, self.algorithm.program(problem)
+                grown = None if on_grow is None else functools.partial(on_grow, problem.key)
+                yield problem.key, self.algorithm.program(problem, grown)
         return drive(self.driver, programs(), self.max_trees, on_start)
 
     def run(self, prompts: Sequence[list[int]], problem_seeds: Sequence[int] | None = None,

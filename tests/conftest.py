@@ -65,6 +65,14 @@ def missing_browser() -> str | None:
 
 
 @pytest.fixture(scope="module")
+def tiny():
+    """The random tiny model (``builtin:tiny``), built once per test module."""
+    from marco_jax.loading import load
+
+    return load("builtin:tiny")
+
+
+@pytest.fixture(scope="module")
 def browser():
     """Headless Chromium (the page tests); missing, it fails them, not skips."""
     why = missing_browser()

@@ -6,13 +6,7 @@ import pytest
 
 from marco_jax.engine.engine import Engine, EngineConfig
 from marco_jax.errors import MarcoError
-from marco_jax.loading import load
 from marco_jax.search.driver import Call, Driver, drive
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load("builtin:tiny")
 
 
 def one_slot_engine(tiny):

@@ -10,7 +10,6 @@ import pytest
 
 from marco_jax.engine.engine import Engine, EngineConfig, decode_buckets
 from marco_jax.errors import MarcoError
-from marco_jax.loading import load
 from marco_jax.sharding import make_mesh
 from model_test import random_tokens
 
@@ -18,11 +17,6 @@ SMALL = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=256, k
                      prefill_shapes=((4, 16), (1, 64)))
 # Before issue 35: every call runs all 8 slots for decode_steps steps.
 ALL_SLOTS = dataclasses.replace(SMALL, decode_buckets=(8,), first_token_step=False)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load("builtin:tiny")
 
 
 def staggered(engine: Engine, prompts, budgets, **settings) -> dict:

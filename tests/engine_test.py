@@ -30,11 +30,6 @@ def hf_greedy(hf_model, prompt, new_tokens):
     return tokens, torch.log_softmax(torch.stack(out.scores)[:, 0], -1)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load("builtin:tiny")
-
-
 def test_greedy_matches_hf_with_top5(hf_checkpoint):
     hf_model, path = hf_checkpoint
     engine = Engine(load(path).model, eos_ids=(511,), config=SMALL)  # 511: keep going

@@ -8,7 +8,6 @@ import pytest
 
 from marco_jax.engine.engine import Completion, Engine, EngineConfig
 from marco_jax.errors import MarcoError
-from marco_jax.loading import load
 from marco_jax.search.config import JobConfig, SearchConfig
 from marco_jax.search.environment import ReasoningEnv
 from marco_jax.search.job_files import choose
@@ -24,11 +23,6 @@ CFG = SearchConfig(action="mini_step", mini_step_tokens=3, children=2, iteration
                    call_tokens=8, max_tokens=20, temperature=1.0, top_p=0.95)
 ENGINE = EngineConfig(slots=8, decode_steps=4, block_size=8, max_model_len=2048,
                       kv_cache_gb=0.02, prefill_shapes=((4, 16), (1, 64)))
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load("builtin:tiny")
 
 
 def search(engine, tokenizer, cfg, max_trees=None) -> Searcher:

@@ -7,27 +7,18 @@ import httpx2 as httpx
 import pytest
 
 from marco_jax.grading import final_answer
-from marco_jax.loading import load
 from marco_jax.search.record import TreeRecord
 from marco_jax.search.tree import Outcome, Tree, backup
 from marco_jax.serve import protocol
 from marco_jax.serve.app import ServerSettings, _Handlers
 from marco_jax.serve.worker import LiveTree
-from serve_test import LiveServer, chat, search_config
+import serve_test
+from serve_test import chat, search_config
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples?"
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load("builtin:tiny")
-
-
-@pytest.fixture(scope="module")
-def live(tiny):
-    server = LiveServer(tiny)
-    yield server
-    server.stop()
+live = serve_test.live  # a server of this module's own, as serve_test's
 
 
 def counting(calls):

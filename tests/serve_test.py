@@ -20,7 +20,6 @@ import uvicorn
 
 from marco_jax.engine import stops
 from marco_jax.engine.engine import Engine, EngineConfig
-from marco_jax.loading import load
 from marco_jax.scoring import score
 from marco_jax.search import runner
 from marco_jax.search.config import load_job_config
@@ -64,11 +63,6 @@ class LiveServer:
     def stop(self):
         self.server.should_exit = True
         self.thread.join(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load("builtin:tiny")
 
 
 @pytest.fixture(scope="module")

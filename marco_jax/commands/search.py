@@ -61,6 +61,7 @@ from marco_jax.search import problems as problems_lib
 from marco_jax.search.config import JobConfig, load_job_config
 
 if TYPE_CHECKING:  # the model and search code are imported where they are used, so that
+    from marco_jax.loading import LoadedModel
     from marco_jax.search import shares  # --help and a bad option answer at once
     from marco_jax.search.results import SearchResult
 
@@ -129,20 +130,28 @@ def share_of(args: argparse.Namespace, job: JobConfig, problems: list[dict],
     return shares.owned(problems, args.output, args.trees, stamp, args.force_new, index, count)
 
 
-def search(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> None:
-    """Search the share's unfinished problems into its files."""
+def models(args: argparse.Namespace, job: JobConfig, mesh) -> tuple[LoadedModel,
+                                                                    LoadedModel | None]:
+    """The policy model and, if given, the checker (which the job may need)."""
     if job.action_tree and "checker" in job.action_tree.models and args.checker_model is None:
         raise MarcoError(f"config {job.name} gives node types to the 'checker' model: "
                          "pass --checker-model")
     from marco_jax.loading import load
-    from marco_jax.search.driver import stats_line
-    from marco_jax.search.runner import run_job
 
-    engine_config, mesh = engine_setup(args)
     dtype = model_dtype(args)
     loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
     checker = None if args.checker_model is None else \
         load(args.checker_model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
+    return loaded, checker
+
+
+def search(args: argparse.Namespace, job: JobConfig, share: shares.Share) -> None:
+    """Search the share's unfinished problems into its files."""
+    from marco_jax.search.driver import stats_line
+    from marco_jax.search.runner import run_job
+
+    engine_config, mesh = engine_setup(args)
+    loaded, checker = models(args, job, mesh)
     figures = run_job(loaded, job, share.todo, share.output, share.trees, engine_config, mesh,
                       args.trees_in_flight, checker, args.tree_tokens)
     print(f"{len(share.todo)} problems in {figures['seconds']:.1f}s; {stats_line(figures)} "
@@ -155,7 +164,6 @@ def ask(args: argparse.Namespace, job: JobConfig) -> None:
 
     from tqdm import tqdm
 
-    from marco_jax.loading import load
     from marco_jax.search.runner import JobRun
     from marco_jax.search.tree_html import render
 
@@ -163,10 +171,9 @@ def ask(args: argparse.Namespace, job: JobConfig) -> None:
     if mesh is None:  # one tree runs at most its children at once: a pool for those
         engine_config = dataclasses.replace(
             engine_config, slots=min(engine_config.slots, job.search.children))
-    dtype = model_dtype(args)
     print(f"loading {args.model}", flush=True)
-    loaded = load(args.model, param_dtype=dtype, compute_dtype=dtype, mesh=mesh)
-    run = JobRun(loaded, job, engine_config, mesh)
+    loaded, checker = models(args, job, mesh)
+    run = JobRun(loaded, job, engine_config, mesh, checker=checker)
     problem = {"id": "question", "question": args.question, "answer": args.answer}
     print(f"searching with {job.name} ({job.search.iterations} iterations of "
           f"{job.search.children} children)", flush=True)

@@ -14,7 +14,9 @@ import dataclasses
 import json
 import math
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from marco_jax.errors import MarcoError
 from marco_jax.files import lines
@@ -53,6 +55,13 @@ class NodeRecord:
     correct: bool | None = None
     tokens: tuple[TokenRecord, ...] | None = None  # None: not kept (or not the model's)
 
+    def to_json(self) -> dict:
+        """The node as written: ``tokens`` left out when not kept, so files keep their size."""
+        data = dataclasses.asdict(self)
+        if data["tokens"] is None:
+            del data["tokens"]
+        return data
+
 
 @dataclasses.dataclass(frozen=True)
 class TreeRecord:
@@ -75,11 +84,9 @@ class TreeRecord:
                    tuple(best_path))
 
     def to_json(self) -> dict:
-        data = {"schema": SCHEMA, **dataclasses.asdict(self)}
+        data = {"schema": SCHEMA, **dataclasses.asdict(dataclasses.replace(self, nodes=()))}
+        data["nodes"] = [node.to_json() for node in self.nodes]
         data["best_path"] = list(self.best_path)
-        for node in data["nodes"]:
-            if node["tokens"] is None:
-                del node["tokens"]
         if data["config"] is None:
             del data["config"]
         return data
@@ -186,23 +193,42 @@ def token_records(scores: ActionScores, tokens: list[int],
         in zip(tokens, scores.confidence, scores.top_ids, scores.top_logprobs))
 
 
+# A tree's per-node statistics arrays, which a node's record reads (a snapshot copies these).
+NODE_STATS = ("parent_n", "visits_n", "value_sum_n", "depth_n", "terminal_n", "kind_n",
+              "finish_n", "rollout_value_n", "rollout_finished_n", "correct_n")
+
+
+def mean_value(value_sum: float, visits: int) -> float | None:
+    """A node's mean backed-up value; None while it is unvisited."""
+    return float(value_sum) / int(visits) if visits else None
+
+
+def node_record(stats: Mapping[str, np.ndarray], kinds: Sequence[str], n: int, text: str,
+                rollout_text: str, tokens: tuple[TokenRecord, ...] | None = None) -> NodeRecord:
+    """Node ``n`` read from a tree's statistics arrays (:data:`NODE_STATS`: a live tree's,
+    or a snapshot of them) with its texts."""
+    rollout_value, correct = float(stats["rollout_value_n"][n]), int(stats["correct_n"][n])
+    return NodeRecord(
+        n, int(stats["parent_n"][n]), text, int(stats["visits_n"][n]),
+        mean_value(stats["value_sum_n"][n], stats["visits_n"][n]), int(stats["depth_n"][n]),
+        bool(stats["terminal_n"][n]), kinds[stats["kind_n"][n]],
+        FINISHES[stats["finish_n"][n]], rollout_text,
+        None if math.isnan(rollout_value) else rollout_value,
+        bool(stats["rollout_finished_n"][n]), None if correct < 0 else bool(correct), tokens)
+
+
 def nodes_of(tree: Tree, decode: Callable[[list[int]], str],
              token_text: Callable[[int], str] | None = None) -> tuple[NodeRecord, ...]:
     """Every node of a live tree as a record (with its tokens' scores: see
     :meth:`TreeRecord.of`)."""
+    stats = {name: getattr(tree, name) for name in NODE_STATS}
     out = []
     for n in range(tree.size):
         scores = tree.action_scores[n]
         tokens = None if token_text is None or scores is None else \
             token_records(scores, tree.tokens[n], token_text)
-        value, rollout_value = tree.mean_value(n), float(tree.rollout_value_n[n])
-        out.append(NodeRecord(
-            n, int(tree.parent_n[n]), decode(tree.tokens[n]), int(tree.visits_n[n]),
-            None if math.isnan(value) else value, int(tree.depth_n[n]),
-            bool(tree.terminal_n[n]), tree.kind(n), FINISHES[tree.finish_n[n]],
-            decode(tree.rollouts[n]), None if math.isnan(rollout_value) else rollout_value,
-            bool(tree.rollout_finished_n[n]),
-            None if tree.correct_n[n] < 0 else bool(tree.correct_n[n]), tokens))
+        out.append(node_record(stats, tree.kinds, n, decode(tree.tokens[n]),
+                               decode(tree.rollouts[n]), tokens))
     return tuple(out)
 
 

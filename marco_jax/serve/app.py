@@ -342,10 +342,7 @@ class _Handlers:
         if record is None:
             raise RequestError(f"tree '{tree_id}' has no node {node!r} (it has {live.size})",
                                "node", status=404)
-        data = dataclasses.asdict(record)
-        if data["tokens"] is None:
-            del data["tokens"]
-        return JSONResponse(data)
+        return JSONResponse(record.to_json())
 
     async def tree_html(self, tree_id: str) -> Response:
         live = self.live_tree(tree_id)

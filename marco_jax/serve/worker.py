@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import itertools
 import logging
-import math
 import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -25,10 +24,11 @@ from marco_jax.grading import final_answer
 from marco_jax.search import job_files
 from marco_jax.search.config import JobConfig
 from marco_jax.search.driver import Driver, SearchProgram
-from marco_jax.search.record import NodeRecord, TreeRecord, token_records
+from marco_jax.search.record import (NODE_STATS, NodeRecord, TreeRecord, mean_value, node_record,
+                                     token_records)
 from marco_jax.search.results import Problem, SearchResult
 from marco_jax.search.runner import make_algorithm
-from marco_jax.search.tree import FINISHES, ActionScores, Tree
+from marco_jax.search.tree import ActionScores, Tree
 from marco_jax.serve.protocol import FINISH, GenerationRequest, RequestError, TokenInfo, usage
 from marco_jax.serve.text import ChoiceText
 
@@ -101,11 +101,6 @@ def decoding_once(decode: Callable[[list[int]], str]) -> Callable[[Sequence[int]
     return lambda tokens: cached(tuple(int(t) for t in tokens))
 
 
-# A tree's per-node statistics, copied at each growth step (old nodes' change: backups, ends).
-_STATS = ("parent_n", "visits_n", "value_sum_n", "depth_n", "terminal_n", "kind_n", "finish_n",
-          "rollout_value_n", "rollout_finished_n", "correct_n")
-
-
 class LiveTree:
     """A search's tree for ``GET /v1/trees/{id}``, growing, then final. At each growth step
     the engine thread records only host data (:meth:`grow`: the new nodes' token ids, and
@@ -135,7 +130,8 @@ class LiveTree:
     def grow(self, tree: Tree) -> int:
         """Record the tree's new nodes and everyone's statistics (engine thread); its size.
         A node's token lists never change once added, so they are kept, not copied."""
-        stats = {name: getattr(tree, name)[:tree.size].copy() for name in _STATS}
+        # copied at each step: old nodes' statistics change (backups, ends)
+        stats = {name: getattr(tree, name)[:tree.size].copy() for name in NODE_STATS}
         with self._lock:
             self._action_scores += tree.action_scores[len(self._tokens):tree.size]
             self._tokens += [(tree.tokens[n], tree.rollouts[n])
@@ -160,7 +156,7 @@ class LiveTree:
         needs, its old nodes' texts not sent again."""
         record, stats = self._record(since)  # statistics of every node recorded so far
         visits = [int(n) for n in stats.get("visits_n", ())]
-        values = [float(v) / n if n else None for v, n in zip(stats.get("value_sum_n", ()), visits)]
+        values = [mean_value(v, n) for v, n in zip(stats.get("value_sum_n", ()), visits)]
         return record, visits, values
 
     def _record(self, since: int) -> tuple[TreeRecord, dict[str, np.ndarray]]:
@@ -168,17 +164,7 @@ class LiveTree:
             tokens, stats, kinds = list(self._tokens), self._stats, self._kinds
             chosen, best = self.chosen_answer, self.best_path
         texts = self._texts_upto(tokens)
-        nodes = []
-        for n in range(max(since, 0), len(tokens)):
-            visits, rollout_value = int(stats["visits_n"][n]), float(stats["rollout_value_n"][n])
-            correct = int(stats["correct_n"][n])
-            nodes.append(NodeRecord(
-                n, int(stats["parent_n"][n]), texts[n][0], visits,
-                float(stats["value_sum_n"][n]) / visits if visits else None,
-                int(stats["depth_n"][n]), bool(stats["terminal_n"][n]),
-                kinds[stats["kind_n"][n]], FINISHES[stats["finish_n"][n]], texts[n][1],
-                None if math.isnan(rollout_value) else rollout_value,
-                bool(stats["rollout_finished_n"][n]), None if correct < 0 else bool(correct)))
+        nodes = [node_record(stats, kinds, n, *texts[n]) for n in range(max(since, 0), len(tokens))]
         return TreeRecord(self.id, tuple(nodes), self.question, None, chosen, best), stats
 
     def node(self, n: int) -> NodeRecord | None:
